@@ -1,0 +1,40 @@
+"""vdsmconsole: a console server for hypervisor hosts."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="vdsmconsole",
+    version="0.1.0",
+    description=(
+        "Guest serial consoles and VDSM-style XML-RPC on one "
+        "mutually-authenticated TLS port"
+    ),
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    python_requires=">=3.11",
+    packages=find_packages(include=["vdsmconsole", "vdsmconsole.*"])
+    + ["twisted.plugins"],
+    package_data={"vdsmconsole": ["py.typed"]},
+    install_requires=[
+        "twisted[tls,http2]>=23.10",
+        "pyopenssl>=23.2",
+        "service-identity>=23.1",
+        "treq>=23.11",
+        "cryptography>=41",
+        "defusedxml>=0.7",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "ruff>=0.5",
+            "mypy>=1.10",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "vdsmconsole = vdsmconsole.cli:main",
+        ],
+    },
+)
