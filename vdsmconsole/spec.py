@@ -1,0 +1,92 @@
+"""Pure validation of what arrives over the wire: vmIds and console descriptions.
+
+Nothing here does I/O.  Everything that later touches a path or starts a
+process has passed through these functions first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+VM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SOURCE_TYPES = ("pty", "unix", "tcp", "spawn")
+
+
+class SpecError(ValueError):
+    """A vmId or console description is missing or malformed."""
+
+
+def is_valid_vm_id(value: object) -> bool:
+    """True for 1-64 letters, digits, '.', '_', '-', starting alphanumeric."""
+    return isinstance(value, str) and VM_ID_PATTERN.fullmatch(value) is not None
+
+
+def validate_vm_id(value: object) -> str:
+    if not is_valid_vm_id(value):
+        raise SpecError(f"invalid vmId {value!r}")
+    assert isinstance(value, str)
+    return value
+
+
+@dataclass(frozen=True)
+class ConsoleSpec:
+    """Where a guest console lives.  Exactly the fields its type needs are set."""
+
+    type: str
+    path: str = ""
+    host: str = ""
+    port: int = 0
+    command: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The description as create() takes it and list(fullStatus) shows it."""
+        if self.type in ("pty", "unix"):
+            return {"type": self.type, "path": self.path}
+        if self.type == "tcp":
+            return {"type": "tcp", "host": self.host, "port": self.port}
+        return {"type": "spawn", "command": self.command}
+
+
+def _require_str(desc: Mapping[str, Any], key: str, kind: str) -> str:
+    value = desc.get(key)
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise SpecError(f"console type {kind!r} needs a non-empty string {key!r}")
+    return value
+
+
+def parse_console_spec(
+    desc: object, spawn_commands: Mapping[str, object] = {}
+) -> ConsoleSpec:
+    """Validate a console description from create(); raise SpecError if bad.
+
+    ``spawn_commands`` names the commands the configuration allows; a spawn
+    console refers to one by name and never carries an argv.
+    """
+    if not isinstance(desc, Mapping):
+        raise SpecError("console description must be a struct")
+    kind = desc.get("type")
+    if kind not in SOURCE_TYPES:
+        raise SpecError(
+            f"console type must be one of {', '.join(SOURCE_TYPES)}, not {kind!r}"
+        )
+    if kind in ("pty", "unix"):
+        path = _require_str(desc, "path", kind)
+        if not path.startswith("/"):
+            raise SpecError(f"console path must be absolute, not {path!r}")
+        return ConsoleSpec(type=kind, path=path)
+    if kind == "tcp":
+        host = _require_str(desc, "host", kind)
+        port = desc.get("port")
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise SpecError(f"console port must be 1-65535, not {port!r}")
+        return ConsoleSpec(type="tcp", host=host, port=port)
+    command = _require_str(desc, "command", "spawn")
+    if command not in spawn_commands:
+        raise SpecError(f"spawn command {command!r} is not named in the configuration")
+    return ConsoleSpec(type="spawn", command=command)
