@@ -1,0 +1,49 @@
+"""``twistd -n vdsmconsole [--config FILE] [--port N] ...``: the same server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", None, None, "TOML configuration file"],
+        ["bind", None, None, "address to listen on"],
+        ["port", None, None, "TLS port", int],
+        ["pki", None, None, "directory in VDSM's PKI layout"],
+        ["state-dir", None, None, "registry and console logs"],
+    ]
+
+
+@implementer(IServiceMaker, IPlugin)
+class ServiceMaker:
+    tapname = "vdsmconsole"
+    description = "Guest consoles and VDSM-style XML-RPC on one TLS port."
+    options = Options
+
+    def makeService(self, options: Any) -> Any:
+        import argparse
+        from pathlib import Path
+
+        from vdsmconsole.cli import config_from_args
+        from vdsmconsole.server import ConsoleService
+
+        def path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        args = argparse.Namespace(
+            config=path(options["config"]),
+            bind=options["bind"],
+            port=options["port"],
+            pki=path(options["pki"]),
+            state_dir=path(options["state-dir"]),
+        )
+        return ConsoleService(config_from_args(args))
+
+
+serviceMaker = ServiceMaker()

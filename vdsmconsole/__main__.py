@@ -1,0 +1,3 @@
+from vdsmconsole.cli import main
+
+main()

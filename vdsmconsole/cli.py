@@ -1,0 +1,221 @@
+"""The ``vdsmconsole`` command: serve, pki init, demo.
+
+Every failure a user can cause (a bad flag, a bad configuration file, a
+missing certificate, a busy port) is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vdsmconsole import __version__
+from vdsmconsole.config import Config, ConfigError, check_values, load_config
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> None:
+    print(f"vdsmconsole: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="TLS port (default 54321)")
+    parser.add_argument(
+        "--pki",
+        type=Path,
+        help="directory in VDSM's layout: certs/cacert.pem, certs/vdsmcert.pem, "
+        "keys/vdsmkey.pem",
+    )
+    parser.add_argument("--state-dir", type=Path, help="registry and console logs")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The file first, flags on top."""
+    config = load_config(args.config)
+    if args.pki is not None:
+        config = config.with_pki(args.pki)
+    changes: dict[str, Any] = {}
+    if args.bind is not None:
+        changes["bind"] = args.bind
+    if args.port is not None:
+        changes["port"] = args.port
+    if args.state_dir is not None:
+        changes["state_dir"] = args.state_dir
+    from dataclasses import replace
+
+    return check_values(replace(config, **changes))
+
+
+def start_logging() -> None:
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+    )
+
+
+def run_service(config: Config, after_start: Any = None) -> int:
+    """Start the server, run the reactor until SIGTERM/SIGINT, stop gracefully."""
+    from twisted.internet import reactor
+
+    from vdsmconsole.server import ConsoleService, StartupError
+    from vdsmconsole.tls import TLSConfigError
+
+    service = ConsoleService(config, reactor)
+    try:
+        service.startService()
+    except (StartupError, TLSConfigError, ConfigError) as e:
+        fail(str(e))
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if after_start is not None:
+        reactor.callWhenRunning(after_start, service)
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ConfigError as e:
+        fail(str(e))
+    start_logging()
+    return run_service(config)
+
+
+def cmd_pki_init(args: argparse.Namespace) -> int:
+    from vdsmconsole.pki import init_pki
+
+    try:
+        paths = init_pki(args.dir, hostname=args.hostname, force=args.force)
+    except (FileExistsError, OSError) as e:
+        fail(str(e))
+    print(f"CA:     {paths.ca_cert}")
+    print(f"server: {paths.server_cert} (key {paths.server_key})")
+    print(f"client: {paths.client_cert} (key {paths.client_key})")
+    return 0
+
+
+def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
+    """Copy-paste commands that work as printed against the demo server."""
+    ca = shlex.quote(str(pki / "certs/cacert.pem"))
+    cert = shlex.quote(str(pki / "certs/enginecert.pem"))
+    key = shlex.quote(str(pki / "keys/enginekey.pem"))
+    base = f"https://127.0.0.1:{port}"
+    body = "<?xml version='1.0'?><methodCall><methodName>ping</methodName></methodCall>"
+    python = (
+        "import ssl, xmlrpc.client as x; "
+        f"c = ssl.create_default_context(cafile={str(pki / 'certs/cacert.pem')!r}); "
+        f"c.load_cert_chain({str(pki / 'certs/enginecert.pem')!r}, "
+        f"{str(pki / 'keys/enginekey.pem')!r}); "
+        f"print(x.ServerProxy({base + '/RPC2'!r}, context=c).list(True))"
+    )
+    return [
+        (
+            "XML-RPC ping with curl (HTTP/2)",
+            f"curl --cacert {ca} --cert {cert} --key {key} "
+            f"-H 'Content-Type: text/xml' --data {shlex.quote(body)} {base}/RPC2",
+        ),
+        (
+            "list the consoles with Python's xmlrpc.client",
+            f"python3 -c {shlex.quote(python)}",
+        ),
+        (
+            "follow the demo guest's console with wget",
+            f"wget -q -O - --certificate={cert} --private-key={key} "
+            f"--ca-certificate={ca} '{base}/consoleStream/{vm_id}?tail=4096'",
+        ),
+        (
+            "type a command into it with curl",
+            f"printf 'count 5\\n' | curl --cacert {ca} --cert {cert} --key {key} "
+            f"-T - {base}/consoleStream/{vm_id}",
+        ),
+    ]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vdsmconsole.pki import init_pki
+    from vdsmconsole.spec import ConsoleSpec
+
+    workdir = Path(tempfile.mkdtemp(prefix="vdsmconsole-demo-"))
+    pki = workdir / "pki"
+    init_pki(pki, hostname="localhost")
+    config = Config(
+        bind=args.bind,
+        port=args.port if args.port is not None else _demo_port(args.bind),
+        state_dir=workdir / "state",
+        spawn_commands={"demo": (sys.executable, "-m", "vdsmconsole.demoguest")},
+    ).with_pki(pki)
+    vm_id = "demo"
+
+    def after_start(service: Any) -> None:
+        service.context.registry.create(
+            vm_id, ConsoleSpec(type="spawn", command="demo")
+        )
+        port = service.context.port
+        print(f"vdsmconsole {__version__} demo on https://127.0.0.1:{port}")
+        print(f"throwaway PKI and state in {workdir} (removed on exit)")
+        print(f"a demo guest runs as console {vm_id!r}. Try, in another terminal:\n")
+        for title, command in demo_commands(pki, port, vm_id):
+            print(f"# {title}\n{command}\n")
+        print("Ctrl-C stops the demo.", flush=True)
+
+    start_logging() if args.verbose else None
+    try:
+        return run_service(config, after_start)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _demo_port(bind: str) -> int:
+    """54321 if it is free, else any free port."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((bind, 54321))
+        except OSError:
+            return 0
+    return 54321
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vdsmconsole", description="Console server for hypervisor hosts."
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    add_server_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    pki = commands.add_parser("pki", help="certificates")
+    pki_commands = pki.add_subparsers(dest="pki_command", required=True)
+    init = pki_commands.add_parser(
+        "init", help="make a CA, a server and an engine certificate in DIR"
+    )
+    init.add_argument("dir", type=Path)
+    init.add_argument("--hostname", help="server name (default: this host's name)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing PKI")
+    init.set_defaults(func=cmd_pki_init)
+
+    demo = commands.add_parser("demo", help="a throwaway server with a demo guest")
+    demo.add_argument("--bind", default="127.0.0.1")
+    demo.add_argument("--port", type=int, help="default 54321, or a free one")
+    demo.add_argument("-v", "--verbose", action="store_true", help="show the log")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raise SystemExit(args.func(args))

@@ -1,0 +1,161 @@
+"""Server configuration: a TOML file, then command-line flags on top.
+
+Every key, its type and its default live in ``FIELDS`` below; the example file
+``contrib/vdsmconsole.conf.example`` documents the same keys, and a test keeps
+the two in step.  A bad file or value raises ``ConfigError`` naming the key,
+which the command line turns into one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 54321
+DEFAULT_PKI = "/etc/pki/vdsm"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    bind: str = "0.0.0.0"  # noqa: S104 - the management port serves the network
+    port: int = DEFAULT_PORT
+    state_dir: Path = Path("/var/lib/vdsmconsole")
+    ca_file: Path = Path(DEFAULT_PKI, "certs/cacert.pem")
+    cert_file: Path = Path(DEFAULT_PKI, "certs/vdsmcert.pem")
+    key_file: Path = Path(DEFAULT_PKI, "keys/vdsmkey.pem")
+    rpc_max_body: int = 1024 * 1024
+    shutdown_timeout: float = 5.0
+    ring_bytes: int = 1024 * 1024
+    log_file_bytes: int = 8 * 1024 * 1024
+    log_keep_files: int = 3
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+    client_buffer_bytes: int = 256 * 1024
+    spawn_commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def with_pki(self, pki_dir: Path) -> Config:
+        """Point the three TLS files at a directory in VDSM's layout."""
+        return replace(
+            self,
+            ca_file=pki_dir / "certs/cacert.pem",
+            cert_file=pki_dir / "certs/vdsmcert.pem",
+            key_file=pki_dir / "keys/vdsmkey.pem",
+        )
+
+
+# (section, key) -> (Config attribute, type).  One table for parsing and docs.
+FIELDS: dict[tuple[str, str], tuple[str, type]] = {
+    ("server", "bind"): ("bind", str),
+    ("server", "port"): ("port", int),
+    ("server", "state_dir"): ("state_dir", Path),
+    ("server", "rpc_max_body"): ("rpc_max_body", int),
+    ("server", "shutdown_timeout"): ("shutdown_timeout", float),
+    ("tls", "ca"): ("ca_file", Path),
+    ("tls", "cert"): ("cert_file", Path),
+    ("tls", "key"): ("key_file", Path),
+    ("console", "ring_bytes"): ("ring_bytes", int),
+    ("console", "log_file_bytes"): ("log_file_bytes", int),
+    ("console", "log_keep_files"): ("log_keep_files", int),
+    ("console", "reconnect_initial"): ("reconnect_initial", float),
+    ("console", "reconnect_max"): ("reconnect_max", float),
+    ("console", "client_buffer_bytes"): ("client_buffer_bytes", int),
+}
+# Keys that must be positive when set.
+POSITIVE = {
+    "rpc_max_body",
+    "shutdown_timeout",
+    "ring_bytes",
+    "log_file_bytes",
+    "reconnect_initial",
+    "reconnect_max",
+    "client_buffer_bytes",
+}
+
+
+def _convert(name: str, kind: type, value: Any) -> Any:
+    if kind is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name}: expected a path string, got {value!r}")
+        return Path(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(
+            f"{name}: expected {kind.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def check_values(config: Config) -> Config:
+    """Range checks shared by the file and the command-line flags."""
+    if not 0 <= config.port < 65536:
+        raise ConfigError(f"server.port: must be 0-65535, got {config.port}")
+    if config.log_keep_files < 0:
+        raise ConfigError("console.log_keep_files: must be 0 or more")
+    for (section, key), (attr, _kind) in FIELDS.items():
+        if attr in POSITIVE and getattr(config, attr) <= 0:
+            raise ConfigError(f"{section}.{key}: must be positive")
+    return config
+
+
+def parse_config(data: Mapping[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from parsed TOML; unknown keys are errors (typos matter)."""
+    config = base or Config()
+    changes: dict[str, Any] = {}
+    known_sections = {section for section, _ in FIELDS} | {"spawn"}
+    for section, table in data.items():
+        if section not in known_sections:
+            raise ConfigError(f"{section}: unknown section")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{section}: expected a table")
+        if section == "spawn":
+            changes["spawn_commands"] = _parse_spawn(table)
+            continue
+        for key, value in table.items():
+            if (section, key) not in FIELDS:
+                raise ConfigError(f"{section}.{key}: unknown key")
+            attr, kind = FIELDS[section, key]
+            changes[attr] = _convert(f"{section}.{key}", kind, value)
+    return check_values(replace(config, **changes))
+
+
+def _parse_spawn(table: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    commands = table.get("commands", {})
+    extra = set(table) - {"commands"}
+    if extra:
+        raise ConfigError(f"spawn.{sorted(extra)[0]}: unknown key")
+    if not isinstance(commands, Mapping):
+        raise ConfigError("spawn.commands: expected a table of name = [argv...]")
+    result = {}
+    for name, argv in commands.items():
+        if (
+            not isinstance(argv, list)
+            or not argv
+            or not all(isinstance(a, str) and a for a in argv)
+        ):
+            raise ConfigError(
+                f"spawn.commands.{name}: expected a non-empty list of strings"
+            )
+        result[name] = tuple(argv)
+    return result
+
+
+def load_config(path: Path | None, base: Config | None = None) -> Config:
+    """Read a TOML file (or just the defaults when ``path`` is None)."""
+    if path is None:
+        return check_values(base or Config())
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, base)

@@ -1,0 +1,273 @@
+"""One guest console: its source, its ring, its log and whoever follows it.
+
+The console is the single reader of its guest.  Every byte the source reads
+goes into the ring (hot bytes) and the log (older bytes) at the next absolute
+offset, and subscribers are told that more is there; each subscriber keeps
+its own cursor and pulls at its own pace, so a slow client never holds the
+guest back and never makes the server buffer more for it than it retains
+anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+
+from vdsmconsole.config import Config
+from vdsmconsole.consolelog import ConsoleLog
+from vdsmconsole.interfaces import ConsoleSource, SourceState
+from vdsmconsole.ring import OffsetBeyondEnd, ReadResult, Ring
+from vdsmconsole.sources import SourceOptions, make_source
+from vdsmconsole.spec import ConsoleSpec
+from vdsmconsole.status import Code, StatusError
+
+log = Logger(namespace="vdsmconsole.console")
+
+# Code for input to a console whose guest is not connected: VDSM's table has
+# no such case, so this one is ours (documented in README.rst).
+CONSOLE_DOWN = 100
+
+
+class Subscriber(Protocol):
+    """A follower of the console's output (a stream, or a test)."""
+
+    def dataAvailable(self) -> None:
+        """More bytes were appended; read them from your cursor when you can."""
+
+    def consoleClosed(self) -> None:
+        """The console was destroyed or the server stops: end your stream."""
+
+
+class ConsoleDown(StatusError):
+    def __init__(self, vm_id: str, state: str) -> None:
+        super().__init__(Code.UNEXPECTED, f"console {vm_id} is {state}")
+        self.code = CONSOLE_DOWN  # type: ignore[assignment]
+
+
+class Console:
+    def __init__(
+        self,
+        vm_id: str,
+        spec: ConsoleSpec,
+        source: ConsoleSource,
+        ring: Ring,
+        console_log: ConsoleLog | None,
+        clock: Any,
+    ) -> None:
+        self.vm_id = vm_id
+        self.spec = spec
+        self.source = source
+        self.ring = ring
+        self.log = console_log
+        self.clock = clock
+        self.reason = ""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.lost_to_slow_readers = 0
+        self.log_error = ""
+        self.input_paused = False
+        self.closed = False
+        self._subscribers: set[Subscriber] = set()
+        self._writers: set[IPushProducer] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return str(self.source.state)
+
+    def start(self) -> None:
+        self.source.start(self)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop reading the guest, end every stream, close the log."""
+        self.closed = True
+        for subscriber in list(self._subscribers):
+            subscriber.consoleClosed()
+        self._subscribers.clear()
+        d = self.source.stop()
+
+        def close_log(result: object) -> None:
+            if self.log is not None:
+                self.log.close()
+
+        return d.addBoth(close_log)
+
+    # -- the source side ---------------------------------------------------
+
+    def sourceData(self, data: bytes) -> None:
+        if not data:
+            return
+        offset = self.ring.end
+        self.ring.append(data)
+        self.bytes_in += len(data)
+        self._append_log(offset, data)
+        for subscriber in list(self._subscribers):
+            subscriber.dataAvailable()
+
+    def _append_log(self, offset: int, data: bytes) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log.append(offset, data)
+        except OSError as e:
+            if not self.log_error:
+                # Once per episode: the ring keeps the console going meanwhile.
+                log.error(
+                    "console {vm}: cannot write console log: {err}; "
+                    "serving from memory until it can",
+                    vm=self.vm_id,
+                    err=e,
+                )
+            self.log_error = e.strerror or str(e)
+        else:
+            if self.log_error:
+                log.info("console {vm}: console log writable again", vm=self.vm_id)
+                self.log_error = ""
+
+    def sourceStateChanged(self, state: SourceState, reason: str) -> None:
+        self.reason = reason
+        log.info(
+            "console {vm}: {state} ({reason})",
+            vm=self.vm_id,
+            state=state,
+            reason=reason,
+        )
+
+    def sourceInputPaused(self) -> None:
+        self.input_paused = True
+        for writer in list(self._writers):
+            writer.pauseProducing()
+
+    def sourceInputResumed(self) -> None:
+        self.input_paused = False
+        for writer in list(self._writers):
+            writer.resumeProducing()
+
+    # -- readers -------------------------------------------------------------
+
+    @property
+    def first_offset(self) -> int:
+        if self.log is not None and self.log.start < self.ring.start:
+            return self.log.start
+        return self.ring.start
+
+    @property
+    def end(self) -> int:
+        return self.ring.end
+
+    def read(self, offset: int, max_bytes: int) -> ReadResult:
+        """Bytes from ``offset``: the ring if it still has them, else the log.
+
+        Raises OffsetBeyondEnd for an offset past the end.
+        """
+        if offset > self.ring.end:
+            raise OffsetBeyondEnd(f"offset {offset} is beyond the end {self.ring.end}")
+        if offset >= self.ring.start or self.log is None:
+            return self.ring.read(offset, max_bytes)
+        # Older than the ring: the log, but never past where the ring begins
+        # (the log may lag or have a gap there).
+        limit = min(max_bytes, self.ring.start - offset)
+        try:
+            if offset < self.log.end:
+                result = self.log.read(offset, limit)
+                if result.data:
+                    return result
+        except OSError as e:
+            log.error("console {vm}: cannot read log: {err}", vm=self.vm_id, err=e)
+        result = self.ring.read(self.ring.start, max_bytes)
+        return ReadResult(result.offset, result.data, self.ring.start - offset)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.add(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def count_sent(self, nbytes: int) -> None:
+        """Streams report what they sent, for the stats."""
+
+    def count_lost(self, nbytes: int) -> None:
+        self.lost_to_slow_readers += nbytes
+
+    # -- writers --------------------------------------------------------------
+
+    def add_writer(self, writer: IPushProducer) -> None:
+        self._writers.add(writer)
+        if self.input_paused:
+            writer.pauseProducing()
+
+    def remove_writer(self, writer: IPushProducer) -> None:
+        self._writers.discard(writer)
+
+    def write(self, data: bytes) -> bool:
+        """Input to the guest, whole; False if the guest is not connected."""
+        if self.closed or not self.source.write(data):
+            return False
+        self.bytes_out += len(data)
+        return True
+
+    def write_all(self, data: bytes) -> int:
+        if not self.write(data):
+            raise ConsoleDown(self.vm_id, self.state)
+        return len(data)
+
+    # -- descriptions -------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        return {"vmId": self.vm_id, "status": self.state}
+
+    def full_status(self) -> dict[str, Any]:
+        return {
+            "vmId": self.vm_id,
+            "status": self.state,
+            "console": self.spec.to_wire(),
+            "source": self.source.describe(),
+            "firstOffset": self.first_offset,
+            "nextOffset": self.end,
+            "reason": self.reason,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "vmId": self.vm_id,
+            "state": self.state,
+            "firstOffset": self.first_offset,
+            "nextOffset": self.end,
+            "ringFirstOffset": self.ring.start,
+            "bytesIn": self.bytes_in,
+            "bytesOut": self.bytes_out,
+            "readers": len(self._subscribers),
+            "writers": len(self._writers),
+            "bytesLostToSlowReaders": self.lost_to_slow_readers,
+            "logBytes": self.log.disk_bytes() if self.log is not None else 0,
+            "logError": self.log_error,
+            "reason": self.reason,
+        }
+
+
+def make_console_factory(
+    config: Config, reactor: Any
+) -> Callable[[str, ConsoleSpec], Console]:
+    options = SourceOptions(
+        reconnect_initial=config.reconnect_initial,
+        reconnect_max=config.reconnect_max,
+        spawn_commands=dict(config.spawn_commands),
+    )
+
+    def factory(vm_id: str, spec: ConsoleSpec) -> Console:
+        # vm_id was validated before it got here; it is safe as a path part.
+        console_log = ConsoleLog(
+            config.state_dir / "consoles" / vm_id,
+            config.log_file_bytes,
+            config.log_keep_files,
+        )
+        ring = Ring(config.ring_bytes, start=console_log.end)
+        source = make_source(spec, options, reactor)
+        return Console(vm_id, spec, source, ring, console_log, reactor)
+
+    return factory

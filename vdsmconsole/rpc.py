@@ -1,0 +1,307 @@
+"""The XML-RPC resource at ``POST /RPC2`` (and ``POST /`` for old clients).
+
+VDSM's conventions: every call answers a struct with ``status`` and a payload
+key; failures are status codes, never Faults (a Fault only for a call the
+server cannot parse or a method it does not know).  No ``None`` on the wire.
+
+Offsets and byte counters outgrow XML-RPC's 32-bit ``<int>`` on a console
+that runs for months, so integers beyond it go out as ``<i8>`` (which Python's
+``xmlrpc.client`` and most other clients read), and offsets are accepted as
+integers or decimal strings.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import xmlrpc.client as xmlrpclib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from defusedxml.xmlrpc import DefusedExpatParser
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server, xmlrpc
+from twisted.web.iweb import IRequest
+
+from vdsmconsole import __version__
+from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
+from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
+
+if TYPE_CHECKING:
+    from vdsmconsole.server import ServerContext
+
+log = Logger(namespace="vdsmconsole.rpc")
+
+INT32_MAX = 2**31 - 1
+DEFAULT_READ_BYTES = 64 * 1024
+MAX_READ_BYTES = 1024 * 1024
+
+
+class _WideMarshaller(xmlrpclib.Marshaller):
+    """Marshal ints beyond 32 bits as <i8> instead of failing."""
+
+    dispatch = dict(xmlrpclib.Marshaller.dispatch)
+
+    def dump_long(self, value: int, write: Callable[[str], Any]) -> None:
+        tag = "int" if -INT32_MAX - 1 <= value <= INT32_MAX else "i8"
+        write(f"<value><{tag}>{int(value)}</{tag}></value>\n")
+
+    dispatch[int] = dump_long
+
+
+def dumps_response(result: Any) -> bytes:
+    """Like ``xmlrpclib.dumps(..., methodresponse=True)``, with wide ints."""
+    marshaller = _WideMarshaller("utf-8", allow_none=False)
+    if isinstance(result, xmlrpclib.Fault):
+        body = "<fault>\n" + marshaller.dumps(result) + "</fault>\n"
+    else:
+        body = "<params>\n" + marshaller.dumps((result,)) + "</params>\n"
+    text = "<?xml version='1.0'?>\n<methodResponse>\n" + body + "</methodResponse>\n"
+    return text.encode("utf-8")
+
+
+def safe_loads(data: bytes) -> tuple[tuple[Any, ...], str | None]:
+    """Parse a call with entity expansion, DTDs and external entities refused."""
+    unmarshaller = xmlrpclib.Unmarshaller(use_datetime=False, use_builtin_types=False)
+    parser = DefusedExpatParser(unmarshaller, forbid_dtd=True)
+    parser.feed(data)
+    parser.close()
+    return unmarshaller.close(), unmarshaller.getmethodname()
+
+
+def as_offset(value: object, name: str) -> int:
+    """An absolute offset or byte count: an int or decimal string, >= 0."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise StatusError(Code.MISS_PARAM, f"{name} must be a non-negative integer")
+    return value
+
+
+def as_vm_id(value: object) -> str:
+    try:
+        return validate_vm_id(value)
+    except SpecError as e:
+        raise StatusError(Code.MISS_PARAM, str(e)) from None
+
+
+def rpc_method(
+    signature: list[list[str]], *, with_request: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn StatusError into a status dict and anything else into code 16.
+
+    The traceback of an unexpected error goes to the server log only.
+    """
+
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        arguments = inspect.signature(method)
+
+        @functools.wraps(method)
+        def wrapper(self: ConsoleRPC, *args: Any) -> defer.Deferred[Any]:
+            try:
+                arguments.bind(self, *args)
+            except TypeError as e:
+                # Wrong number of arguments: the caller's mistake, not ours.
+                return defer.succeed(failure(StatusError(Code.MISS_PARAM, str(e))))
+            d = defer.maybeDeferred(method, self, *args)
+
+            def on_error(reason: Failure) -> dict[str, Any]:
+                if reason.check(StatusError):
+                    return failure(reason.value)
+                log.failure("RPC {name} failed", reason, name=method.__name__)
+                return failure(StatusError(Code.UNEXPECTED))
+
+            d.addCallbacks(wire_safe, on_error)
+            return d
+
+        wrapper.signature = signature  # type: ignore[attr-defined]
+        wrapper.withRequest = with_request  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+class ConsoleRPC(xmlrpc.XMLRPC):
+    """VDSM-shaped management calls over the console registry."""
+
+    def __init__(self, context: ServerContext) -> None:
+        super().__init__(allowNone=False, useDateTime=False)
+        self.context = context
+        xmlrpc.addIntrospection(self)
+
+    # -- transport -------------------------------------------------------
+
+    def render_POST(self, request: IRequest) -> object:
+        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+        try:
+            args, name = safe_loads(request.content.read())
+            if not name:
+                raise ValueError("no methodName")
+        except Exception as e:  # noqa: BLE001 - any parse error is the caller's
+            self._cbRender(
+                xmlrpc.Fault(self.FAILURE, f"Can't deserialize input: {e}"), request
+            )
+            return server.NOT_DONE_YET
+        return self._dispatch(request, name, args)
+
+    def _dispatch(self, request: IRequest, name: str, args: tuple[Any, ...]) -> object:
+        try:
+            function = self.lookupProcedure(name)
+        except xmlrpc.Fault as f:
+            self._cbRender(f, request)
+            return server.NOT_DONE_YET
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        if getattr(function, "withRequest", False):
+            d = defer.maybeDeferred(function, request, *args)
+        else:
+            d = defer.maybeDeferred(function, *args)
+        d.addErrback(self._ebRender)
+        d.addCallback(self._cbRender, request, gone)
+        return server.NOT_DONE_YET
+
+    def _cbRender(
+        self, result: Any, request: IRequest, responseFailed: object = None
+    ) -> None:
+        if responseFailed:
+            return
+        try:
+            content = dumps_response(result)
+        except Exception as e:  # noqa: BLE001
+            log.failure("cannot marshal RPC result")
+            content = dumps_response(
+                xmlrpc.Fault(self.FAILURE, f"Can't serialize output: {e}")
+            )
+        request.setHeader(b"content-length", b"%d" % len(content))
+        request.write(content)
+        request.finish()
+
+    # -- methods ------------------------------------------------------------
+
+    @rpc_method([["struct"]])
+    def xmlrpc_ping(self) -> dict[str, Any]:
+        """Answer status Done: the server is up."""
+        return success()
+
+    @rpc_method([["struct"]])
+    def xmlrpc_getVdsCapabilities(self) -> dict[str, Any]:
+        """Facts about this server: version, port, TLS, sources, retention."""
+        config = self.context.config
+        info = {
+            "version": __version__,
+            "software": "vdsmconsole",
+            "port": self.context.port,
+            "tls": {
+                "minimumVersion": "TLSv1.2",
+                "clientCertificateRequired": True,
+                "alpn": ["h2", "http/1.1"],
+            },
+            "sourceTypes": list(SOURCE_TYPES),
+            "spawnCommands": sorted(config.spawn_commands),
+            "ringBytes": config.ring_bytes,
+            "logFileBytes": config.log_file_bytes,
+            "logKeepFiles": config.log_keep_files,
+            "rpcMaxBody": config.rpc_max_body,
+        }
+        return success(info=info)
+
+    @rpc_method([["struct"], ["struct", "boolean"], ["struct", "boolean", "array"]])
+    def xmlrpc_list(
+        self, fullStatus: bool = False, vmList: list[str] | None = None
+    ) -> dict[str, Any]:
+        """List consoles: {vmId, status} each, or everything with fullStatus."""
+        registry = self.context.registry
+        wanted = registry.ids() if not vmList else [as_vm_id(v) for v in vmList]
+        entries = []
+        for vm_id in wanted:
+            console = registry.find(vm_id)
+            if console is None:
+                continue
+            entries.append(console.full_status() if fullStatus else console.summary())
+        return success(vmList=entries)
+
+    @rpc_method([["struct", "struct"]], with_request=True)
+    def xmlrpc_create(self, request: IRequest, params: object) -> Any:
+        """Register a guest console: {vmId, console: {type, ...}}."""
+        if not isinstance(params, dict):
+            raise StatusError(Code.MISS_PARAM, "params must be a struct")
+        vm_id = as_vm_id(params.get("vmId"))
+        try:
+            spec = parse_console_spec(
+                params.get("console"), self.context.config.spawn_commands
+            )
+        except SpecError as e:
+            raise StatusError(Code.MISS_PARAM, str(e)) from None
+        console = self.context.registry.create(vm_id, spec)
+        self.context.audit.record(
+            "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
+        )
+        return success(vmList=[console.full_status()])
+
+    @rpc_method([["struct", "string"]], with_request=True)
+    def xmlrpc_destroy(self, request: IRequest, vmId: object) -> Any:
+        """Unregister a console (a spawned guest is stopped)."""
+        vm_id = as_vm_id(vmId)
+        d = self.context.registry.destroy(vm_id)
+        self.context.audit.record("destroy", identity_of(request), vmId=vm_id)
+        return d.addCallback(lambda _: success())
+
+    @rpc_method([["struct", "string"]])
+    def xmlrpc_getVmStats(self, vmId: object) -> dict[str, Any]:
+        """Counters and state of one console."""
+        console = self.context.registry.get(as_vm_id(vmId))
+        return success(statsList=[console.stats()])
+
+    @rpc_method([["struct"]])
+    def xmlrpc_getAllVmStats(self) -> dict[str, Any]:
+        """Counters and state of every console."""
+        registry = self.context.registry
+        return success(statsList=[registry.get(v).stats() for v in registry.ids()])
+
+    @rpc_method(
+        [
+            ["struct", "string"],
+            ["struct", "string", "int"],
+            ["struct", "string", "int", "int"],
+        ]
+    )
+    def xmlrpc_consoleRead(
+        self, vmId: object, offset: object = 0, maxBytes: object = DEFAULT_READ_BYTES
+    ) -> dict[str, Any]:
+        """Read retained output from an absolute offset; lost says what was missed."""
+        console = self.context.registry.get(as_vm_id(vmId))
+        start = as_offset(offset, "offset")
+        limit = as_offset(maxBytes, "maxBytes")
+        if limit == 0:
+            raise StatusError(Code.MISS_PARAM, "maxBytes must be positive")
+        result = console.read(start, min(limit, MAX_READ_BYTES))
+        return success(
+            data=xmlrpclib.Binary(result.data),
+            offset=result.offset,
+            nextOffset=result.offset + len(result.data),
+            lost=result.lost,
+        )
+
+    @rpc_method([["struct", "string", "base64"]], with_request=True)
+    def xmlrpc_consoleWrite(self, request: IRequest, vmId: object, data: object) -> Any:
+        """Send input to the guest: a Binary, or a string sent as UTF-8."""
+        console = self.context.registry.get(as_vm_id(vmId))
+        if isinstance(data, xmlrpclib.Binary):
+            payload = data.data
+        elif isinstance(data, str):
+            payload = data.encode("utf-8")
+        else:
+            raise StatusError(Code.MISS_PARAM, "data must be base64 or a string")
+        written = console.write_all(payload)
+        self.context.audit.record(
+            "consoleWrite", identity_of(request), vmId=console.vm_id, bytes=len(payload)
+        )
+        return defer.maybeDeferred(lambda: written).addCallback(
+            lambda n: success(written=n)
+        )
+
+
+def identity_of(request: IRequest) -> object:
+    return getattr(request, "peerIdentity", "-")

@@ -1,0 +1,182 @@
+"""Routing, the request class, the access log: the HTTP side of the port.
+
+``/RPC2`` and ``/`` take XML-RPC POSTs; ``/consoleStream/<vmId>`` takes the
+streams.  Anything else is 404; a known path with the wrong method is 405 with
+``Allow``.  Clients never see a traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.web import http, resource, server
+from twisted.web.iweb import IRequest
+
+from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_identity_of
+
+if TYPE_CHECKING:
+    from vdsmconsole.server import ServerContext
+
+
+class PlainError(resource.Resource):
+    """A short text/plain error page; no HTML, no traceback."""
+
+    isLeaf = True
+
+    def __init__(
+        self, code: int, message: str, headers: dict[bytes, bytes] | None = None
+    ) -> None:
+        super().__init__()
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def render(self, request: IRequest) -> bytes:
+        request.setResponseCode(self.code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        return self.message.encode("utf-8") + b"\n"
+
+
+NOT_FOUND = PlainError(404, "not found")
+
+
+class ConsoleRequest(server.Request):
+    """A request that knows its peer, caps RPC bodies and counts as in flight.
+
+    ``parseCookies`` is the one hook both HTTP/1.1 and HTTP/2 call once all
+    headers are in and before any body arrives; it is where a request starts
+    to count as in flight (for graceful shutdown) and where a streaming
+    resource can take over the body (see streams.py).
+    """
+
+    site: ConsoleSite
+    bodyConsumer: Any = None  # a streams.BodyConsumer once a stream took the body
+    # Method and path as known when the headers are in (before process()).
+    earlyMethod: bytes = b""
+    earlyPath: bytes = b""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._body_bytes = 0
+        self._body_too_large = False
+        self._identity: PeerIdentity | None = None
+
+    @property
+    def peerIdentity(self) -> PeerIdentity:
+        if self._identity is None:
+            conn = getattr(self.channel, "_conn", self.channel)  # H2Stream -> conn
+            self._identity = peer_identity_of(getattr(conn, "transport", None))
+        return self._identity or ANONYMOUS
+
+    def parseCookies(self) -> None:
+        super().parseCookies()
+        channel = self.channel
+        # HTTP/1.1 channels keep these private; HTTP/2 streams public.
+        self.earlyMethod = getattr(channel, "_command", None) or channel.command
+        self.earlyPath = getattr(channel, "_path", None) or channel.path
+        site = channel.site
+        site.requestStarted(self)
+        hook = site.headersReceivedHook
+        if hook is not None:
+            hook(self)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.bodyConsumer is not None:
+            self.bodyConsumer.bodyChunk(data)
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self.channel.site.maxBodyBytes:
+            # Keep reading (so the connection stays in sync) but store nothing.
+            self._body_too_large = True
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.bodyConsumer is not None:
+            # The resource rendered when the headers came; this is the body's end.
+            self.bodyConsumer.bodyEnded()
+            return
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        if self._body_too_large:
+            self.setResponseCode(http.REQUEST_ENTITY_TOO_LARGE)
+            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            self.setHeader(b"connection", b"close")
+            self.write(b"request body too large\n")
+            self.finish()
+            return
+        super().process()
+
+
+class Root(resource.Resource):
+    def __init__(
+        self,
+        rpc: resource.Resource,
+        streams: Callable[[bytes], resource.Resource] | None = None,
+    ) -> None:
+        super().__init__()
+        self._rpc = rpc
+        self._streams = streams
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        rest = request.postpath
+        if path in (b"", b"RPC2") and not rest:
+            return self._rpc
+        if path == b"consoleStream" and self._streams is not None and len(rest) == 1:
+            return self._streams(rest[0])
+        return NOT_FOUND
+
+
+def access_log_line(timestamp: str, request: Any) -> str:
+    """Combined log format, with the peer's certificate name as the user."""
+    referrer = _quote(request.getHeader(b"referer") or b"-")
+    agent = _quote(request.getHeader(b"user-agent") or b"-")
+    line = (
+        '"{ip}" - {user} {timestamp} "{method} {uri} {protocol}" '
+        '{code} {length} "{referrer}" "{agent}"'
+    )
+    return line.format(
+        ip=_quote(request.getClientAddress().host or b"-"),
+        user=_quote(str(getattr(request, "peerIdentity", "-")) or "-"),
+        timestamp=timestamp,
+        method=_quote(request.method),
+        uri=_quote(request.uri),
+        protocol=_quote(request.clientproto),
+        code=request.code,
+        length=request.sentLength or "-",
+        referrer=referrer,
+        agent=agent,
+    )
+
+
+def _quote(value: bytes | str) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value.replace('"', "%22").replace(" ", "%20") if value else "-"
+
+
+class ConsoleSite(server.Site):
+    """The one site on the port; it knows which requests are in flight."""
+
+    displayTracebacks = False
+    requestFactory = ConsoleRequest
+
+    def __init__(self, root: resource.Resource, context: ServerContext) -> None:
+        super().__init__(root, logFormatter=access_log_line)
+        self.context = context
+        self.maxBodyBytes = context.config.rpc_max_body
+        self.headersReceivedHook: Callable[[ConsoleRequest], None] | None = None
+        self.inFlight: set[ConsoleRequest] = set()
+        self.started = time.monotonic()
+
+    def requestStarted(self, request: ConsoleRequest) -> None:
+        self.inFlight.add(request)
+        request.notifyFinish().addBoth(self._requestDone, request)
+
+    def _requestDone(self, result: object, request: ConsoleRequest) -> None:
+        self.inFlight.discard(request)
