@@ -505,6 +505,7 @@ class QemuGuest:
 
     def _start_once(self, paused: bool, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        self.qmp_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()  # a stale socket would look ready
         with open(self.log_path, "ab") as log:
@@ -574,9 +575,8 @@ class QemuGuest:
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM qemu, SIGKILL it after ``timeout``; idempotent."""
         self._kill(timeout)
-        if self._short_dir is not None:
+        if self._short_dir is not None:  # start() would make it again
             shutil.rmtree(self._short_dir, ignore_errors=True)
-            self._short_dir = None
 
     def restart(self, paused: bool = False, timeout: float = 30.0) -> None:
         """Stop and start again on the same socket path / port.
