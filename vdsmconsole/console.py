@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
 from vdsmconsole.config import Config
@@ -39,6 +38,22 @@ class Subscriber(Protocol):
 
     def consoleClosed(self) -> None:
         """The console was destroyed or the server stops: end your stream."""
+
+
+class InputWriter(Protocol):
+    """A client sending input: paused while the guest does not take it."""
+
+    def pauseProducing(self) -> None:
+        """The guest does not take input now: hold it, stop reading the client."""
+
+    def resumeProducing(self) -> None:
+        """The guest takes input again (or its source reconnected)."""
+
+    def consoleDown(self) -> None:
+        """The guest went away for good: end the input."""
+
+    def consoleClosed(self) -> None:
+        """The console was destroyed or the server stops."""
 
 
 class ConsoleDown(StatusError):
@@ -71,7 +86,7 @@ class Console:
         self.input_paused = False
         self.closed = False
         self._subscribers: set[Subscriber] = set()
-        self._writers: set[IPushProducer] = set()
+        self._writers: set[InputWriter] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -88,6 +103,9 @@ class Console:
         for subscriber in list(self._subscribers):
             subscriber.consoleClosed()
         self._subscribers.clear()
+        for writer in list(self._writers):
+            writer.consoleClosed()
+        self._writers.clear()
         d = self.source.stop()
 
         def close_log(result: object) -> None:
@@ -187,20 +205,17 @@ class Console:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 
-    def count_sent(self, nbytes: int) -> None:
-        """Streams report what they sent, for the stats."""
-
     def count_lost(self, nbytes: int) -> None:
         self.lost_to_slow_readers += nbytes
 
     # -- writers --------------------------------------------------------------
 
-    def add_writer(self, writer: IPushProducer) -> None:
+    def add_writer(self, writer: InputWriter) -> None:
         self._writers.add(writer)
         if self.input_paused:
             writer.pauseProducing()
 
-    def remove_writer(self, writer: IPushProducer) -> None:
+    def remove_writer(self, writer: InputWriter) -> None:
         self._writers.discard(writer)
 
     def write(self, data: bytes) -> bool:

@@ -26,6 +26,7 @@ from twisted.web import server, xmlrpc
 from twisted.web.iweb import IRequest
 
 from vdsmconsole import __version__
+from vdsmconsole.site import MethodsMixin
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
 from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
 
@@ -123,7 +124,7 @@ def rpc_method(
     return decorate
 
 
-class ConsoleRPC(xmlrpc.XMLRPC):
+class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
     """VDSM-shaped management calls over the console registry."""
 
     def __init__(self, context: ServerContext) -> None:

@@ -7,11 +7,13 @@ streams.  Anything else is 404; a known path with the wrong method is 405 with
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.web import http, resource, server
+from twisted.web._http2 import H2Stream
 from twisted.web.iweb import IRequest
 
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_identity_of
@@ -44,6 +46,31 @@ class PlainError(resource.Resource):
 NOT_FOUND = PlainError(404, "not found")
 
 
+def allowed_methods(res: resource.Resource) -> list[bytes]:
+    names = [m[7:] for m in dir(res) if m.startswith("render_") and m[7:].isupper()]
+    if "GET" not in names and "HEAD" in names:
+        names.remove("HEAD")  # Resource's default HEAD only fakes a GET
+    return sorted(n.encode("ascii") for n in names)
+
+
+class MethodsMixin:
+    """405 with Allow for every method a known path does not take.
+
+    Twisted answers 501 for methods outside GET/HEAD/POST; our contract says
+    405 with Allow for any wrong method on a known path.
+    """
+
+    def render(self, request: Any) -> Any:
+        allowed = allowed_methods(self)  # type: ignore[arg-type]
+        if request.method not in allowed:
+            return PlainError(
+                405,
+                "method not allowed",
+                {b"allow": b", ".join(allowed)},
+            ).render(request)
+        return getattr(self, "render_" + request.method.decode("ascii"))(request)
+
+
 class ConsoleRequest(server.Request):
     """A request that knows its peer, caps RPC bodies and counts as in flight.
 
@@ -64,6 +91,9 @@ class ConsoleRequest(server.Request):
         self._body_bytes = 0
         self._body_too_large = False
         self._identity: PeerIdentity | None = None
+        self._early = False
+        self._body_done = False
+        self._closing = False
 
     @property
     def peerIdentity(self) -> PeerIdentity:
@@ -84,10 +114,23 @@ class ConsoleRequest(server.Request):
         if hook is not None:
             hook(self)
 
+    def dispatchEarly(self) -> None:
+        """Render now, with the body still to come (a streaming POST).
+
+        The body then goes to ``bodyConsumer`` chunk by chunk as it arrives,
+        and the channel's usual end-of-request call means "the body ended".
+        """
+        self._early = True
+        if self.content is None:  # HTTP/1.1 makes it only after this hook
+            self.content = io.BytesIO()
+        version = getattr(self.channel, "_version", None) or b"HTTP/2"
+        server.Request.requestReceived(self, self.earlyMethod, self.earlyPath, version)
+
     def handleContentChunk(self, data: bytes) -> None:
-        if self.bodyConsumer is not None:
-            self.bodyConsumer.bodyChunk(data)
-            return
+        if self._early:
+            if self.bodyConsumer is not None:
+                self.bodyConsumer.bodyChunk(data)
+            return  # an early answer was given: the rest of the body is moot
         self._body_bytes += len(data)
         if self._body_bytes > self.channel.site.maxBodyBytes:
             # Keep reading (so the connection stays in sync) but store nothing.
@@ -96,11 +139,37 @@ class ConsoleRequest(server.Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self.bodyConsumer is not None:
+        if self._early:
             # The resource rendered when the headers came; this is the body's end.
-            self.bodyConsumer.bodyEnded()
+            self._body_done = True
+            if self.bodyConsumer is not None:
+                self.bodyConsumer.bodyEnded()
             return
         super().requestReceived(command, path, version)
+
+    @property
+    def isHTTP2(self) -> bool:
+        return isinstance(self.channel, H2Stream)
+
+    def finish(self) -> None:
+        if self._early and not self._body_done and not self.isHTTP2:
+            # HTTP/1.1 cannot end a response while the client is still sending
+            # a body we no longer read: the channel would take the rest of the
+            # body for a new request.  Complete the response, then close.
+            if self._closing or self._disconnected:
+                return
+            self._closing = True
+            if not self.startedWriting:
+                if not self.responseHeaders.hasHeader(b"content-length"):
+                    self.setHeader(b"content-length", b"0")
+                self.setHeader(b"connection", b"close")
+                self.write(b"")
+            if self.chunked:
+                self.channel.write(b"0\r\n\r\n")
+            self.channel.site.log(self)
+            self.channel.transport.loseConnection()
+            return
+        super().finish()
 
     def process(self) -> None:
         if self._body_too_large:
@@ -121,14 +190,14 @@ class Root(resource.Resource):
     ) -> None:
         super().__init__()
         self._rpc = rpc
-        self._streams = streams
+        self.streams = streams
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
         rest = request.postpath
         if path in (b"", b"RPC2") and not rest:
             return self._rpc
-        if path == b"consoleStream" and self._streams is not None and len(rest) == 1:
-            return self._streams(rest[0])
+        if path == b"consoleStream" and self.streams is not None and len(rest) == 1:
+            return self.streams(rest[0])
         return NOT_FOUND
 
 
