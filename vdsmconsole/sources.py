@@ -1,0 +1,918 @@
+"""Guest console sources: the one reader and writer of each guest's console.
+
+A guest's serial console lives behind a pty that qemu holds the master of, a
+socket chardev qemu listens on, or (for the demo guest and tests) a child
+process on a pty of our own.  Whatever the kind, the console above needs the
+same few things, which `ConsoleSource` names: every byte the guest writes,
+handed on as soon as it is read (qemu drops serial output nobody reads, and a
+guest whose console blocks can freeze on its own kernel messages); a way to
+send input whose backpressure reaches the writers; a state that says whether
+the guest is there; and a stop that really ends everything.
+
+Each kind fails differently, and that shapes the code:
+
+- A pty path is never reopened.  The kernel hands ``/dev/pts/N`` to the next
+  pty as soon as the old one is gone, so reopening the path could attach
+  another guest's console.  A pty whose guest went away stays ``down``.
+- A socket chardev is retried forever with exponential backoff: qemu may start
+  after us or be restarted, and the socket path or port stays the guest's.
+- A spawned child is ours: ``stop()`` ends it (SIGTERM, then SIGKILL).
+
+Input backpressure comes from the write transport's producer protocol: each
+source registers a small push producer on the transport it writes to, and the
+transport pauses it when its buffer is full and resumes it when drained.
+Those calls become ``sourceInputPaused`` / ``sourceInputResumed``.
+
+The reactor is always injected; only tests and the entry point use the global
+one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import termios
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet import abstract, error
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import (
+    Factory,
+    ProcessProtocol,
+    Protocol,
+    connectionDone,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vdsmconsole.interfaces import ConsoleSource, SourceSink, SourceState
+from vdsmconsole.spec import ConsoleSpec
+
+__all__ = [
+    "PtySource",
+    "SourceOptions",
+    "SpawnSource",
+    "TcpSource",
+    "UnixSource",
+    "backoff_delay",
+    "make_raw",
+    "make_source",
+]
+
+_log = Logger()
+
+# A sink that raises must not take the source down with it: a pty source that
+# lost its fds can never come back.  Shared, as failureHandler advises, because
+# sourceData is the hot path.
+_sinkFailures = _log.failureHandler("while reporting to a console source's sink:")
+
+# One read takes what the kernel has, up to this much.
+READ_SIZE = 65536
+
+# The reactor provides IReactorTime, IReactorFDSet, IReactorProcess,
+# IReactorTCP, IReactorUNIX and IReactorPluggableNameResolver.  zope interfaces
+# are not checkable types without the mypy-zope plugin, hence Any.
+Reactor = Any
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How sources behave; from the server's configuration, same for all."""
+
+    reconnect_initial: float = 0.5
+    """Seconds before the first retry of a unix/tcp source; doubles each time."""
+    reconnect_max: float = 30.0
+    """The cap of the exponential backoff."""
+    connect_timeout: float = 10.0
+    """Seconds one unix/tcp connection attempt may take."""
+    spawn_commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Name -> argv of the commands a spawn source may run.
+
+    A spawn console names one of these; an argv never comes from the wire.
+    """
+    spawn_env: Mapping[str, str] | None = None
+    """The environment of spawned commands; None inherits the server's."""
+    stop_timeout: float = 5.0
+    """Seconds a spawned child gets between SIGTERM and SIGKILL; also how long
+    its pty may stay open after it exited (a grandchild may hold it)."""
+
+    def __post_init__(self) -> None:
+        for name in ("reconnect_initial", "reconnect_max", "connect_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
+        if not self.stop_timeout >= 0:
+            raise ValueError(f"stop_timeout must be >= 0, not {self.stop_timeout!r}")
+        for name, argv in self.spawn_commands.items():
+            if (
+                isinstance(argv, str | bytes)
+                or not argv
+                or not all(isinstance(arg, str) for arg in argv)
+            ):
+                raise ValueError(
+                    f"spawn command {name!r} needs a non-empty argv list, not {argv!r}"
+                )
+
+
+def make_source(
+    spec: ConsoleSpec, options: SourceOptions, reactor: Reactor
+) -> ConsoleSource:
+    """The source for a validated console description (not started yet)."""
+    if spec.type == "pty":
+        return PtySource(spec.path, reactor)
+    if spec.type == "unix":
+        return UnixSource(spec.path, options, reactor)
+    if spec.type == "tcp":
+        return TcpSource(spec.host, spec.port, options, reactor)
+    if spec.type == "spawn":
+        return SpawnSource(spec.command, options, reactor)
+    raise ValueError(f"unknown console source type {spec.type!r}")
+
+
+def backoff_delay(failed_attempts: int, initial: float, maximum: float) -> float:
+    """Seconds to wait after ``failed_attempts`` (1, 2, ...) failures in a row.
+
+    ``initial``, doubling, capped at ``maximum``.  No jitter: the peers are
+    local qemu processes, not a shared server that a herd could overwhelm.
+    """
+    # The exponent is bounded so that a source retrying for months cannot
+    # overflow a float.
+    exponent = min(max(failed_attempts - 1, 0), 64)
+    return float(min(initial * 2**exponent, maximum))
+
+
+def make_raw(fd: int) -> None:
+    """Put a terminal in raw mode (cfmakeraw), so bytes pass both ways unchanged.
+
+    In the default cooked mode the line discipline echoes what the guest
+    writes back into the guest, turns the guest's CR into NL (ICRNL) and our
+    NL into CR NL (ONLCR), holds input back until a line ends (ICANON) and
+    eats ^C, ^Z, ^S, ^Q (ISIG, IXON).  Python 3.11's
+    ``tty.setraw`` leaves INLCR and IGNCR alone and flushes pending input
+    (TCSAFLUSH), which would drop what the guest wrote before we attached;
+    hence this, applied with TCSANOW.
+    """
+    attrs = termios.tcgetattr(fd)
+    iflag, oflag, cflag, lflag = attrs[0], attrs[1], attrs[2], attrs[3]
+    iflag &= ~(
+        termios.IGNBRK
+        | termios.BRKINT
+        | termios.PARMRK
+        | termios.ISTRIP
+        | termios.INLCR
+        | termios.IGNCR
+        | termios.ICRNL
+        | termios.IXON
+        | termios.IXOFF
+    )
+    oflag &= ~termios.OPOST
+    lflag &= ~(
+        termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN
+    )
+    cflag &= ~(termios.CSIZE | termios.PARENB)
+    cflag |= termios.CS8
+    attrs[0:4] = [iflag, oflag, cflag, lflag]
+    cc = list(attrs[6])
+    cc[termios.VMIN] = 1
+    cc[termios.VTIME] = 0
+    attrs[6] = cc
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+@implementer(IPushProducer)
+class _InputGate:
+    """Registered on a write transport: its pause/resume say the guest's side
+    is full/drained.  One per transport, dead once that transport is gone."""
+
+    def __init__(self, source: _SourceBase) -> None:
+        self._source = source
+        self.active = True
+
+    def pauseProducing(self) -> None:
+        if self.active:
+            self._source._inputPaused()
+
+    def resumeProducing(self) -> None:
+        if self.active:
+            self._source._inputResumed()
+
+    def stopProducing(self) -> None:
+        # The transport is gone; the source hears of that through its own
+        # connectionLost and decides what input pausing means then.
+        self.active = False
+
+
+class _SourceBase:
+    """What all sources share: the sink, the state, pausing, stopping."""
+
+    kind = ""
+
+    def __init__(self, reactor: Reactor) -> None:
+        self._reactor = reactor
+        self.state = SourceState.DOWN
+        self._reason = "not started"
+        self._lastError = ""
+        self._sink: SourceSink | None = None
+        self._stopping = False
+        self._stopped = False
+        self._stopWaiters: list[Deferred[None]] = []
+        self._readingPaused = False
+        self._inputIsPaused = False
+        self._gate: _InputGate | None = None
+
+    # -- ConsoleSource
+
+    def start(self, sink: SourceSink) -> None:
+        if self._sink is not None or self._stopping:
+            raise RuntimeError(f"{self!r} was already started or stopped")
+        self._sink = sink
+        self._start()
+
+    def write(self, data: bytes) -> bool:
+        transport = self._writeTransport()
+        if self.state is not SourceState.CONNECTED or transport is None:
+            return False
+        if data:
+            transport.write(data)
+        return True
+
+    def pauseReading(self) -> None:
+        self._readingPaused = True
+        self._applyReading()
+
+    def resumeReading(self) -> None:
+        self._readingPaused = False
+        self._applyReading()
+
+    def stop(self) -> Deferred[None]:
+        if self._stopped:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._stopWaiters.append(waiter)
+        if not self._stopping:
+            # Say so once (a source already down keeps its reason), then
+            # nothing more: whatever the teardown below reports (a lost
+            # connection, a child's exit) is our own doing.
+            if self.state is not SourceState.DOWN:
+                self._setState(SourceState.DOWN, "stopped")
+            self._stopping = True
+            self._stop()
+        return waiter
+
+    def describe(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"type": self.kind}
+        facts.update(self._target())
+        facts.update(
+            state=self.state.value, reason=self._reason, lastError=self._lastError
+        )
+        facts.update(self._moreFacts())
+        return facts
+
+    # -- what each kind provides
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        """Tear down, then call _stopDone (now or later)."""
+        raise NotImplementedError
+
+    def _writeTransport(self) -> Any:
+        """Where input goes now, or None."""
+        raise NotImplementedError
+
+    def _applyReading(self) -> None:
+        """Make the current read side match _readingPaused."""
+        raise NotImplementedError
+
+    def _target(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _moreFacts(self) -> dict[str, Any]:
+        return {}
+
+    # -- helpers for the kinds
+
+    def _stopDone(self) -> None:
+        self._stopped = True
+        self._sink = None
+        waiters, self._stopWaiters = self._stopWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _emitData(self, data: bytes) -> None:
+        if self._stopping or self._sink is None:
+            return
+        with _sinkFailures:
+            self._sink.sourceData(data)
+
+    def _setState(self, state: SourceState, reason: str) -> None:
+        if self._stopping:
+            return
+        self.state = state
+        self._reason = reason
+        _log.info(
+            "{source}: {state}: {reason}", source=self, state=state, reason=reason
+        )
+        if self._sink is not None:
+            with _sinkFailures:
+                self._sink.sourceStateChanged(state, reason)
+
+    def _inputPaused(self) -> None:
+        if self._inputIsPaused or self._stopping:
+            return
+        self._inputIsPaused = True
+        if self._sink is not None:
+            with _sinkFailures:
+                self._sink.sourceInputPaused()
+
+    def _inputResumed(self) -> None:
+        if not self._inputIsPaused or self._stopping:
+            return
+        self._inputIsPaused = False
+        if self._sink is not None:
+            with _sinkFailures:
+                self._sink.sourceInputResumed()
+
+    def _registerGate(self, transport: Any) -> None:
+        """Map the write transport's buffer onto input paused/resumed."""
+        self._dropGate()
+        self._gate = _InputGate(self)
+        transport.registerProducer(self._gate, True)
+        # A fresh transport has an empty buffer: input flows again.  While
+        # there was none, input stayed paused so that the console kept its
+        # writers waiting rather than dropping what they sent.
+        self._inputResumed()
+
+    def _dropGate(self) -> None:
+        # Transports tell their producer stopProducing when they go, but a
+        # late pause from a dead transport must not pause the next one, so
+        # the source does not rely on that.
+        if self._gate is not None:
+            self._gate.active = False
+            self._gate = None
+
+    def __repr__(self) -> str:
+        target = ",".join(f"{k}={v}" for k, v in self._target().items())
+        return f"<{type(self).__name__} {target} {self.state.value}>"
+
+
+# -- pty ---------------------------------------------------------------------
+
+
+class _NotATerminal(Exception):
+    pass
+
+
+def _open_tty(path: str) -> int:
+    """Open an existing tty, never as our controlling terminal, nonblocking."""
+    # stat before open: opening an arbitrary device can have side effects.
+    if not stat.S_ISCHR(os.stat(path).st_mode):
+        raise _NotATerminal(f"{path} is not a character device")
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        if not os.isatty(fd):
+            raise _NotATerminal(f"{path} is not a terminal")
+        make_raw(fd)
+    except termios.error as e:
+        os.close(fd)
+        raise OSError(*e.args) from e
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _TtyEnd(abstract.FileDescriptor):
+    """One direction of an open tty, owning its own fd.
+
+    The reactor keeps one handler per fd (epoll registers each fd once), so a
+    reader and a writer object on the same fd would replace each other and
+    reading would stop after the first write.  Each direction gets its own fd.
+    """
+
+    def __init__(
+        self, reactor: Reactor, fd: int, path: str, lost: Callable[[str], None]
+    ) -> None:
+        super().__init__(reactor)
+        self._fd = fd
+        self._path = path
+        self._lost = lost
+        self._why = ""
+        self.connected = 1
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        """Forget the fd without reporting anything; idempotent."""
+        if self._fd < 0:
+            return
+        abstract.FileDescriptor.connectionLost(self, Failure(error.ConnectionDone()))
+        os.close(self._fd)
+        self._fd = -1
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
+        self._lost(self._why or f"{self._path} hung up")
+
+
+class _TtyReader(_TtyEnd):
+    def __init__(
+        self,
+        reactor: Reactor,
+        fd: int,
+        path: str,
+        lost: Callable[[str], None],
+        received: Callable[[bytes], None],
+    ) -> None:
+        super().__init__(reactor, fd, path, lost)
+        self._received = received
+
+    def doRead(self) -> BaseException | None:
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            # EIO: the other side of the pty is gone.
+            self._why = f"reading {self._path}: {e.strerror}"
+            return error.ConnectionLost()
+        if not data:
+            # A hung-up tty reads as end of file: qemu closed the master.
+            self._why = f"{self._path} was closed by the guest's side (end of file)"
+            return error.ConnectionDone()
+        self._received(data)
+        return None
+
+
+class _TtyWriter(_TtyEnd):
+    def writeSomeData(self, data: bytes) -> int | BaseException:
+        try:
+            return os.write(self._fd, data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as e:
+            self._why = f"writing {self._path}: {e.strerror}"
+            return error.ConnectionLost()
+
+    def doRead(self) -> None:
+        # Never registered for reading; the reader owns that direction.
+        return None
+
+
+class PtySource(_SourceBase):
+    """An existing pty slave whose master the guest's qemu holds.
+
+    Opened once at start and never again: see the module docstring.
+    """
+
+    kind = "pty"
+
+    def __init__(self, path: str, reactor: Reactor) -> None:
+        super().__init__(reactor)
+        self._path = path
+        self._reader: _TtyReader | None = None
+        self._writer: _TtyWriter | None = None
+
+    def _target(self) -> dict[str, Any]:
+        return {"path": self._path}
+
+    def _start(self) -> None:
+        try:
+            rfd = _open_tty(self._path)
+        except _NotATerminal as e:
+            self._lastError = str(e)
+            self._setState(SourceState.DOWN, self._lastError)
+            return
+        except OSError as e:
+            self._lastError = f"cannot open {self._path}: {e.strerror}"
+            self._setState(SourceState.DOWN, self._lastError)
+            return
+        # A second fd for writing (see _TtyEnd).  dup rather than a second
+        # open(path): it cannot land on another pty that took the path in
+        # between, and epoll accepts both since they are different fds.
+        wfd = os.dup(rfd)
+        self._reader = _TtyReader(
+            self._reactor, rfd, self._path, self._ptyLost, self._emitData
+        )
+        self._writer = _TtyWriter(self._reactor, wfd, self._path, self._ptyLost)
+        self._registerGate(self._writer)
+        self._applyReading()
+        self._setState(SourceState.CONNECTED, f"attached to {self._path}")
+
+    def _ptyLost(self, why: str) -> None:
+        self._closeFds()
+        self._lastError = why
+        self._setState(SourceState.DOWN, f"{why}; a pty is never reopened")
+
+    def _closeFds(self) -> None:
+        self._dropGate()
+        for end in (self._reader, self._writer):
+            if end is not None:
+                end.close()
+        self._reader = self._writer = None
+
+    def _writeTransport(self) -> Any:
+        return self._writer
+
+    def _applyReading(self) -> None:
+        if self._reader is None:
+            return
+        if self._readingPaused:
+            self._reader.stopReading()
+        else:
+            self._reader.startReading()
+
+    def _stop(self) -> None:
+        self._closeFds()
+        self._stopDone()
+
+
+# -- unix and tcp --------------------------------------------------------------
+
+
+class _StreamProtocol(Protocol):
+    def __init__(self, source: _StreamSource) -> None:
+        self._source = source
+
+    def connectionMade(self) -> None:
+        self._source._connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._source._emitData(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._source._disconnected(self, reason)
+
+
+class _StreamFactory(Factory):
+    def __init__(self, source: _StreamSource) -> None:
+        self._source = source
+
+    def buildProtocol(self, addr: IAddress | None) -> _StreamProtocol:
+        return _StreamProtocol(self._source)
+
+
+@implementer(IStreamClientEndpoint)
+class _WatchedEndpoint:
+    """Counts connection attempts and remembers why they failed.
+
+    ClientService retries on its own but keeps the failures to itself; an
+    operator asking why a console is not connected wants them.
+    """
+
+    def __init__(self, endpoint: Any, source: _StreamSource) -> None:
+        self._endpoint = endpoint
+        self._source = source
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        self._source._attempts += 1
+        connecting: Deferred[IProtocol] = self._endpoint.connect(protocolFactory)
+        return connecting.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> Failure:
+        self._source._attemptFailed(failure)
+        return failure
+
+
+class _StreamSource(_SourceBase):
+    """A qemu socket chardev (server=on) that we connect to, again and again."""
+
+    def __init__(self, options: SourceOptions, reactor: Reactor) -> None:
+        super().__init__(reactor)
+        self._options = options
+        self._service: ClientService | None = None
+        self._protocol: _StreamProtocol | None = None
+        self._attempts = 0
+        self._failedInARow = 0
+        self._connections = 0
+
+    def _endpoint(self) -> Any:
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def _retryDelay(self, failedAttempts: int) -> float:
+        return backoff_delay(
+            failedAttempts, self._options.reconnect_initial, self._options.reconnect_max
+        )
+
+    def _start(self) -> None:
+        self._setState(SourceState.RECONNECTING, f"connecting to {self._where()}")
+        # The ignores: implementer() is invisible to mypy without mypy-zope.
+        self._service = ClientService(
+            _WatchedEndpoint(self._endpoint(), self),  # type: ignore[arg-type]
+            _StreamFactory(self),  # type: ignore[arg-type]
+            retryPolicy=self._retryDelay,
+            clock=self._reactor,
+        )
+        self._service.startService()
+
+    def _connected(self, protocol: _StreamProtocol) -> None:
+        transport = protocol.transport
+        assert transport is not None
+        if self._stopping:
+            transport.abortConnection()
+            return
+        self._protocol = protocol
+        self._connections += 1
+        self._failedInARow = 0
+        self._registerGate(transport)
+        self._applyReading()
+        self._setState(SourceState.CONNECTED, f"connected to {self._where()}")
+
+    def _disconnected(self, protocol: _StreamProtocol, reason: Failure) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        self._dropGate()
+        self._lastError = f"connection lost: {reason.getErrorMessage()}"
+        self._setState(SourceState.RECONNECTING, self._lastError)
+
+    def _attemptFailed(self, failure: Failure) -> None:
+        if self._stopping and failure.check(CancelledError):
+            return
+        self._failedInARow += 1
+        self._lastError = f"cannot connect: {failure.getErrorMessage()}"
+        _log.debug("{source}: {error}", source=self, error=self._lastError)
+
+    def _writeTransport(self) -> Any:
+        return None if self._protocol is None else self._protocol.transport
+
+    def _applyReading(self) -> None:
+        transport = self._writeTransport()
+        if transport is None:
+            return
+        if self._readingPaused:
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
+
+    def _stop(self) -> None:
+        if self._service is None:
+            self._stopDone()
+            return
+        stopping = self._service.stopService()
+        # stopService only asks for a clean close, which waits for input the
+        # guest may never take; drop it instead.
+        transport = self._writeTransport()
+        if transport is not None:
+            transport.abortConnection()
+        stopping.addBoth(lambda _: self._stopDone())
+
+    def _moreFacts(self) -> dict[str, Any]:
+        return {
+            "connectAttempts": self._attempts,
+            "reconnectAttempts": self._failedInARow,
+            "connections": self._connections,
+        }
+
+
+class UnixSource(_StreamSource):
+    """qemu ``-chardev socket,path=...,server=on``."""
+
+    kind = "unix"
+
+    def __init__(self, path: str, options: SourceOptions, reactor: Reactor) -> None:
+        super().__init__(options, reactor)
+        self._path = path
+
+    def _target(self) -> dict[str, Any]:
+        return {"path": self._path}
+
+    def _where(self) -> str:
+        return self._path
+
+    def _endpoint(self) -> Any:
+        return UNIXClientEndpoint(
+            self._reactor, self._path, timeout=self._options.connect_timeout
+        )
+
+
+class TcpSource(_StreamSource):
+    """qemu ``-chardev socket,host=...,port=...,server=on``."""
+
+    kind = "tcp"
+
+    def __init__(
+        self, host: str, port: int, options: SourceOptions, reactor: Reactor
+    ) -> None:
+        super().__init__(options, reactor)
+        self._host = host
+        self._port = port
+
+    def _target(self) -> dict[str, Any]:
+        return {"host": self._host, "port": self._port}
+
+    def _where(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    def _endpoint(self) -> Any:
+        timeout = self._options.connect_timeout
+        # An address (the usual case for a chardev) is connected to directly:
+        # HostnameEndpoint would resolve it in a thread and report each
+        # failure only after its 0.3 s attempt delay.
+        if abstract.isIPAddress(self._host):
+            return TCP4ClientEndpoint(
+                self._reactor, self._host, self._port, timeout=timeout
+            )
+        if abstract.isIPv6Address(self._host):
+            return TCP6ClientEndpoint(
+                self._reactor, self._host, self._port, timeout=timeout
+            )
+        return HostnameEndpoint(self._reactor, self._host, self._port, timeout=timeout)
+
+
+# -- spawn ---------------------------------------------------------------------
+
+
+def _describe_exit(reason: Failure) -> str:
+    value = reason.value
+    exitCode = getattr(value, "exitCode", None)
+    sig = getattr(value, "signal", None)
+    if sig is not None:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by signal {name}"
+    return f"exited with status {exitCode or 0}"
+
+
+class _ChildProtocol(ProcessProtocol):
+    def __init__(self, source: SpawnSource) -> None:
+        self._source = source
+
+    def connectionMade(self) -> None:
+        self._source._childStarted(self.transport)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self._source._emitData(data)
+
+    def processExited(self, reason: Failure) -> None:
+        self._source._childExited(reason)
+
+    def processEnded(self, reason: Failure) -> None:
+        self._source._childEnded(reason)
+
+
+class SpawnSource(_SourceBase):
+    """A command named in the configuration, run on a fresh raw pty."""
+
+    kind = "spawn"
+
+    def __init__(self, command: str, options: SourceOptions, reactor: Reactor) -> None:
+        super().__init__(reactor)
+        self._command = command
+        self._options = options
+        self._process: Any = None
+        self._pid = 0
+        self._exit = ""
+        self._closeCall: Any = None
+        self._killCall: Any = None
+
+    def _target(self) -> dict[str, Any]:
+        return {"command": self._command}
+
+    def _moreFacts(self) -> dict[str, Any]:
+        return {
+            "pid": self._pid,
+            "running": self._process is not None,
+            "exitStatus": self._exit,
+        }
+
+    def _start(self) -> None:
+        argv = self._options.spawn_commands.get(self._command)
+        if not argv:
+            self._lastError = (
+                f"spawn command {self._command!r} is not in the configuration"
+            )
+            self._setState(SourceState.DOWN, self._lastError)
+            return
+        env = None if self._options.spawn_env is None else dict(self._options.spawn_env)
+        master, slave = os.openpty()
+        try:
+            # Raw before the child starts, so that its first bytes already
+            # pass unchanged and nothing it reads is echoed back to us.
+            make_raw(slave)
+            self._reactor.spawnProcess(
+                _ChildProtocol(self),
+                argv[0],
+                list(argv),
+                env=env,
+                usePTY=(master, slave, os.ttyname(slave)),
+            )
+        except (OSError, termios.error) as e:
+            # PTYProcess leaves a pty it was given open when fork fails.
+            os.close(master)
+            os.close(slave)
+            self._lastError = f"cannot run {self._command!r}: {e.args[-1]}"
+            self._setState(SourceState.DOWN, self._lastError)
+
+    def _childStarted(self, process: Any) -> None:
+        # Called from within spawnProcess: the pid is known, the pty is ours.
+        self._process = process
+        self._pid = process.pid
+        self._registerGate(process)
+        self._applyReading()
+        self._setState(
+            SourceState.CONNECTED, f"started {self._command!r} (pid {self._pid})"
+        )
+
+    def _childExited(self, reason: Failure) -> None:
+        self._exit = _describe_exit(reason)
+        if self._killCall is not None and self._killCall.active():
+            self._killCall.cancel()
+        # processEnded waits for the pty to read EIO too: output may still be
+        # on its way.  But a grandchild can hold the pty open, and a paused
+        # reader sees no EIO, so do not wait for ever.
+        self._scheduleClose(0.0 if self._stopping else self._options.stop_timeout)
+
+    def _scheduleClose(self, delay: float) -> None:
+        if self._closeCall is not None and self._closeCall.active():
+            self._closeCall.cancel()
+        self._closeCall = self._reactor.callLater(delay, self._closePty)
+
+    def _closePty(self) -> None:
+        process = self._process
+        if process is not None and not process.disconnected:
+            # What the child wrote last is still in the pty when reading was
+            # paused: hand it on rather than drop it with the master.
+            for _ in range(16):
+                try:
+                    data = os.read(process.fileno(), READ_SIZE)
+                except OSError:  # EAGAIN: all read; EIO: nobody has the slave
+                    break
+                if not data:
+                    break
+                self._emitData(data)
+            # There is no abortConnection on a PTYProcess, and loseConnection
+            # waits for input the child may never read; this closes the master
+            # and lets processEnded come.
+            process.connectionLost(Failure(error.ConnectionDone()))
+
+    def _childEnded(self, reason: Failure) -> None:
+        self._exit = _describe_exit(reason)
+        self._process = None
+        self._dropGate()
+        for call in (self._closeCall, self._killCall):
+            if call is not None and call.active():
+                call.cancel()
+        if self._stopping:
+            self._stopDone()
+            return
+        self._lastError = f"{self._command!r} (pid {self._pid}) {self._exit}"
+        self._setState(SourceState.DOWN, self._lastError)
+
+    def _signal(self, name: str) -> None:
+        try:
+            self._process.signalProcess(name)
+        except (error.ProcessExitedAlready, OSError):
+            pass
+
+    def _kill(self) -> None:
+        self._signal("KILL")
+        # Reaped or not, the child may have left descendants on the pty.
+        self._scheduleClose(0.0)
+
+    def _stop(self) -> None:
+        if self._process is None:
+            self._stopDone()
+            return
+        if self._exit:
+            # Already reaped, only its pty is still open: close that now.
+            self._scheduleClose(0.0)
+            return
+        self._signal("TERM")
+        self._killCall = self._reactor.callLater(self._options.stop_timeout, self._kill)
+
+    def _writeTransport(self) -> Any:
+        return self._process
+
+    def _applyReading(self) -> None:
+        if self._process is None:
+            return
+        if self._readingPaused:
+            self._process.pauseProducing()
+        else:
+            self._process.resumeProducing()
