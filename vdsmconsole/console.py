@@ -20,6 +20,7 @@ from vdsmconsole.config import Config
 from vdsmconsole.consolelog import ConsoleLog
 from vdsmconsole.interfaces import ConsoleSource, SourceState
 from vdsmconsole.ring import OffsetBeyondEnd, ReadResult, Ring
+from vdsmconsole.sources import SourceOptions, make_source
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.status import Code, StatusError
 
@@ -267,14 +268,13 @@ class Console:
 def make_console_factory(
     config: Config, reactor: Any
 ) -> Callable[[str, ConsoleSpec], Console]:
-    def factory(vm_id: str, spec: ConsoleSpec) -> Console:
-        from vdsmconsole.sources import SourceOptions, make_source  # TEMP
+    options = SourceOptions(
+        reconnect_initial=config.reconnect_initial,
+        reconnect_max=config.reconnect_max,
+        spawn_commands=dict(config.spawn_commands),
+    )
 
-        options = SourceOptions(
-            reconnect_initial=config.reconnect_initial,
-            reconnect_max=config.reconnect_max,
-            spawn_commands=dict(config.spawn_commands),
-        )
+    def factory(vm_id: str, spec: ConsoleSpec) -> Console:
         # vm_id was validated before it got here; it is safe as a path part.
         console_log = ConsoleLog(
             config.state_dir / "consoles" / vm_id,
