@@ -74,7 +74,12 @@ def safe_loads(data: bytes) -> tuple[tuple[Any, ...], str | None]:
 
 def as_offset(value: object, name: str) -> int:
     """An absolute offset or byte count: an int or decimal string, >= 0."""
-    if isinstance(value, str) and value.isdigit():
+    if (
+        isinstance(value, str)
+        and value.isascii()
+        and value.isdigit()
+        and len(value) < 20
+    ):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise StatusError(Code.MISS_PARAM, f"{name} must be a non-negative integer")

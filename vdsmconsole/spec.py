@@ -81,7 +81,12 @@ def parse_console_spec(
     if kind == "tcp":
         host = _require_str(desc, "host", kind)
         port = desc.get("port")
-        if isinstance(port, str) and port.isdigit():
+        if (
+            isinstance(port, str)
+            and port.isascii()
+            and port.isdigit()
+            and len(port) < 6
+        ):
             port = int(port)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise SpecError(f"console port must be 1-65535, not {port!r}")
