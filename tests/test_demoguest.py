@@ -148,9 +148,13 @@ def test_count_and_flood(demo: DemoProcess) -> None:
     demo.expect(b"flood 100000\r\n")
     out = demo.expect(PROMPT)[: -len(PROMPT)]
     assert len(out) == 100000  # 1250 whole lines: no extra line break
-    assert {len(line) for line in out.split(b"\r\n")} == {78, 0}
+    lines = out.split(b"\r\n")
+    assert {len(line) for line in lines} == {78, 0}
+    # Numbered lines: no stretch of a flood repeats another.
+    assert [line[:8] for line in lines[:3]] == [b"00000000", b"00000001", b"00000002"]
+    assert len(set(lines)) == len(lines)
     demo.send(b"flood 5\r")
-    assert demo.expect(PROMPT) == b"flood 5\r\n01234\r\n" + PROMPT
+    assert demo.expect(PROMPT) == b"flood 5\r\n00000\r\n" + PROMPT
 
 
 def test_ctrl_c_stops_a_paced_count(demo: DemoProcess) -> None:

@@ -331,11 +331,20 @@ def _seconds(text: str) -> float | None:
 
 
 def _flood_bytes(n: int) -> Iterator[bytes]:
-    """Exactly ``n`` bytes: 78 printable characters and CRLF per line."""
+    """Exactly ``n`` bytes of 80-byte numbered lines (78 characters and CRLF).
+
+    The line numbers make every stretch of the flood unique, so a client that
+    lost or repeated a block cannot end up with the right checksum by chance.
+    """
     alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    line = (alphabet * 2)[:78] + b"\r\n"
-    block = line * 819  # 65520 bytes, whole lines: chunks join seamlessly
+    filler = (alphabet * 2)[:69]
+    lines_per_block = 819  # 65520 bytes
+    number = 0
     while n > 0:
+        block = b"".join(
+            b"%08d %s\r\n" % (number + i, filler) for i in range(lines_per_block)
+        )
+        number += lines_per_block
         size = min(n, len(block))
         yield block[:size]
         n -= size
