@@ -8,6 +8,7 @@ which the command line turns into one line and exit status 2.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -100,8 +101,10 @@ def check_values(config: Config) -> Config:
     if config.log_keep_files < 0:
         raise ConfigError("console.log_keep_files: must be 0 or more")
     for (section, key), (attr, _kind) in FIELDS.items():
-        if attr in POSITIVE and getattr(config, attr) <= 0:
-            raise ConfigError(f"{section}.{key}: must be positive")
+        value = getattr(config, attr)
+        # nan and inf are valid TOML floats but never a sane size or time.
+        if attr in POSITIVE and not (0 < value < math.inf):
+            raise ConfigError(f"{section}.{key}: must be positive and finite")
     return config
 
 
@@ -158,4 +161,6 @@ def load_config(path: Path | None, base: Config | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason})") from None
     return parse_config(data, base)

@@ -30,8 +30,10 @@ class ServiceMaker:
         import argparse
         from pathlib import Path
 
-        from vdsmconsole.cli import config_from_args
+        from vdsmconsole.cli import config_from_args, fail
+        from vdsmconsole.config import ConfigError
         from vdsmconsole.server import ConsoleService
+        from vdsmconsole.tls import TLSConfigError, server_options
 
         def path(value: str | None) -> Path | None:
             return Path(value) if value else None
@@ -43,7 +45,15 @@ class ServiceMaker:
             pki=path(options["pki"]),
             state_dir=path(options["state-dir"]),
         )
-        return ConsoleService(config_from_args(args))
+        try:
+            config = config_from_args(args)
+            # Check the TLS files now, before twistd starts logging: a bad
+            # file or value is one line and exit 2, as with `vdsmconsole serve`,
+            # not a traceback from startService.
+            server_options(config.ca_file, config.cert_file, config.key_file)
+        except (ConfigError, TLSConfigError) as e:
+            fail(str(e))
+        return ConsoleService(config)
 
 
 serviceMaker = ServiceMaker()
