@@ -1,0 +1,116 @@
+"""Helpers for the stream tests: a server with a demo guest, curl, raw clients."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+import subprocess
+import sys
+import xmlrpc.client
+from pathlib import Path
+
+from tests.serverproc import ServerProcess, client_context, wait_for
+
+DEMO_CONFIG = f"""
+[spawn.commands]
+demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]
+mute = ["/bin/sleep", "100000"]
+"""
+PROMPT = b"demo# "
+
+
+def create_demo(server: ServerProcess, vm_id: str, command: str = "demo") -> None:
+    result = server.rpc().create(
+        {"vmId": vm_id, "console": {"type": "spawn", "command": command}}
+    )
+    assert result["status"]["code"] == 0, result
+    if command == "demo":
+        wait_for(lambda: PROMPT in console_bytes(server, vm_id), 15, "the prompt")
+
+
+def console_bytes(
+    server: ServerProcess, vm_id: str, start: int = 0, end: int | None = None
+) -> bytes:
+    """What the console retains from ``start`` (to ``end``), via consoleRead."""
+    proxy = server.rpc()
+    out = bytearray()
+    offset = start
+    while end is None or offset < end:
+        want = 1024 * 1024 if end is None else min(1024 * 1024, end - offset)
+        reply = proxy.consoleRead(vm_id, offset, want)
+        assert reply["status"]["code"] == 0, reply
+        assert reply["lost"] == 0, reply
+        data = reply["data"].data
+        if not data:
+            break
+        out += data
+        offset = reply["nextOffset"]
+    return bytes(out)
+
+
+def stats(server: ServerProcess, vm_id: str) -> dict:
+    reply = server.rpc().getVmStats(vm_id)
+    assert reply["status"]["code"] == 0, reply
+    return reply["statsList"][0]
+
+
+def type_into(server: ServerProcess, vm_id: str, text: str) -> None:
+    reply = server.rpc().consoleWrite(vm_id, xmlrpc.client.Binary(text.encode()))
+    assert reply["status"]["code"] == 0, reply
+
+
+def curl_base(server: ServerProcess) -> list[str]:
+    pki = server.pki
+    return [
+        "curl",
+        "-sS",
+        "--cacert",
+        str(pki.ca_cert),
+        "--cert",
+        str(pki.client_cert),
+        "--key",
+        str(pki.client_key),
+    ]
+
+
+def tls_socket(server: ServerProcess, timeout: float = 10) -> ssl.SSLSocket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    return client_context(server.pki).wrap_socket(sock, server_hostname="localhost")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Reader:
+    """A background process whose stdout goes to a file the test can poll."""
+
+    def __init__(self, argv: list[str], out: Path, shell: bool = False) -> None:
+        self.out = out
+        with open(out, "wb") as f:
+            self.process = subprocess.Popen(
+                argv,
+                stdout=f,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                shell=shell,
+            )
+
+    def data(self) -> bytes:
+        return self.out.read_bytes()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)

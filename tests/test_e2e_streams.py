@@ -1,0 +1,406 @@
+"""Console streams against the real server, with wget, curl and raw clients."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import shlex
+import socket
+import ssl
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.serverproc import client_context, wait_for
+from tests.streamhelp import (
+    DEMO_CONFIG,
+    PROMPT,
+    Reader,
+    console_bytes,
+    create_demo,
+    curl_base,
+    rss_bytes,
+    sha256,
+    stats,
+    tls_socket,
+    type_into,
+)
+
+pytestmark = pytest.mark.e2e
+
+BURST = 20 * 1000 * 1000
+BIG_LOG = """
+[console]
+ring_bytes = 4194304
+log_file_bytes = 16777216
+log_keep_files = 3
+"""
+
+
+@pytest.fixture
+def readers():
+    started: list[Reader] = []
+
+    def start(argv, out, shell=False) -> Reader:
+        reader = Reader(argv, out, shell=shell)
+        started.append(reader)
+        return reader
+
+    yield start
+    for reader in started:
+        reader.stop()
+
+
+@pytest.fixture
+def demo_server(server_factory):
+    server = server_factory(DEMO_CONFIG + BIG_LOG)
+    create_demo(server, "vm1")
+    return server
+
+
+def marker() -> str:
+    return f"marker-{random.randrange(10**9)}"
+
+
+def test_wget_follows_a_console(demo_server, readers, tmp_path):
+    """wget follows a console: a marker typed into the guest shows while wget runs."""
+    wget = require_tool("wget", "wget")
+    pki = demo_server.pki
+    follower = readers(
+        [
+            wget,
+            "-q",
+            "-O",
+            "-",
+            f"--certificate={pki.client_cert}",
+            f"--private-key={pki.client_key}",
+            f"--ca-certificate={pki.ca_cert}",
+            demo_server.url("/consoleStream/vm1"),
+        ],
+        tmp_path / "wget.out",
+    )
+    wait_for(lambda: stats(demo_server, "vm1")["readers"] == 1, 10, "wget to attach")
+    text = marker()
+    type_into(demo_server, "vm1", f"echo {text}\r")
+    wait_for(lambda: f"\r\n{text}\r\n".encode() in follower.data(), 10, "the marker")
+    assert follower.running(), "wget stopped following"
+
+
+@pytest.mark.parametrize("version", ["--http2", "--http1.1"])
+def test_curl_follows_a_console(demo_server, readers, tmp_path, version):
+    """curl -N follows a console over HTTP/2 and HTTP/1.1 alike."""
+    require_tool("curl", "curl")
+    follower = readers(
+        [*curl_base(demo_server), "-N", version, demo_server.url("/consoleStream/vm1")],
+        tmp_path / "curl.out",
+    )
+    wait_for(lambda: stats(demo_server, "vm1")["readers"] == 1, 10, "curl to attach")
+    text = marker()
+    type_into(demo_server, "vm1", f"echo {text}\r")
+    wait_for(lambda: f"\r\n{text}\r\n".encode() in follower.data(), 10, "the marker")
+    assert follower.running()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _read_http_head(sock: ssl.SSLSocket) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        assert more, f"connection closed after {data!r}"
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def test_chunked_post_reaches_guest_before_request_ends(demo_server, readers, tmp_path):
+    """The first chunk of a POST reaches the guest while the request is still open."""
+    require_tool("curl", "curl")
+    follower = readers(
+        [*curl_base(demo_server), "-N", demo_server.url("/consoleStream/vm1")],
+        tmp_path / "follow.out",
+    )
+    wait_for(lambda: stats(demo_server, "vm1")["readers"] == 1, 10, "the follower")
+    sock = tls_socket(demo_server)
+    sock.sendall(
+        b"POST /consoleStream/vm1 HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    first = marker()
+    sock.sendall(_chunk(f"echo {first}\r".encode()))
+    wait_for(lambda: f"\r\n{first}\r\n".encode() in follower.data(), 10, "the echo")
+    assert stats(demo_server, "vm1")["writers"] == 1  # the POST is still open
+    second = marker()
+    sock.sendall(_chunk(f"echo {second}\r".encode()) + b"0\r\n\r\n")
+    head, body = _read_http_head(sock)
+    assert head.startswith(b"HTTP/1.1 200")
+    while b"}" not in body:
+        body += sock.recv(4096)
+    written = json.loads(body[body.index(b"{") :].split(b"\r\n")[0])["written"]
+    assert written == len(f"echo {first}\r") + len(f"echo {second}\r")
+    wait_for(lambda: f"\r\n{second}\r\n".encode() in follower.data(), 10, "2nd echo")
+
+
+def test_curl_upload_from_a_pipe(demo_server, readers, tmp_path):
+    """curl -T - from a pipe types into the guest, as an engine would."""
+    require_tool("curl", "curl")
+    follower = readers(
+        [*curl_base(demo_server), "-N", demo_server.url("/consoleStream/vm1")],
+        tmp_path / "follow.out",
+    )
+    wait_for(lambda: stats(demo_server, "vm1")["readers"] == 1, 10, "the follower")
+    text = marker()
+    command = " ".join(shlex.quote(a) for a in curl_base(demo_server))
+    sender = readers(
+        f"printf 'echo {text}\\r' | {command} -T - {demo_server.url('/consoleStream/vm1')}",
+        tmp_path / "send.out",
+        shell=True,
+    )
+    wait_for(lambda: not sender.running(), 15, "curl -T - to finish")
+    assert sender.process.returncode == 0
+    assert json.loads(sender.data()) == {"written": len(text) + 6}
+    wait_for(lambda: f"\r\n{text}\r\n".encode() in follower.data(), 10, "the echo")
+
+
+def test_duplex_over_http11(demo_server):
+    """One HTTP/1.1 request both types a command and streams back its output."""
+    sock = tls_socket(demo_server)
+    sock.sendall(
+        b"POST /consoleStream/vm1?duplex=1 HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    head, received = _read_http_head(sock)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"Transfer-Encoding: chunked" in head
+    text = marker()
+    sock.sendall(_chunk(f"echo {text}\r".encode()))
+
+    def seen() -> bool:
+        nonlocal received
+        received += sock.recv(65536)
+        return f"\r\n{text}\r\n".encode() in received
+
+    wait_for(seen, 10, "the command's output on the same request")
+    assert stats(demo_server, "vm1")["writers"] == 1
+    assert stats(demo_server, "vm1")["readers"] == 1
+    sock.close()
+    wait_for(lambda: stats(demo_server, "vm1")["readers"] == 0, 10, "the detach")
+
+
+def _curl_checksum(server, start: int, nbytes: int, extra: str = "") -> str:
+    command = " ".join(shlex.quote(a) for a in curl_base(server))
+    url = server.url(f"/consoleStream/vm1?offset={start}")
+    return f"{command} -N {extra} '{url}' | head -c {nbytes} | sha256sum"
+
+
+def _flood_and_wait(server, start: int) -> int:
+    type_into(server, "vm1", f"flood {BURST}\r")
+    wait_for(
+        lambda: (
+            stats(server, "vm1")["nextOffset"] >= start + BURST
+            and console_bytes(server, "vm1", stats(server, "vm1")["nextOffset"] - 6)
+            == PROMPT
+        ),
+        120,
+        "the flood to finish",
+    )
+    return stats(server, "vm1")["nextOffset"]
+
+
+def test_fifty_followers_get_identical_bytes(demo_server, readers, tmp_path):
+    """50 followers of one console get byte-identical output of a 20 MB burst."""
+    require_tool("curl", "curl")
+    start = stats(demo_server, "vm1")["nextOffset"]
+    followers = [
+        readers(
+            _curl_checksum(demo_server, start, BURST), tmp_path / f"f{i}", shell=True
+        )
+        for i in range(50)
+    ]
+    wait_for(lambda: stats(demo_server, "vm1")["readers"] == 50, 30, "50 followers")
+    _flood_and_wait(demo_server, start)
+    expected = sha256(console_bytes(demo_server, "vm1", start, start + BURST))
+    for follower in followers:
+        wait_for(lambda f=follower: not f.running(), 120, "a follower to finish")
+    sums = {f.data().split()[0].decode() for f in followers}
+    assert sums == {expected}
+
+
+def test_stalled_client_does_not_hold_back_a_fast_one(demo_server, readers, tmp_path):
+    """A client that never reads neither slows a fast one nor grows the server."""
+    require_tool("curl", "curl")
+    start = stats(demo_server, "vm1")["nextOffset"]
+    stalled = tls_socket(demo_server)
+    stalled.sendall(
+        b"GET /consoleStream/vm1?offset=%d HTTP/1.1\r\nHost: x\r\n\r\n" % start
+    )
+    fast = readers(
+        _curl_checksum(demo_server, start, BURST), tmp_path / "fast", shell=True
+    )
+    wait_for(lambda: stats(demo_server, "vm1")["readers"] == 2, 10, "both clients")
+    pid = demo_server.process.pid
+    before = rss_bytes(pid)
+    end = _flood_and_wait(demo_server, start)
+    wait_for(lambda: not fast.running(), 120, "the fast client to finish")
+    expected = sha256(console_bytes(demo_server, "vm1", start, start + BURST))
+    assert fast.data().split()[0].decode() == expected
+    # The stalled client is still attached, and the server did not buffer the
+    # burst for it: its memory grew by far less than the 20 MB it missed.
+    assert stats(demo_server, "vm1")["readers"] == 1
+    growth = rss_bytes(pid) - before
+    assert growth < 12 * 1024 * 1024, f"server grew {growth} bytes"
+    assert end - start >= BURST
+    stalled.close()
+
+
+def test_resume_after_disconnect_loses_nothing(demo_server):
+    """Disconnect mid-stream, resume with offset=<next>: nothing lost or repeated."""
+    start = stats(demo_server, "vm1")["nextOffset"]
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1",
+        demo_server.port,
+        context=client_context(demo_server.pki),
+        timeout=30,
+    )
+    conn.request("GET", f"/consoleStream/vm1?offset={start}")
+    response = conn.getresponse()
+    assert int(response.getheader("X-Console-Offset")) == start
+    type_into(demo_server, "vm1", "flood 3000000\r")
+    first = response.read(1_000_000)
+    conn.close()  # mid-stream
+    nxt = start + len(first)
+    wait_for(
+        lambda: (
+            console_bytes(
+                demo_server, "vm1", stats(demo_server, "vm1")["nextOffset"] - 6
+            )
+            == PROMPT
+        ),
+        60,
+        "the flood to finish",
+    )
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1",
+        demo_server.port,
+        context=client_context(demo_server.pki),
+        timeout=30,
+    )
+    conn.request("GET", f"/consoleStream/vm1?offset={nxt}&follow=0")
+    response = conn.getresponse()
+    assert response.getheader("X-Console-Lost") is None
+    rest = response.read()
+    assert first + rest == console_bytes(demo_server, "vm1", start)
+
+
+def _status(
+    server, method: str, path: str, body: bytes | None = None
+) -> http.client.HTTPResponse:
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", server.port, context=client_context(server.pki), timeout=10
+    )
+    conn.request(method, path, body=body)
+    response = conn.getresponse()
+    response.read()
+    return response
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/consoleStream/nosuchvm",
+        "/consoleStream/..%2f..%2fetc",
+        "/consoleStream/%2e%2e",
+        "/consoleStream/" + "a" * 65,
+        "/consoleStream/bad%00id",
+        "/consoleStream/-leadingdash",
+    ],
+)
+def test_unknown_or_malformed_vm_is_404(demo_server, path):
+    """Unknown or malformed vmIds are 404 for GET and POST alike."""
+    assert _status(demo_server, "GET", path).status == 404
+    assert _status(demo_server, "POST", path, b"x").status == 404
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["offset=-1", "offset=abc", "tail=-5", "tail=", "offset=1&tail=1", "follow=2"],
+)
+def test_bad_query_is_400(demo_server, query):
+    """offset/tail must be non-negative integers; other mistakes are 400 too."""
+    assert _status(demo_server, "GET", f"/consoleStream/vm1?{query}").status == 400
+
+
+def test_offset_beyond_end_is_416_and_old_offset_reports_loss(server_factory):
+    """Beyond the end is 416; an offset older than retained says what was lost."""
+    server = server_factory(
+        DEMO_CONFIG
+        + "[console]\nring_bytes = 4096\nlog_file_bytes = 4096\nlog_keep_files = 1\n"
+    )
+    create_demo(server, "vm1")
+    type_into(server, "vm1", "flood 50000\r")
+    wait_for(lambda: stats(server, "vm1")["nextOffset"] > 50000, 30, "the flood")
+    end = stats(server, "vm1")["nextOffset"]
+    assert _status(server, "GET", f"/consoleStream/vm1?offset={end + 1}").status == 416
+    response = _status(server, "GET", "/consoleStream/vm1?offset=0&follow=0")
+    first = stats(server, "vm1")["firstOffset"]
+    assert response.status == 200
+    assert int(response.getheader("X-Console-Offset")) == first
+    assert int(response.getheader("X-Console-Lost")) == first
+
+
+def test_malformed_chunked_body_is_400_and_closed(demo_server):
+    """A chunked body that lies about its sizes gets 400 and the connection closes."""
+    sock = tls_socket(demo_server)
+    sock.sendall(
+        b"POST /consoleStream/vm1 HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n"
+    )
+    head, _ = _read_http_head(sock)
+    assert head.startswith(b"HTTP/1.1 400")
+    sock.settimeout(10)
+    while True:
+        try:
+            more = sock.recv(65536)
+        except (ssl.SSLError, ConnectionResetError):
+            break
+        if not more:
+            break
+    assert demo_server.rpc().ping()["status"]["code"] == 0
+
+
+def test_post_to_a_down_console_is_503(demo_server):
+    """Input for a console whose guest is gone is 503 with Retry-After."""
+    type_into(demo_server, "vm1", "exit\r")
+    wait_for(lambda: stats(demo_server, "vm1")["state"] == "down", 15, "down")
+    response = _status(demo_server, "POST", "/consoleStream/vm1", b"echo x\r")
+    assert response.status == 503
+    assert response.getheader("Retry-After")
+    # Output retained before it went down is still served.
+    response = _status(demo_server, "GET", "/consoleStream/vm1?offset=0&follow=0")
+    assert response.status == 200
+    assert demo_server.rpc().ping()["status"]["code"] == 0
+
+
+def test_input_backpressure_stops_reading_the_client(server_factory):
+    """A guest that takes no input makes the server stop reading the body."""
+    server = server_factory(DEMO_CONFIG)
+    create_demo(server, "mute", command="mute")
+    sock = tls_socket(server, timeout=5)
+    sock.sendall(
+        b"POST /consoleStream/mute HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    before = rss_bytes(server.process.pid)
+    block = _chunk(b"x" * 65536)
+    sent = 0
+    with pytest.raises((socket.timeout, TimeoutError)):
+        for _ in range(64 * 16):  # up to 64 MB
+            sock.sendall(block)
+            sent += len(block)
+    # The pty and the sockets hold a few hundred KB; nothing near 64 MB.
+    assert sent < 8 * 1024 * 1024, sent
+    assert rss_bytes(server.process.pid) - before < 8 * 1024 * 1024
+    assert server.rpc().ping()["status"]["code"] == 0
