@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.serverproc import ServerProcess
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import PkiPaths, init_pki
-from tests.serverproc import ServerProcess
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

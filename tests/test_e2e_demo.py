@@ -33,8 +33,13 @@ class Demo:
         self.out = workdir / "demo.out"
         with open(self.out, "wb") as out:
             self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=REPO, env=env, start_new_session=True,
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
             )
 
     def text(self) -> str:
@@ -42,7 +47,9 @@ class Demo:
 
     def ready(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"demo exited {self.process.returncode}:\n{self.text()}")
+            raise AssertionError(
+                f"demo exited {self.process.returncode}:\n{self.text()}"
+            )
         return "Ctrl-C stops the demo." in self.text()
 
     def command(self, title: str) -> str:
@@ -96,7 +103,10 @@ def test_readme_first_command_runs_the_demo(tmp_path, fresh_venv_env):
         python = again.command("list the consoles with Python's xmlrpc.client")
         result = subprocess.run(
             ["bash", "-c", python.replace("python3 ", f"{sys.executable} ", 1)],
-            capture_output=True, timeout=10, check=True, text=True,
+            capture_output=True,
+            timeout=10,
+            check=True,
+            text=True,
         )
         assert "'vmId': 'demo'" in result.stdout
     finally:

@@ -7,7 +7,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import xmlrpc.client
 
@@ -49,7 +48,9 @@ def test_unknown_method_is_fault_8001(server):
 def test_garbage_body_then_next_call_works(server, pki):
     """A garbage body gets a Fault; the same connection then serves a real call."""
     conn = https(server, pki)
-    conn.request("POST", "/RPC2", body=b"\x00not xml<<", headers={"Content-Type": "text/xml"})
+    conn.request(
+        "POST", "/RPC2", body=b"\x00not xml<<", headers={"Content-Type": "text/xml"}
+    )
     response = conn.getresponse()
     body = response.read()
     assert response.status in (200, 400)
@@ -147,12 +148,27 @@ def test_curl_reaches_rpc(server, pki, version, expected):
     curl = require_tool("curl", "curl")
     result = subprocess.run(
         [
-            curl, "-sS", version, "--cacert", str(pki.ca_cert),
-            "--cert", str(pki.client_cert), "--key", str(pki.client_key),
-            "-H", "Content-Type: text/xml", "--data-binary", "@-",
-            "-w", "\n%{http_version}", server.url("/RPC2"),
+            curl,
+            "-sS",
+            version,
+            "--cacert",
+            str(pki.ca_cert),
+            "--cert",
+            str(pki.client_cert),
+            "--key",
+            str(pki.client_key),
+            "-H",
+            "Content-Type: text/xml",
+            "--data-binary",
+            "@-",
+            "-w",
+            "\n%{http_version}",
+            server.url("/RPC2"),
         ],
-        input=PING_BODY, capture_output=True, timeout=30, check=True,
+        input=PING_BODY,
+        capture_output=True,
+        timeout=30,
+        check=True,
     )
     body, _, used = result.stdout.rpartition(b"\n")
     assert used.decode() == expected
@@ -160,7 +176,7 @@ def test_curl_reaches_rpc(server, pki, version, expected):
 
 
 def test_sigterm_lets_call_in_flight_finish(server, pki):
-    """SIGTERM with a call half-sent: the call is answered and the server exits 0 within 5 s."""
+    """SIGTERM mid-call: the call is answered and the server exits 0 within 5 s."""
     context = client_context(pki)
     sock = context.wrap_socket(
         socket.create_connection(("127.0.0.1", server.port), timeout=10),
@@ -206,7 +222,7 @@ def test_access_log_names_the_peer(server):
     """The access log line of a request carries the client certificate's CN."""
     server.rpc().ping()
     line = wait_for(
-        lambda: [l for l in server.log().splitlines() if '"POST /RPC2' in l], 5
+        lambda: [x for x in server.log().splitlines() if '"POST /RPC2' in x], 5
     )[0]
     assert " engine " in line
 

@@ -155,7 +155,8 @@ def test_curl_upload_from_a_pipe(demo_server, readers, tmp_path):
     text = marker()
     command = " ".join(shlex.quote(a) for a in curl_base(demo_server))
     sender = readers(
-        f"printf 'echo {text}\\r' | {command} -T - {demo_server.url('/consoleStream/vm1')}",
+        f"printf 'echo {text}\\r' | {command} -T - "
+        + demo_server.url("/consoleStream/vm1"),
         tmp_path / "send.out",
         shell=True,
     )

@@ -360,12 +360,6 @@ def test_create_with_odd_port_string_is_11(rpc, context, port):
     registry_untouched(context)
 
 
-# -- a known bug in code this file does not own (strict: it flips when fixed) ----------
-
-
-@pytest.mark.xfail(
-    strict=True, reason="rpc.py list() iterates vmList without checking its type"
-)
 @pytest.mark.parametrize(
     "vm_list", [5, "vm1", {"vm1": 1}], ids=["int", "str", "struct"]
 )

@@ -59,17 +59,19 @@ def start_logging() -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     globalLogBeginner.beginLoggingTo(
-        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+        [textFileLogObserver(sys.stderr)],  # type: ignore[list-item]
+        redirectStandardIO=False,
     )
 
 
 def run_service(config: Config, after_start: Any = None) -> int:
     """Start the server, run the reactor until SIGTERM/SIGINT, stop gracefully."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
 
     from vdsmconsole.server import ConsoleService, StartupError
     from vdsmconsole.tls import TLSConfigError
 
+    reactor: Any = global_reactor  # the zope interfaces confuse mypy here
     service = ConsoleService(config, reactor)
     try:
         service.startService()
@@ -78,7 +80,7 @@ def run_service(config: Config, after_start: Any = None) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     if after_start is not None:
         reactor.callWhenRunning(after_start, service)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 

@@ -184,7 +184,7 @@ class Console:
         Raises OffsetBeyondEnd for an offset past the end.
         """
         if offset > self.ring.end:
-            raise OffsetBeyondEnd(f"offset {offset} is beyond the end {self.ring.end}")
+            raise OffsetBeyondEnd(offset, self.ring.end)
         if offset >= self.ring.start or self.log is None:
             return self.ring.read(offset, max_bytes)
         # Older than the ring: the log, but never past where the ring begins

@@ -23,7 +23,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server, xmlrpc
-from twisted.web.iweb import IRequest
 
 from vdsmconsole import __version__
 from vdsmconsole.site import MethodsMixin
@@ -49,7 +48,7 @@ class _WideMarshaller(xmlrpclib.Marshaller):
         tag = "int" if -INT32_MAX - 1 <= value <= INT32_MAX else "i8"
         write(f"<value><{tag}>{int(value)}</{tag}></value>\n")
 
-    dispatch[int] = dump_long
+    dispatch[int] = dump_long  # type: ignore[assignment]
 
 
 def dumps_response(result: Any) -> bytes:
@@ -114,7 +113,7 @@ def rpc_method(
             d = defer.maybeDeferred(method, self, *args)
 
             def on_error(reason: Failure) -> dict[str, Any]:
-                if reason.check(StatusError):
+                if isinstance(reason.value, StatusError):
                     return failure(reason.value)
                 log.failure("RPC {name} failed", reason, name=method.__name__)
                 return failure(StatusError(Code.UNEXPECTED))
@@ -139,7 +138,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
 
     # -- transport -------------------------------------------------------
 
-    def render_POST(self, request: IRequest) -> object:
+    def render_POST(self, request: Any) -> object:
         request.setHeader(b"content-type", b"text/xml; charset=utf-8")
         try:
             args, name = safe_loads(request.content.read())
@@ -152,7 +151,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             return server.NOT_DONE_YET
         return self._dispatch(request, name, args)
 
-    def _dispatch(self, request: IRequest, name: str, args: tuple[Any, ...]) -> object:
+    def _dispatch(self, request: Any, name: str, args: tuple[Any, ...]) -> object:
         try:
             function = self.lookupProcedure(name)
         except xmlrpc.Fault as f:
@@ -169,7 +168,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         return server.NOT_DONE_YET
 
     def _cbRender(
-        self, result: Any, request: IRequest, responseFailed: object = None
+        self, result: Any, request: Any, responseFailed: object = None
     ) -> None:
         if responseFailed:
             return
@@ -219,6 +218,8 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
     ) -> dict[str, Any]:
         """List consoles: {vmId, status} each, or everything with fullStatus."""
         registry = self.context.registry
+        if vmList is not None and not isinstance(vmList, list):
+            raise StatusError(Code.MISS_PARAM, "vmList must be an array of vmIds")
         wanted = registry.ids() if not vmList else [as_vm_id(v) for v in vmList]
         entries = []
         for vm_id in wanted:
@@ -229,7 +230,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         return success(vmList=entries)
 
     @rpc_method([["struct", "struct"]], with_request=True)
-    def xmlrpc_create(self, request: IRequest, params: object) -> Any:
+    def xmlrpc_create(self, request: Any, params: object) -> Any:
         """Register a guest console: {vmId, console: {type, ...}}."""
         if not isinstance(params, dict):
             raise StatusError(Code.MISS_PARAM, "params must be a struct")
@@ -247,7 +248,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         return success(vmList=[console.full_status()])
 
     @rpc_method([["struct", "string"]], with_request=True)
-    def xmlrpc_destroy(self, request: IRequest, vmId: object) -> Any:
+    def xmlrpc_destroy(self, request: Any, vmId: object) -> Any:
         """Unregister a console (a spawned guest is stopped)."""
         vm_id = as_vm_id(vmId)
         d = self.context.registry.destroy(vm_id)
@@ -291,7 +292,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         )
 
     @rpc_method([["struct", "string", "base64"]], with_request=True)
-    def xmlrpc_consoleWrite(self, request: IRequest, vmId: object, data: object) -> Any:
+    def xmlrpc_consoleWrite(self, request: Any, vmId: object, data: object) -> Any:
         """Send input to the guest: a Binary, or a string sent as UTF-8."""
         console = self.context.registry.get(as_vm_id(vmId))
         if isinstance(data, xmlrpclib.Binary):
@@ -309,5 +310,5 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         )
 
 
-def identity_of(request: IRequest) -> object:
+def identity_of(request: Any) -> object:
     return getattr(request, "peerIdentity", "-")

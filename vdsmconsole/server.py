@@ -14,7 +14,6 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from vdsmconsole.audit import AuditLog
@@ -88,7 +87,7 @@ class ConsoleService(Service):
         self.reactor = reactor
         self.context: ServerContext | None = None
         self.site: ConsoleSite | None = None
-        self.listening: IListeningPort | None = None
+        self.listening: Any = None
 
     def startService(self) -> None:
         """Listen; raise StartupError (one line) if anything is missing."""
@@ -100,7 +99,7 @@ class ConsoleService(Service):
         try:
             self.listening = self.reactor.listenTCP(
                 self.config.port,
-                tls_factory(options, self.site),
+                tls_factory(options, self.site),  # type: ignore[arg-type]
                 interface=self.config.bind,
             )
         except Exception as e:  # noqa: BLE001 - CannotListenError and friends

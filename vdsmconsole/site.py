@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
-from twisted.web.iweb import IRequest
 
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_identity_of
 
@@ -35,7 +34,7 @@ class PlainError(resource.Resource):
         self.message = message
         self.headers = headers or {}
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: Any) -> bytes:
         request.setResponseCode(self.code)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         for name, value in self.headers.items():
@@ -81,6 +80,9 @@ class ConsoleRequest(server.Request):
     """
 
     site: ConsoleSite
+    # An HTTPChannel (HTTP/1.1) or an H2Stream (HTTP/2): their shared surface
+    # is not one declared interface, so it is typed loosely here.
+    channel: Any
     bodyConsumer: Any = None  # a streams.BodyConsumer once a stream took the body
     # Method and path as known when the headers are in (before process()).
     earlyMethod: bytes = b""
