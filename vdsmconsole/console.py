@@ -155,6 +155,20 @@ class Console:
             state=state,
             reason=reason,
         )
+        if self.closed:
+            return
+        if state is SourceState.CONNECTED and not self.input_paused:
+            # A writer that found no guest while the source reconnected holds
+            # its input and waits for a resume; the source only says "input
+            # resumed" after it said "paused", so say it here, or that writer
+            # waits for ever.
+            for writer in list(self._writers):
+                writer.resumeProducing()
+        elif state is SourceState.DOWN:
+            # The guest is gone for good (a pty or a spawned child never comes
+            # back): end the writers rather than leave them waiting.
+            for writer in list(self._writers):
+                writer.consoleDown()
 
     def sourceInputPaused(self) -> None:
         self.input_paused = True
@@ -170,8 +184,12 @@ class Console:
 
     @property
     def first_offset(self) -> int:
-        if self.log is not None and self.log.start < self.ring.start:
-            return self.log.start
+        """The oldest offset retained, in the log or the ring."""
+        log_ = self.log
+        # A log that holds nothing (never written, or the disk was full all
+        # along) says start 0: that is no retained byte.
+        if log_ is not None and log_.start < min(log_.end, self.ring.start):
+            return log_.start
         return self.ring.start
 
     @property
@@ -193,7 +211,11 @@ class Console:
         try:
             if offset < self.log.end:
                 result = self.log.read(offset, limit)
-                if result.data:
+                # Only what the log holds from before the ring's start: when
+                # the log retains less than the ring (or has a gap), its next
+                # byte may lie past ring.start, and answering with it would
+                # report bytes the ring still holds as lost.
+                if result.data and result.offset < self.ring.start:
                     return result
         except OSError as e:
             log.error("console {vm}: cannot read log: {err}", vm=self.vm_id, err=e)
