@@ -70,6 +70,12 @@ class Registry:
     # -- changes --------------------------------------------------------------
 
     def create(self, vm_id: str, spec: ConsoleSpec) -> Any:
+        # The vmId becomes a directory name under the state directory: check
+        # it here too, whoever the caller is, before the factory touches a path.
+        try:
+            validate_vm_id(vm_id)
+        except SpecError as e:
+            raise StatusError(Code.MISS_PARAM, str(e)) from None
         if vm_id in self._consoles:
             raise StatusError(Code.EXIST, f"vmId {vm_id!r} is already registered")
         console = self._factory(vm_id, spec)
@@ -87,7 +93,15 @@ class Registry:
     def destroy(self, vm_id: str) -> defer.Deferred[None]:
         console = self.get(vm_id)
         del self._consoles[vm_id]
-        self.save()
+        try:
+            self.save()
+        except OSError as e:
+            # The file still names it and would bring it back at the next
+            # start: keep it registered (and running) rather than half-destroy.
+            self._consoles[vm_id] = console
+            raise StatusError(
+                Code.UNEXPECTED, f"cannot persist the registry: {e.strerror}"
+            ) from None
         return console.stop()
 
     def stop_all(self) -> defer.Deferred[Any]:
