@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web import server, xmlrpc
 
 from vdsmconsole import __version__
+from vdsmconsole.ring import OffsetBeyondEnd
 from vdsmconsole.site import MethodsMixin
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
 from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
@@ -283,7 +284,12 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         limit = as_offset(maxBytes, "maxBytes")
         if limit == 0:
             raise StatusError(Code.MISS_PARAM, "maxBytes must be positive")
-        result = console.read(start, min(limit, MAX_READ_BYTES))
+        try:
+            result = console.read(start, min(limit, MAX_READ_BYTES))
+        except OffsetBeyondEnd as e:
+            # The caller's offset is wrong (not yet written): a bad parameter,
+            # not an internal error with a traceback in the log.
+            raise StatusError(Code.MISS_PARAM, str(e)) from None
         return success(
             data=xmlrpclib.Binary(result.data),
             offset=result.offset,
