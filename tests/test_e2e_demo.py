@@ -80,7 +80,7 @@ def test_readme_first_command_runs_the_demo(tmp_path, fresh_venv_env):
     require_tool("curl", "curl")
     command = readme_demo_command()
     assert command == "./tools/demo"
-    demo = Demo(["sh", "-c", command], fresh_venv_env, tmp_path)
+    demo = Demo(["bash", "-c", command], fresh_venv_env, tmp_path)
     try:
         # Installing from the package index takes most of this deadline.
         wait_for(demo.ready, 600, "the demo to install and start")
