@@ -32,7 +32,7 @@ class ServiceMaker:
 
         from vdsmconsole.cli import config_from_args, fail
         from vdsmconsole.config import ConfigError
-        from vdsmconsole.server import ConsoleService
+        from vdsmconsole.server import ConsoleService, StartupError, prepare_state_dir
         from vdsmconsole.tls import TLSConfigError, server_options
 
         def path(value: str | None) -> Path | None:
@@ -51,7 +51,8 @@ class ServiceMaker:
             # file or value is one line and exit 2, as with `vdsmconsole serve`,
             # not a traceback from startService.
             server_options(config.ca_file, config.cert_file, config.key_file)
-        except (ConfigError, TLSConfigError) as e:
+            prepare_state_dir(config.state_dir)
+        except (ConfigError, TLSConfigError, StartupError) as e:
             fail(str(e))
         return ConsoleService(config)
 
