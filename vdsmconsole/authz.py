@@ -1,0 +1,89 @@
+"""Who may do what: certificate identities mapped to roles.  Pure, no I/O.
+
+The configuration maps identity patterns (a CN or SAN, exact or a shell-style
+glob) to roles.  The first pattern, in file order, that matches the CN or any
+SAN decides.  With no mapping at all every certificate the CA signed is
+``admin``, as in VDSM; with a mapping, a certificate that matches none of it
+may do nothing.
+
+=========  ==========================================================
+role       may
+=========  ==========================================================
+viewer     follow consoles (GET), read-only RPCs (incl. consoleRead)
+operator   the above, and send input (POST, duplex, consoleWrite)
+admin      everything (create, destroy)
+=========  ==========================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from vdsmconsole.tls import PeerIdentity
+
+
+class Permission(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+ROLES: dict[str, frozenset[Permission]] = {
+    "viewer": frozenset({Permission.READ}),
+    "operator": frozenset({Permission.READ, Permission.WRITE}),
+    "admin": frozenset(Permission),
+}
+
+# What each RPC needs; anything not named here (system.*, ping...) is READ.
+RPC_PERMISSIONS: dict[str, Permission] = {
+    "create": Permission.ADMIN,
+    "destroy": Permission.ADMIN,
+    "consoleWrite": Permission.WRITE,
+}
+
+
+def rpc_permission(method: str) -> Permission:
+    return RPC_PERMISSIONS.get(method, Permission.READ)
+
+
+def stream_permission(http_method: bytes) -> Permission:
+    return Permission.READ if http_method in (b"GET", b"HEAD") else Permission.WRITE
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    role: str
+
+    def matches(self, names: Iterable[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, self.pattern) for name in names)
+
+
+class Authorizer:
+    def __init__(self, rules: Iterable[Rule] | None = None) -> None:
+        self.rules = tuple(rules) if rules is not None else None
+        for rule in self.rules or ():
+            if rule.role not in ROLES:
+                raise ValueError(f"unknown role {rule.role!r} for {rule.pattern!r}")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, str] | None) -> Authorizer:
+        if not mapping:
+            return cls(None)
+        return cls(Rule(pattern, role) for pattern, role in mapping.items())
+
+    def role_for(self, identity: PeerIdentity) -> str | None:
+        if self.rules is None:
+            return "admin"
+        names = identity.names()
+        for rule in self.rules:
+            if rule.matches(names):
+                return rule.role
+        return None
+
+    def allows(self, identity: PeerIdentity, permission: Permission) -> bool:
+        role = self.role_for(identity)
+        return role is not None and permission in ROLES[role]
