@@ -31,6 +31,10 @@ class Config:
     ca_file: Path = Path(DEFAULT_PKI, "certs/cacert.pem")
     cert_file: Path = Path(DEFAULT_PKI, "certs/vdsmcert.pem")
     key_file: Path = Path(DEFAULT_PKI, "keys/vdsmkey.pem")
+    # A CRL file (PEM or DER) from the CA; "" means no revocation checking.
+    crl_file: str = ""
+    require_client_usage: bool = True
+    expiry_warning_days: int = 30
     rpc_max_body: int = 1024 * 1024
     shutdown_timeout: float = 5.0
     ring_bytes: int = 1024 * 1024
@@ -50,6 +54,11 @@ class Config:
             key_file=pki_dir / "keys/vdsmkey.pem",
         )
 
+    @property
+    def crl_path(self) -> Path | None:
+        """The CRL file, or None when revocation is not checked."""
+        return Path(self.crl_file) if self.crl_file else None
+
 
 # (section, key) -> (Config attribute, type).  One table for parsing and docs.
 FIELDS: dict[tuple[str, str], tuple[str, type]] = {
@@ -61,6 +70,9 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("tls", "ca"): ("ca_file", Path),
     ("tls", "cert"): ("cert_file", Path),
     ("tls", "key"): ("key_file", Path),
+    ("tls", "crl"): ("crl_file", str),
+    ("tls", "require_client_usage"): ("require_client_usage", bool),
+    ("tls", "expiry_warning_days"): ("expiry_warning_days", int),
     ("console", "ring_bytes"): ("ring_bytes", int),
     ("console", "log_file_bytes"): ("log_file_bytes", int),
     ("console", "log_keep_files"): ("log_keep_files", int),
@@ -85,6 +97,13 @@ def _convert(name: str, kind: type, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name}: expected a path string, got {value!r}")
         return Path(value)
+    if kind is bool:
+        # Only TOML's true and false: 0, 1 or "yes" are more likely typos.
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"{name}: expected true or false, got {type(value).__name__} {value!r}"
+            )
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -100,6 +119,8 @@ def check_values(config: Config) -> Config:
         raise ConfigError(f"server.port: must be 0-65535, got {config.port}")
     if config.log_keep_files < 0:
         raise ConfigError("console.log_keep_files: must be 0 or more")
+    if config.expiry_warning_days < 0:
+        raise ConfigError("tls.expiry_warning_days: must be 0 or more")
     for (section, key), (attr, _kind) in FIELDS.items():
         value = getattr(config, attr)
         # nan and inf are valid TOML floats but never a sane size or time.

@@ -10,7 +10,8 @@
     DIR/keys/cakey.pem       the CA key, mode 0600 (to issue more clients)
 
 The building blocks are public so the tests can make the odd certificates
-they need (expired, from another CA, for another usage).
+they need (expired, from another CA, for another usage) and the CRLs that
+revoke them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import datetime
 import ipaddress
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +146,48 @@ def issue(
     if sans:
         builder = builder.add_extension(_san(sans), critical=False)
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def load_issued(cert_path: Path, key_path: Path) -> Issued:
+    """Read a certificate and its (unencrypted) key back from PEM files."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path}: not an EC private key")
+    return Issued(cert, key)
+
+
+def make_crl(
+    ca: Issued,
+    revoked: Iterable[x509.Certificate] = (),
+    *,
+    last_update: datetime.datetime | None = None,
+    next_update: datetime.datetime | None = None,
+) -> x509.CertificateRevocationList:
+    """A CRL signed by ``ca`` that revokes ``revoked`` (by serial number)."""
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(last_update or now - DAY)
+        .next_update(next_update or now + 30 * DAY)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now - DAY)
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.PEM)
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -195,6 +195,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
     def xmlrpc_getVdsCapabilities(self) -> dict[str, Any]:
         """Facts about this server: version, port, TLS, sources, retention."""
         config = self.context.config
+        tls = self.context.tls  # certificate days left, CRL, client usage
         info = {
             "version": __version__,
             "software": "vdsmconsole",
@@ -203,6 +204,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
                 "minimumVersion": "TLSv1.2",
                 "clientCertificateRequired": True,
                 "alpn": ["h2", "http/1.1"],
+                **(tls.capabilities() if tls is not None else {}),
             },
             "sourceTypes": list(SOURCE_TYPES),
             "spawnCommands": sorted(config.spawn_commands),

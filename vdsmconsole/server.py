@@ -3,17 +3,18 @@
 ``ConsoleService`` is a Twisted service, so ``vdsmconsole serve`` and the
 ``twistd`` plugin share it.  Stopping it stops listening at once, lets calls in
 flight finish (up to ``shutdown_timeout``), then closes what is left.
+``reload()`` (what SIGHUP calls) re-reads the TLS files for new connections.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vdsmconsole.audit import AuditLog
@@ -21,9 +22,10 @@ from vdsmconsole.config import Config
 from vdsmconsole.registry import Registry
 from vdsmconsole.rpc import ConsoleRPC
 from vdsmconsole.site import ConsoleSite, Root
-from vdsmconsole.tls import server_options, tls_factory
+from vdsmconsole.tls import ServerTLS, TLSFiles, tls_factory
 
 log = Logger(namespace="vdsmconsole.server")
+EXPIRY_CHECK_SECONDS = 24 * 3600
 
 
 class StartupError(Exception):
@@ -39,6 +41,7 @@ class ServerContext:
     registry: Registry = field(init=False)
     audit: AuditLog = field(init=False)
     port: int = 0
+    tls: ServerTLS | None = None
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -88,18 +91,26 @@ class ConsoleService(Service):
         self.context: ServerContext | None = None
         self.site: ConsoleSite | None = None
         self.listening: Any = None
+        self.tls: ServerTLS | None = None
+        self._expiry_check: task.LoopingCall | None = None
 
     def startService(self) -> None:
         """Listen; raise StartupError (one line) if anything is missing."""
-        options = server_options(
-            self.config.ca_file, self.config.cert_file, self.config.key_file
+        config = self.config
+        files = TLSFiles(config.ca_file, config.cert_file, config.key_file)
+        self.tls = ServerTLS(
+            replace(files, crl=config.crl_path),
+            self.reactor,
+            require_client_usage=config.require_client_usage,
+            expiry_warning_days=config.expiry_warning_days,
         )
         self.context = build_context(self.config, self.reactor)
+        self.context.tls = self.tls
         self.site = build_site(self.context)
         try:
             self.listening = self.reactor.listenTCP(
                 self.config.port,
-                tls_factory(options, self.site),  # type: ignore[arg-type]
+                tls_factory(self.tls, self.site),  # type: ignore[arg-type]
                 interface=self.config.bind,
             )
         except Exception as e:  # noqa: BLE001 - CannotListenError and friends
@@ -114,10 +125,27 @@ class ConsoleService(Service):
             bind=self.config.bind,
             port=self.context.port,
         )
+        log.info("TLS: {summary}", summary=self.tls.current.summary())
+        # At start, and once a day for a server that runs for months.
+        self._expiry_check = task.LoopingCall(self.tls.warn_if_expiring)
+        self._expiry_check.clock = self.reactor
+        self._expiry_check.start(EXPIRY_CHECK_SECONDS, now=True)
+
+    def reload(self, why: str = "SIGHUP") -> bool:
+        """Re-read certificate, key, CA and CRL for new connections (SIGHUP).
+
+        Established connections keep the context they started with; a file
+        that does not load is one log line and the previous context stays.
+        """
+        if self.tls is None or not self.running:
+            return False
+        return self.tls.reload(why)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
+        if self._expiry_check is not None and self._expiry_check.running:
+            self._expiry_check.stop()
         if self.listening is not None:
             yield self.listening.stopListening()
         assert self.site is not None and self.context is not None
