@@ -396,8 +396,7 @@ OPS = st.lists(
 def test_any_read_is_exact_or_reports_its_loss(
     ring_bytes: int, log_file_bytes: int, keep: int, with_log: bool, ops: list[Any]
 ) -> None:
-    """Property: a read returns the bytes appended at its offset, or says exactly
-    how many requested bytes are gone (and only ones the console no longer has)."""
+    """Property: any read returns the bytes appended there, or its exact loss."""
     disk_full = False
     had_failure = False
 
@@ -499,8 +498,7 @@ def test_unwritable_log_keeps_console_going_logged_once_per_episode(
 
 
 def test_never_reading_subscriber_does_not_hold_back_50mb(tmp_path: Path) -> None:
-    """50 MB pass a subscriber that never reads: all of it is appended, the
-    source is never paused, other readers get every byte, memory stays bounded."""
+    """50 MB pass a subscriber that never reads, unpaused, in bounded memory."""
     total = 50 * MiB
     ring_bytes = 1 * MiB
     console = make_console(
@@ -782,8 +780,7 @@ def test_registry_that_cannot_be_saved_changes_nothing(tmp_path: Path) -> None:
 def test_load_restores_every_console_and_skips_bad_entries(
     tmp_path: Path, log_events: list[dict[str, Any]]
 ) -> None:
-    """A new registry on the same file restarts what it names; bad entries are
-    logged and skipped, not fatal."""
+    """load() restarts what the file names; bad entries are logged and skipped."""
     path = tmp_path / "registry.json"
     first = Registry(path, Factory(tmp_path), {"demo": ["x"]})
     first.create("vm-1", UNIX)
@@ -807,8 +804,7 @@ def test_load_restores_every_console_and_skips_bad_entries(
 
 
 def test_restart_continues_offsets_and_serves_old_bytes(tmp_path: Path) -> None:
-    """The real console factory: after a restart the ring starts where the log
-    ended, old offsets are served from the log and new bytes continue."""
+    """After a restart offsets continue from the log, and old ones read from it."""
     config = Config(
         state_dir=tmp_path, ring_bytes=64, log_file_bytes=100, log_keep_files=5
     )

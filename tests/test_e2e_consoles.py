@@ -1,0 +1,565 @@
+"""Guest consoles end to end: the real server, xmlrpc.client, qemu and ptys.
+
+The server runs as a child process (``server_factory``), clients speak
+XML-RPC over TLS with the engine's certificate, and the guests are real:
+a tiny Linux under qemu with its serial console on a pty, a unix socket or a
+TCP socket, or the demo guest the server spawns on a pty of its own.  Every
+wait polls with a deadline; deadlines only keep a broken run from hanging,
+they never decide whether a test passes.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import socket
+import ssl
+import sys
+import termios
+import uuid
+import warnings
+import xmlrpc.client
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.qemuguest import (
+    BANNER,
+    PROMPT,
+    QemuGuest,
+    QemuGuestPool,
+    qemu_guest_pool,
+    require_qemu,
+)
+from tests.serverproc import ServerProcess, client_context, wait_for
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+DEMO_PROMPT = b"demo# "
+DEMO_ARGV = [sys.executable, "-m", "vdsmconsole.demoguest", "--fast"]
+
+
+def config(**console: int | float) -> str:
+    """Server configuration: quick reconnects, the demo guest, ``console`` keys."""
+    settings = {"reconnect_initial": 0.1, "reconnect_max": 0.5, **console}
+    lines = ["[console]"]
+    lines += [f"{key} = {value!r}" for key, value in settings.items()]
+    lines += ["", "[spawn.commands]", f"demo = {json.dumps(DEMO_ARGV)}", ""]
+    return "\n".join(lines)
+
+
+def ok(reply: Any) -> dict[str, Any]:
+    assert reply["status"]["code"] == 0, reply
+    return reply
+
+
+def code(reply: Any) -> int:
+    value: int = reply["status"]["code"]
+    return value
+
+
+class ConsoleReader:
+    """Follows one console the way a polling client does: consoleRead from an
+    offset, then again from ``nextOffset``, checking that nothing is lost."""
+
+    def __init__(self, server: ServerProcess, vm_id: str, start: int = 0) -> None:
+        self.proxy = server.rpc()
+        self.vm_id = vm_id
+        self.start = start
+        self.offset = start
+        self.data = bytearray()
+        self._mark = 0  # expect() searches from here
+
+    def poll(self) -> bytes:
+        """Read everything new; return all bytes read so far."""
+        while True:
+            reply = ok(self.proxy.consoleRead(self.vm_id, self.offset, MiB))
+            chunk = reply["data"].data
+            assert (reply["offset"], reply["lost"]) == (self.offset, 0), reply
+            assert reply["nextOffset"] == self.offset + len(chunk)
+            if not chunk:
+                return bytes(self.data)
+            self.data += chunk
+            self.offset = reply["nextOffset"]
+
+    def expect(self, needle: bytes, timeout: float = 30.0) -> int:
+        """Wait for ``needle`` past the last match; its end's absolute offset."""
+
+        def found() -> int:
+            self.poll()
+            return self.data.find(needle, self._mark) + 1
+
+        try:
+            index = wait_for(found, timeout, f"{needle!r} on {self.vm_id}") - 1
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; the console ends {self.data[-600:]!r}"
+            ) from None
+        self._mark = index + len(needle)
+        return self.start + self._mark
+
+
+def stats(server: ServerProcess, vm_id: str) -> dict[str, Any]:
+    reply = ok(server.rpc().getVmStats(vm_id))
+    entry: dict[str, Any] = reply["statsList"][0]
+    return entry
+
+
+def full_status(server: ServerProcess, vm_id: str) -> dict[str, Any]:
+    (entry,) = [e for e in ok(server.rpc().list(True))["vmList"] if e["vmId"] == vm_id]
+    return entry
+
+
+def wait_state(
+    server: ServerProcess, vm_id: str, state: str, timeout: float = 30.0
+) -> None:
+    wait_for(
+        lambda: stats(server, vm_id)["state"] == state,
+        timeout,
+        f"{vm_id} to be {state}",
+    )
+
+
+def send(server: ServerProcess, vm_id: str, text: str) -> None:
+    reply = ok(server.rpc().consoleWrite(vm_id, xmlrpc.client.Binary(text.encode())))
+    assert reply["written"] == len(text.encode())
+
+
+def qemu_marker(server: ServerProcess, reader: ConsoleReader) -> int:
+    """The guest shell computes a marker its input echo cannot contain."""
+    token = uuid.uuid4().hex[:12]
+    send(server, reader.vm_id, f"echo marker-$((6*7))-{token}\n")
+    end = reader.expect(f"marker-42-{token}".encode())
+    reader.expect(PROMPT)
+    return end
+
+
+def demo_marker(server: ServerProcess, reader: ConsoleReader) -> bytes:
+    """The demo guest's echo command; its output line differs from the input echo."""
+    token = uuid.uuid4().hex[:12]
+    send(server, reader.vm_id, f"echo said-{token}\r")
+    line = f"\r\nsaid-{token}\r\n".encode()
+    reader.expect(line)
+    reader.expect(DEMO_PROMPT)
+    return line
+
+
+def create(server: ServerProcess, vm_id: str, console: dict[str, Any]) -> None:
+    reply = ok(server.rpc().create({"vmId": vm_id, "console": console}))
+    assert reply["vmList"][0]["vmId"] == vm_id
+
+
+def create_demo(server: ServerProcess, vm_id: str) -> ConsoleReader:
+    create(server, vm_id, {"type": "spawn", "command": "demo"})
+    reader = ConsoleReader(server, vm_id)
+    reader.expect(DEMO_PROMPT)
+    return reader
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM), in bytes."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    assert found, text
+    return int(found.group(1)) * 1024
+
+
+def server_pid(server: ServerProcess) -> int:
+    assert server.process is not None
+    return server.process.pid
+
+
+def tree(root: Path) -> set[str]:
+    """Every path under ``root``, relative."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def open_files(server: ServerProcess) -> set[str]:
+    """What the server process's fds point at."""
+    found = set()
+    for link in Path(f"/proc/{server_pid(server)}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            found.add(os.readlink(link))
+    return found
+
+
+def disk_use(directory: Path) -> int:
+    """Bytes in the files of ``directory`` (files may vanish while we look)."""
+    total = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def queued(fd: int) -> int:
+    """Bytes waiting to be read on a tty fd (FIONREAD), without reading them."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    return buf[0]
+
+
+@pytest.fixture
+def guests(tmp_path: Path) -> Iterator[QemuGuestPool]:
+    """qemu guests for one test, every one stopped at teardown."""
+    yield from qemu_guest_pool(tmp_path / "qemu")
+
+
+def attach_paused_guest(
+    server: ServerProcess, guest: QemuGuest, vm_id: str
+) -> ConsoleReader:
+    """Register a paused guest's console, wait until attached, let it boot."""
+    create(server, vm_id, guest.console)
+    wait_state(server, vm_id, "connected")
+    guest.cont()
+    reader = ConsoleReader(server, vm_id)
+    reader.expect(BANNER)
+    reader.expect(PROMPT)
+    return reader
+
+
+# -- qemu -------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("kind", ["pty", "unix", "tcp"])
+def test_qemu_console_shows_boot_and_answers_input(
+    server_factory: Any, guests: QemuGuestPool, kind: str
+) -> None:
+    """Each chardev kind: attach, boot banner, a command's output, list, stats."""
+    require_qemu()
+    server = server_factory(config())
+    guest = guests.start(kind, paused=True)
+    vm_id = f"qemu-{kind}"
+    reader = attach_paused_guest(server, guest, vm_id)
+    qemu_marker(server, reader)
+
+    entry = full_status(server, vm_id)
+    assert entry["status"] == "connected"
+    assert entry["console"] == guest.console
+    assert entry["source"]["type"] == kind
+    assert ok(server.rpc().list())["vmList"] == [{"vmId": vm_id, "status": "connected"}]
+    numbers = stats(server, vm_id)
+    assert numbers["state"] == "connected"
+    assert numbers["bytesIn"] >= reader.offset > 0
+    assert numbers["bytesOut"] > 0
+    assert numbers["firstOffset"] == 0
+    # The banner is at the start: nothing before the console attached was lost.
+    assert BANNER in reader.data[:4096]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_socket_source_reconnects_and_keeps_offsets(
+    server_factory: Any, guests: QemuGuestPool, kind: str
+) -> None:
+    """qemu restarts: reconnecting, connected, offsets grow, old bytes stay."""
+    require_qemu()
+    server = server_factory(config())
+    guest = guests.start(kind, paused=True)
+    vm_id = f"again-{kind}"
+    reader = attach_paused_guest(server, guest, vm_id)
+    qemu_marker(server, reader)
+    before = reader.poll()
+
+    if kind == "unix":
+        # Stop, see the state, start again on the same socket path.
+        guest.stop()
+        wait_state(server, vm_id, "reconnecting")
+        assert full_status(server, vm_id)["status"] == "reconnecting"
+        guest.start(paused=True)
+    else:
+        # restart() on the same port: the state change is in the server log.
+        guest.restart(paused=True)
+    wait_for(
+        lambda: full_status(server, vm_id)["source"]["connections"] == 2,
+        30,
+        "the second connection",
+    )
+    wait_state(server, vm_id, "connected")
+    transitions = re.findall(
+        rf"console {vm_id}: (connected|reconnecting|down) ", server.log()
+    )
+    assert transitions == ["reconnecting", "connected", "reconnecting", "connected"]
+
+    guest.cont()
+    reboot_at = reader.expect(BANNER)
+    assert reboot_at > len(before)  # after everything from the first boot
+    reader.expect(PROMPT)
+    qemu_marker(server, reader)
+    assert ConsoleReader(server, vm_id).poll()[: len(before)] == before
+    numbers = stats(server, vm_id)
+    assert numbers["firstOffset"] == 0 and numbers["nextOffset"] >= reader.offset
+
+
+@pytest.mark.qemu
+def test_pty_guest_gone_is_down_and_never_reattached(
+    server_factory: Any, guests: QemuGuestPool
+) -> None:
+    """qemu exits: down, still readable, never reattached to a recycled pts."""
+    require_qemu()
+    server = server_factory(config())
+    guest = guests.start("pty", paused=True)
+    path = guest.pty_path
+    reader = attach_paused_guest(server, guest, "gone")
+    qemu_marker(server, reader)
+    send(server, "gone", "exit\n")
+    assert guest.wait(30) == 0
+    wait_state(server, "gone", "down")
+    retained = reader.poll()
+    assert b"shell exited" in retained
+    end = stats(server, "gone")["nextOffset"]
+    assert end == len(retained)
+    # The server keeps no fd on the old pty.
+    assert path not in open_files(server)
+    # Writing to a down console is refused (code 100), nothing is sent.
+    assert code(server.rpc().consoleWrite("gone", "echo hi\n")) == 100
+
+    opened: list[tuple[int, int]] = []
+    try:
+        # The kernel hands out the lowest free pty number; keep the others
+        # open until ours comes round.
+        for _ in range(64):
+            master, slave = os.openpty()
+            opened.append((master, slave))
+            if os.ttyname(slave) == path:
+                break
+        recycled = [pair for pair in opened if os.ttyname(pair[1]) == path]
+        # If the number did not come back (another process took it), every
+        # new pty still stands in for "another guest".
+        intruders = recycled or opened
+        intrusion = b"intruder-" + uuid.uuid4().hex.encode() + b"\n"
+        for master, _ in intruders:
+            os.write(master, intrusion)
+        # Round trips through the server's reactor, then: nobody read them.
+        for _ in range(3):
+            assert stats(server, "gone")["state"] == "down"
+        for _, slave in intruders:
+            assert queued(slave) == len(intrusion)
+        assert path not in open_files(server)
+        if not recycled:
+            # Another process holds the number: the fd check above still
+            # shows the server cannot hear it.
+            warnings.warn(f"{path} was not handed out again", stacklevel=1)
+    finally:
+        for pair in opened:
+            for fd in pair:
+                os.close(fd)
+    after = ConsoleReader(server, "gone").poll()
+    assert after == retained and intrusion not in after
+    assert stats(server, "gone")["nextOffset"] == end
+    assert full_status(server, "gone")["console"] == {"type": "pty", "path": path}
+
+
+# -- the registry and the log across restarts --------------------------------
+
+
+def test_server_restart_restores_registry_and_old_bytes(server_factory: Any) -> None:
+    """After a restart the consoles are back and old offsets return the same bytes."""
+    server = server_factory(config())
+    reader = create_demo(server, "kept")
+    line = demo_marker(server, reader)
+    before = reader.poll()
+    registry = (server.state_dir / "registry.json").read_bytes()
+    server.stop()
+
+    again = server_factory(config())  # same workdir: state, PKI, config
+    assert again.state_dir == server.state_dir
+    assert ok(again.rpc().list())["vmList"][0]["vmId"] == "kept"
+    assert (again.state_dir / "registry.json").read_bytes() == registry
+    old = ConsoleReader(again, "kept")
+    assert old.poll()[: len(before)] == before
+    assert line in old.data[: len(before)]
+    # The demo guest runs again; its new output continues the offsets.
+    resumed = ConsoleReader(again, "kept", start=len(before))
+    resumed.expect(DEMO_PROMPT)
+    assert stats(again, "kept")["firstOffset"] == 0
+    demo_marker(again, resumed)
+
+
+def test_log_disk_use_is_bounded_and_loss_is_exact(server_factory: Any) -> None:
+    """After 5x the log limit the disk use is bounded and loss is exact."""
+    file_bytes, keep = 64 * 1024, 2
+    limit = (keep + 1) * file_bytes
+    server = server_factory(
+        config(ring_bytes=16 * 1024, log_file_bytes=file_bytes, log_keep_files=keep)
+    )
+    create_demo(server, "flood")
+    logdir = server.state_dir / "consoles" / "flood"
+    start = stats(server, "flood")["nextOffset"]
+    send(server, "flood", f"flood {5 * limit}\r")
+    most = 0
+
+    def flooded() -> bool:
+        nonlocal most
+        most = max(most, disk_use(logdir))
+        return stats(server, "flood")["nextOffset"] >= start + 5 * limit
+
+    wait_for(flooded, 60, "the flood")
+    files = list(logdir.iterdir())
+    assert len(files) <= keep + 1
+    assert most <= limit
+    assert disk_use(logdir) <= limit
+
+    first = stats(server, "flood")["firstOffset"]
+    assert first > start
+    for asked in (0, first // 2, first - 1):
+        reply = ok(server.rpc().consoleRead("flood", asked, 4096))
+        assert reply["offset"] == first, reply
+        assert reply["lost"] == first - asked
+    # What is retained is whole: the flood's numbered lines follow each other.
+    kept = ConsoleReader(server, "flood", start=first).poll()
+    numbers = [int(n) for n in re.findall(rb"(\d{8}) [0-9A-Za-z]{69}\r\n", kept)]
+    assert len(numbers) > (limit - file_bytes) // 80
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
+# -- a follower that never reads ---------------------------------------------
+
+
+def stalled_follower(server: ServerProcess, vm_id: str) -> ssl.SSLSocket:
+    """A TLS client that asks to follow the console and then never reads."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    tls = client_context(server.pki).wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(
+        f"GET /consoleStream/{vm_id} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+    )
+    return tls
+
+
+def test_never_reading_follower_does_not_hold_back_50mb(server_factory: Any) -> None:
+    """A never-reading follower: 50 MB still flow, the server's memory bounded."""
+    total = 50 * MiB
+    server = server_factory(
+        config(ring_bytes=4 * MiB, log_file_bytes=8 * MiB, log_keep_files=1)
+    )
+    create_demo(server, "big")
+    pid = server_pid(server)
+    with contextlib.closing(stalled_follower(server, "big")):
+        wait_for(lambda: stats(server, "big")["readers"] == 1, 10, "the follower")
+        baseline = proc_status(pid, "VmRSS")
+        start = stats(server, "big")["nextOffset"]
+        send(server, "big", f"flood {total}\r")
+        wait_for(
+            lambda: stats(server, "big")["nextOffset"] >= start + total,
+            120,
+            "50 MB through the console",
+        )
+        reader = ConsoleReader(server, "big", start=start + total)
+        reader.expect(DEMO_PROMPT)  # the guest was never held back
+        numbers = stats(server, "big")
+        assert numbers["readers"] == 1  # still attached, never read
+        assert numbers["bytesIn"] >= total
+        # The peak against the resident size before the flood.  A server
+        # that buffered the flood for the stalled client would grow by 50 MiB
+        # or more; this one may hold the ring (4 MiB) and a little more.
+        growth = proc_status(pid, "VmHWM") - baseline
+        assert growth < 24 * MiB, f"the server grew by {growth / MiB:.1f} MiB"
+
+
+# -- bad input ----------------------------------------------------------------
+
+BAD_VM_IDS = ["../etc", "a" * 65, "", "-leading-dash", "a/b", "a b"]
+BAD_CONSOLES: list[Any] = [
+    {"type": "unix"},
+    {"type": "unix", "path": ""},
+    {"type": "pty", "path": "dev/pts/3"},
+    {"type": "unix", "path": "relative.sock"},
+    {"type": "vnc", "path": "/x"},
+    {"path": "/x"},
+    {"type": "tcp", "host": "127.0.0.1", "port": 0},
+    {"type": "tcp", "host": "127.0.0.1", "port": 70000},
+    {"type": "tcp", "host": "127.0.0.1", "port": "x"},
+    {"type": "tcp", "host": "127.0.0.1"},
+    {"type": "tcp", "port": 22},
+    {"type": "spawn", "command": "not-configured"},
+    {"type": "spawn", "command": ["/bin/sh", "-c", "id"]},
+    {"type": "spawn"},
+    "unix:/x",
+]
+
+
+def test_bad_input_gets_its_code_and_changes_nothing(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """Codes 1, 4 and 11 for bad input; the registry, file and disk unchanged."""
+    server = server_factory(config())
+    spec = {"type": "unix", "path": str(tmp_path / "nobody-listens.sock")}
+    create(server, "vm-1", spec)
+    proxy = server.rpc()
+    registry = server.state_dir / "registry.json"
+    snapshot = (registry.read_bytes(), proxy.list(), tree(server.workdir))
+
+    def unchanged() -> None:
+        now = (registry.read_bytes(), proxy.list(), tree(server.workdir))
+        assert now == snapshot
+
+    for name, args in [
+        ("getVmStats", ()),
+        ("consoleRead", (0, 10)),
+        ("consoleWrite", ("x",)),
+        ("destroy", ()),
+    ]:
+        assert code(getattr(proxy, name)("nobody", *args)) == 1, name
+    unchanged()
+
+    duplicate = {"type": "tcp", "host": "127.0.0.1", "port": 4444}
+    assert code(proxy.create({"vmId": "vm-1", "console": duplicate})) == 4
+    assert full_status(server, "vm-1")["console"] == spec
+    unchanged()
+
+    for vm_id in BAD_VM_IDS:
+        assert code(proxy.create({"vmId": vm_id, "console": spec})) == 11, vm_id
+        assert code(proxy.getVmStats(vm_id)) == 11, vm_id
+        assert code(proxy.consoleRead(vm_id, 0, 10)) == 11, vm_id
+        assert code(proxy.consoleWrite(vm_id, "x")) == 11, vm_id
+        assert code(proxy.destroy(vm_id)) == 11, vm_id
+        assert code(proxy.list(False, [vm_id])) == 11, vm_id
+    # XML 1.0 cannot carry a NUL at all: such a call cannot be parsed.
+    with pytest.raises(xmlrpc.client.Fault):
+        proxy.create({"vmId": "a\x00b", "console": spec})
+    assert code(proxy.create({"vmId": 42, "console": spec})) == 11
+    assert code(proxy.create({"console": spec})) == 11
+    assert code(proxy.create("vm-2")) == 11
+    assert not (tmp_path / "etc").exists()
+    assert not (server.state_dir / "etc").exists()
+    unchanged()
+
+    for console in BAD_CONSOLES:
+        reply = proxy.create({"vmId": "vm-2", "console": console})
+        assert code(reply) == 11, (console, reply)
+    assert code(proxy.create({"vmId": "vm-2"})) == 11
+    unchanged()
+
+    for offset, max_bytes in [(-1, 10), (0, 0), (0, -5), ("x", 10), (10**9, 10)]:
+        assert code(proxy.consoleRead("vm-1", offset, max_bytes)) == 11
+    assert code(proxy.consoleWrite("vm-1", 42)) == 11
+    unchanged()
+    assert "Traceback" not in server.log()
+
+
+def test_destroy_stops_the_spawned_guest(server_factory: Any) -> None:
+    """destroy of a spawn console ends the process the server started for it."""
+    server = server_factory(config())
+    create_demo(server, "spawned")
+    source = full_status(server, "spawned")["source"]
+    pid = source["pid"]
+    assert source["running"] and pid > 0
+    assert b"vdsmconsole.demoguest" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ok(server.rpc().destroy("spawned"))
+    # Stopped and reaped before destroy answered: the pid is gone.
+    with pytest.raises(OSError) as info:
+        Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert info.value.errno in (errno.ENOENT, errno.ESRCH)
+    assert ok(server.rpc().list())["vmList"] == []
+    assert code(server.rpc().getVmStats("spawned")) == 1
