@@ -37,6 +37,8 @@ class Config:
     expiry_warning_days: int = 30
     rpc_max_body: int = 1024 * 1024
     shutdown_timeout: float = 5.0
+    handshake_timeout: float = 10.0
+    header_timeout: float = 30.0
     ring_bytes: int = 1024 * 1024
     log_file_bytes: int = 8 * 1024 * 1024
     log_keep_files: int = 3
@@ -67,6 +69,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("server", "state_dir"): ("state_dir", Path),
     ("server", "rpc_max_body"): ("rpc_max_body", int),
     ("server", "shutdown_timeout"): ("shutdown_timeout", float),
+    ("server", "handshake_timeout"): ("handshake_timeout", float),
+    ("server", "header_timeout"): ("header_timeout", float),
     ("tls", "ca"): ("ca_file", Path),
     ("tls", "cert"): ("cert_file", Path),
     ("tls", "key"): ("key_file", Path),
@@ -84,6 +88,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
 POSITIVE = {
     "rpc_max_body",
     "shutdown_timeout",
+    "handshake_timeout",
+    "header_timeout",
     "ring_bytes",
     "log_file_bytes",
     "reconnect_initial",
