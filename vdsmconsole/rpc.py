@@ -63,9 +63,35 @@ def dumps_response(result: Any) -> bytes:
     return text.encode("utf-8")
 
 
+MAX_NESTING = 32  # arrays and structs in a call; VDSM's calls nest 2 or 3 deep
+
+
+class _ShallowUnmarshaller(xmlrpclib.Unmarshaller):
+    """Refuses arrays and structs nested deeper than MAX_NESTING.
+
+    Parsing 100,000 levels is cheap, but the handlers would then hit Python's
+    recursion limit on the value (a repr in an error message, say): an
+    internal error with a traceback instead of a Fault for a bad call.
+    """
+
+    _depth = 0
+
+    def start(self, tag: str, attrs: Any) -> None:
+        if tag.rpartition(":")[2] in ("array", "struct"):
+            self._depth += 1
+            if self._depth > MAX_NESTING:
+                raise ValueError(f"arrays or structs nested over {MAX_NESTING} deep")
+        super().start(tag, attrs)
+
+    def end(self, tag: str) -> None:
+        if tag.rpartition(":")[2] in ("array", "struct"):
+            self._depth -= 1
+        super().end(tag)
+
+
 def safe_loads(data: bytes) -> tuple[tuple[Any, ...], str | None]:
     """Parse a call with entity expansion, DTDs and external entities refused."""
-    unmarshaller = xmlrpclib.Unmarshaller(use_datetime=False, use_builtin_types=False)
+    unmarshaller = _ShallowUnmarshaller(use_datetime=False, use_builtin_types=False)
     parser = DefusedExpatParser(unmarshaller, forbid_dtd=True)
     parser.feed(data)
     parser.close()
