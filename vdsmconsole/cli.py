@@ -78,10 +78,26 @@ def run_service(config: Config, after_start: Any = None) -> int:
     except (StartupError, TLSConfigError, ConfigError) as e:
         fail(str(e))
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    install_reload_signal(service, reactor)
     if after_start is not None:
         reactor.callWhenRunning(after_start, service)
     reactor.run()
     return 0
+
+
+def install_reload_signal(service: Any, reactor: Any) -> None:
+    """SIGHUP re-reads the TLS files (``service.reload()``), connections stay.
+
+    The handler runs between two bytecodes of whatever the main thread was
+    doing, so it only hands the work to the reactor; callFromThread is the
+    reactor's one entry point that is safe from there, and it wakes the loop.
+    """
+    import signal
+
+    def on_sighup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(service.reload)
+
+    signal.signal(signal.SIGHUP, on_sighup)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

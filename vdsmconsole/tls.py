@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -47,6 +47,7 @@ ALPN_PROTOCOLS = [b"h2", b"http/1.1"]
 DAY = datetime.timedelta(days=1)
 # How often, at most, a new connection looks at the CRL file's modification.
 CRL_CHECK_SECONDS = 1.0
+_T = TypeVar("_T")
 
 
 class TLSConfigError(ValueError):
@@ -168,19 +169,32 @@ def _load_crls(
     return crls
 
 
+def _parse(what: str, path: Path, parse: Callable[[], _T]) -> _T:
+    try:
+        return parse()
+    except (SSL.Error, crypto.Error, ValueError) as e:
+        raise TLSConfigError(f"cannot load {what} {path}: {_error_text(e)}") from None
+
+
 def load_server_tls(files: TLSFiles, require_client_usage: bool = True) -> LoadedTLS:
     """Read the files and build a ready context; TLSConfigError names the bad one."""
     ca_pem = _read(files.ca, "CA certificate")
     cert_pem = _read(files.cert, "server certificate")
     key_pem = _read(files.key, "server key")
     crl_data = _read(files.crl, "CRL") if files.crl is not None else None
+    ca = _parse("CA certificate", files.ca, lambda: ssl.Certificate.loadPEM(ca_pem))
+    cert = _parse(
+        "server certificate", files.cert, lambda: ssl.Certificate.loadPEM(cert_pem)
+    )
+    # The message names the file, never the key's contents.
+    key = _parse(
+        "server key", files.key, lambda: ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
+    )
     try:
-        ca = ssl.Certificate.loadPEM(ca_pem)
-        private = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    except (SSL.Error, ValueError) as e:
-        # The message names files, never the key's contents.
+        private = ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key)
+    except error.VerifyError:
         raise TLSConfigError(
-            f"cannot load {files.cert} / {files.key} / {files.ca}: {e}"
+            f"server key {files.key} does not match the certificate {files.cert}"
         ) from None
     crls = None
     if crl_data is not None and files.crl is not None:
@@ -199,7 +213,7 @@ def load_server_tls(files: TLSFiles, require_client_usage: bool = True) -> Loade
         context = options.getContext()
     except SSL.Error as e:
         raise TLSConfigError(
-            f"cannot use {files.cert} with {files.key}: {_short_reason(Failure(e))}"
+            f"cannot use {files.cert} with {files.key}: {_error_text(e)}"
         ) from None
     context.set_verify(context.get_verify_mode(), _verifier(require_client_usage))
     if crls is not None:
@@ -357,12 +371,14 @@ class ServerTLS:
         self._last_crl_check = self._clock.seconds()
         try:
             loaded = load_server_tls(self.files, self.require_client_usage)
-        except TLSConfigError as e:
+        except Exception as e:  # noqa: BLE001 - whatever it is, keep serving
+            # TLSConfigError names the file; anything else is still one line.
+            reason = str(e) if isinstance(e, TLSConfigError) else repr(e)
             log.error(
                 "TLS reload ({why}) failed, still using the previous certificates: "
                 "{error}",
                 why=why,
-                error=str(e),
+                error=reason,
             )
             return False
         self.current = loaded
@@ -378,10 +394,7 @@ class ServerTLS:
             return
         self._last_crl_check = now
         if file_stamp(self.files.crl) != self._crl_stamp:
-            try:
-                self.reload("CRL file changed")
-            except Exception:  # noqa: BLE001 - never fail the connection for it
-                log.failure("TLS reload after a CRL change failed")
+            self.reload("CRL file changed")
 
     # -- expiry
 
@@ -423,15 +436,21 @@ class ServerTLS:
         }
 
 
-def _short_reason(reason: Failure) -> str:
-    """One readable phrase from an OpenSSL error list (or any other reason)."""
-    value = reason.value
-    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
-        parts = [str(entry[-1]) for entry in value.args[0] if entry]
-        if parts:
-            return "; ".join(parts)
+def _error_text(value: BaseException) -> str:
+    """One readable phrase from an OpenSSL error list (or any other exception)."""
+    if isinstance(value, SSL.Error | crypto.Error) and value.args:
+        if isinstance(value.args[0], list):
+            parts = [str(entry[-1]) for entry in value.args[0] if entry]
+            if parts:
+                return "; ".join(parts)
     text = str(value).strip() or type(value).__name__
     return text.splitlines()[0]
+
+
+def _short_reason(reason: Failure) -> str:
+    """One readable phrase from the reason a connection was lost."""
+    value = reason.value
+    return _error_text(value) if value is not None else "unknown reason"
 
 
 class AuditedTLSProtocol(BufferingTLSTransport):

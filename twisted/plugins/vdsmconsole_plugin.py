@@ -30,7 +30,7 @@ class ServiceMaker:
         import argparse
         from pathlib import Path
 
-        from vdsmconsole.cli import config_from_args, fail
+        from vdsmconsole.cli import config_from_args, fail, install_reload_signal
         from vdsmconsole.config import ConfigError
         from vdsmconsole.server import ConsoleService, StartupError, prepare_state_dir
         from vdsmconsole.tls import TLSConfigError, server_options
@@ -50,11 +50,15 @@ class ServiceMaker:
             # Check the TLS files now, before twistd starts logging: a bad
             # file or value is one line and exit 2, as with `vdsmconsole serve`,
             # not a traceback from startService.
-            server_options(config.ca_file, config.cert_file, config.key_file)
+            server_options(
+                config.ca_file, config.cert_file, config.key_file, config.crl_path
+            )
             prepare_state_dir(config.state_dir)
         except (ConfigError, TLSConfigError, StartupError) as e:
             fail(str(e))
-        return ConsoleService(config)
+        service = ConsoleService(config)
+        install_reload_signal(service, service.reactor)  # SIGHUP: TLS files
+        return service
 
 
 serviceMaker = ServiceMaker()
