@@ -46,6 +46,8 @@ class Config:
     reconnect_max: float = 30.0
     client_buffer_bytes: int = 256 * 1024
     spawn_commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # identity pattern -> role, in file order; None: every certificate is admin
+    authorization: Mapping[str, str] | None = None
 
     def with_pki(self, pki_dir: Path) -> Config:
         """Point the three TLS files at a directory in VDSM's layout."""
@@ -139,7 +141,7 @@ def parse_config(data: Mapping[str, Any], base: Config | None = None) -> Config:
     """Build a Config from parsed TOML; unknown keys are errors (typos matter)."""
     config = base or Config()
     changes: dict[str, Any] = {}
-    known_sections = {section for section, _ in FIELDS} | {"spawn"}
+    known_sections = {section for section, _ in FIELDS} | {"spawn", "authorization"}
     for section, table in data.items():
         if section not in known_sections:
             raise ConfigError(f"{section}: unknown section")
@@ -148,12 +150,29 @@ def parse_config(data: Mapping[str, Any], base: Config | None = None) -> Config:
         if section == "spawn":
             changes["spawn_commands"] = _parse_spawn(table)
             continue
+        if section == "authorization":
+            changes["authorization"] = _parse_authorization(table)
+            continue
         for key, value in table.items():
             if (section, key) not in FIELDS:
                 raise ConfigError(f"{section}.{key}: unknown key")
             attr, kind = FIELDS[section, key]
             changes[attr] = _convert(f"{section}.{key}", kind, value)
     return check_values(replace(config, **changes))
+
+
+def _parse_authorization(table: Mapping[str, Any]) -> dict[str, str]:
+    from vdsmconsole.authz import ROLES
+
+    result = {}
+    for pattern, role in table.items():
+        if role not in ROLES:
+            raise ConfigError(
+                f"authorization.{pattern}: role must be one of "
+                f"{', '.join(sorted(ROLES))}, not {role!r}"
+            )
+        result[pattern] = role
+    return result
 
 
 def _parse_spawn(table: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:

@@ -26,9 +26,7 @@ from vdsmconsole.status import Code, StatusError
 
 log = Logger(namespace="vdsmconsole.console")
 
-# Code for input to a console whose guest is not connected: VDSM's table has
-# no such case, so this one is ours (documented in README.rst).
-CONSOLE_DOWN = 100
+CONSOLE_DOWN = Code.CONSOLE_DOWN  # input for a guest that is not connected
 
 
 class Subscriber(Protocol):
@@ -59,8 +57,7 @@ class InputWriter(Protocol):
 
 class ConsoleDown(StatusError):
     def __init__(self, vm_id: str, state: str) -> None:
-        super().__init__(Code.UNEXPECTED, f"console {vm_id} is {state}")
-        self.code = CONSOLE_DOWN  # type: ignore[assignment]
+        super().__init__(Code.CONSOLE_DOWN, f"console {vm_id} is {state}")
 
 
 class Console:

@@ -25,10 +25,12 @@ from twisted.python.failure import Failure
 from twisted.web import server, xmlrpc
 
 from vdsmconsole import __version__
+from vdsmconsole.authz import rpc_permission
 from vdsmconsole.ring import OffsetBeyondEnd
 from vdsmconsole.site import MethodsMixin
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
 from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
+from vdsmconsole.tls import ANONYMOUS, PeerIdentity
 
 if TYPE_CHECKING:
     from vdsmconsole.server import ServerContext
@@ -183,6 +185,12 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             function = self.lookupProcedure(name)
         except xmlrpc.Fault as f:
             self._cbRender(f, request)
+            return server.NOT_DONE_YET
+        identity = identity_of(request)
+        if not self.context.authz.allows(identity, rpc_permission(name)):
+            self.context.audit.record("denied", identity, method=name)
+            denied = StatusError(Code.DENIED, f"{identity} may not call {name}")
+            self._cbRender(failure(denied), request)
             return server.NOT_DONE_YET
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
@@ -344,5 +352,6 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         )
 
 
-def identity_of(request: Any) -> object:
-    return getattr(request, "peerIdentity", "-")
+def identity_of(request: Any) -> PeerIdentity:
+    identity = getattr(request, "peerIdentity", ANONYMOUS)
+    return identity if isinstance(identity, PeerIdentity) else ANONYMOUS

@@ -18,6 +18,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vdsmconsole.audit import AuditLog
+from vdsmconsole.authz import Authorizer
 from vdsmconsole.config import Config
 from vdsmconsole.registry import Registry
 from vdsmconsole.rpc import ConsoleRPC
@@ -42,6 +43,7 @@ class ServerContext:
     audit: AuditLog = field(init=False)
     port: int = 0
     tls: ServerTLS | None = None
+    authz: Authorizer = field(default_factory=Authorizer)
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -58,7 +60,11 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
     from vdsmconsole.console import make_console_factory
 
     prepare_state_dir(config.state_dir)
-    context = ServerContext(config=config, reactor=reactor)
+    context = ServerContext(
+        config=config,
+        reactor=reactor,
+        authz=Authorizer.from_mapping(config.authorization),
+    )
     context.audit = AuditLog(config.state_dir / "audit.log")
     context.registry = Registry(
         config.state_dir / "registry.json",

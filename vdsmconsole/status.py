@@ -17,6 +17,9 @@ class Code(enum.IntEnum):
     MISS_PARAM = 11
     UNEXPECTED = 16
     NO_IMPL = 44
+    # Ours: VDSM's table has no such cases.
+    CONSOLE_DOWN = 100
+    DENIED = 101
 
 
 MESSAGES = {
@@ -26,6 +29,8 @@ MESSAGES = {
     Code.MISS_PARAM: "Missing or malformed parameter",
     Code.UNEXPECTED: "Unexpected exception",
     Code.NO_IMPL: "Not implemented in this configuration",
+    Code.CONSOLE_DOWN: "Console is not connected",
+    Code.DENIED: "Permission denied",
 }
 
 

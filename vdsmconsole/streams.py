@@ -26,9 +26,11 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from vdsmconsole.authz import stream_permission
 from vdsmconsole.interfaces import SourceState
 from vdsmconsole.site import MethodsMixin
 from vdsmconsole.spec import is_valid_vm_id
+from vdsmconsole.tls import ANONYMOUS
 
 if TYPE_CHECKING:
     from vdsmconsole.console import Console
@@ -381,7 +383,23 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         except QueryError as e:
             return answer(request, 400, str(e))
 
+    def _denied(self, request: Any) -> bytes | None:
+        """403 unless the peer's role allows this method (and an audit line)."""
+        identity = getattr(request, "peerIdentity", ANONYMOUS)
+        if self.context.authz.allows(identity, stream_permission(request.method)):
+            return None
+        self.context.audit.record(
+            "denied",
+            identity,
+            vmId=self.raw_vm_id.decode("utf-8", "replace"),
+            method=request.method.decode("ascii", "replace"),
+        )
+        return answer(request, 403, f"{identity} may not do that")
+
     def render_HEAD(self, request: Any) -> bytes:
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
         console = self._console()
         if console is None:
             return answer(request, 404, "no such console")
@@ -390,6 +408,9 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         return b""
 
     def render_GET(self, request: Any) -> Any:
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
         console = self._console()
         if console is None:
             return answer(request, 404, "no such console")
@@ -409,6 +430,9 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         return server.NOT_DONE_YET
 
     def render_POST(self, request: Any) -> Any:
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
         console = self._console()
         if console is None:
             return answer(request, 404, "no such console")
