@@ -3,6 +3,22 @@
 ``/RPC2`` and ``/`` take XML-RPC POSTs; ``/consoleStream/<vmId>`` takes the
 streams.  Anything else is 404; a known path with the wrong method is 405 with
 ``Allow``.  Clients never see a traceback.
+
+Limits and deadlines of a connection (see docs/reliability.rst):
+
+- ``[server] handshake_timeout``: a connection whose TLS handshake is not
+  done by then is closed (one log line, by the TLS layer);
+- ``[server] header_timeout``: a request whose headers are not all in by then
+  is answered 408 and closed (HTTP/1.1), or closed (the first request of an
+  HTTP/2 connection; later HTTP/2 requests come in whole frames, bounded by
+  h2's limits);
+- HTTP/1.1 headers: at most ``maxHeaders`` (500) lines and
+  ``totalHeadersSize`` (16 KiB) in all, else 431; a request line longer than
+  ``MAX_LENGTH`` (16 KiB) is 414.  HTTP/2: h2's 64 KiB header list (GOAWAY
+  ENHANCE_YOUR_CALM beyond), 16 KiB frames, 64 CONTINUATION frames;
+- Twisted's idle timeout (60 s without a byte from the client) does not cut a
+  console stream: a follower of a quiet console or a duplex session whose
+  user types nothing is not idle.
 """
 
 from __future__ import annotations
@@ -12,8 +28,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
+from zope.interface import implementer
 
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_identity_of
 
@@ -43,6 +64,8 @@ class PlainError(resource.Resource):
 
 
 NOT_FOUND = PlainError(404, "not found")
+STREAM_PATH_PREFIX = b"/consoleStream/"
+log = Logger(namespace="vdsmconsole.site")
 
 
 def allowed_methods(res: resource.Resource) -> list[bytes]:
@@ -111,6 +134,9 @@ class ConsoleRequest(server.Request):
         self.earlyMethod = getattr(channel, "_command", None) or channel.command
         self.earlyPath = getattr(channel, "_path", None) or channel.path
         site = channel.site
+        deadlines = deadlines_of(channel)
+        if deadlines is not None:
+            deadlines.headersDone()
         site.requestStarted(self)
         hook = site.headersReceivedHook
         if hook is not None:
@@ -184,6 +210,250 @@ class ConsoleRequest(server.Request):
         super().process()
 
 
+# -- deadlines and limits of a connection -------------------------------------
+
+
+class HandshakeTimeout(Exception):
+    """The TLS handshake did not complete in time (the TLS layer logs this)."""
+
+
+class ConnectionDeadlines:
+    """The deadlines of one connection: its TLS handshake, then request headers.
+
+    Plain bookkeeping over an injected clock (``IReactorTime``): the
+    connection says what happened (``handshakeDone``, ``requestStarted``,
+    ``headersDone``) and ``expired("handshake" | "headers")`` is called when a
+    deadline passes first.  The header deadline of the first request runs from
+    the connection's start, so a client that completes TLS and then says
+    nothing is closed too; for later requests it runs from their first byte.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        handshake_timeout: float,
+        header_timeout: float,
+        expired: Callable[[str], None],
+    ) -> None:
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self.header_timeout = header_timeout
+        self._expired = expired
+        self._handshake: Any = None  # IDelayedCall
+        self._headers: Any = None
+        self.handshakeComplete = False
+
+    def start(self, tls: bool) -> None:
+        if tls:
+            self._handshake = self.clock.callLater(
+                self.handshake_timeout, self._fire, "handshake"
+            )
+        else:
+            self.handshakeComplete = True
+        self.requestStarted()
+
+    def handshakeDone(self) -> None:
+        self.handshakeComplete = True
+        self._handshake = _cancel(self._handshake)
+
+    def requestStarted(self) -> None:
+        if self._headers is None:
+            self._headers = self.clock.callLater(
+                self.header_timeout, self._fire, "headers"
+            )
+
+    def headersDone(self) -> None:
+        self._headers = _cancel(self._headers)
+
+    def stop(self) -> None:
+        self._handshake = _cancel(self._handshake)
+        self._headers = _cancel(self._headers)
+
+    def _fire(self, which: str) -> None:
+        if which == "handshake":
+            self._handshake = None
+        else:
+            self._headers = None
+        if not self.handshakeComplete:
+            which = "handshake"  # headers cannot come before the handshake
+        self.stop()
+        self._expired(which)
+
+
+def _cancel(call: Any) -> Any:
+    """Cancel a delayed call if it is pending; returns None to store."""
+    if call is not None and call.active():
+        call.cancel()
+    return None
+
+
+def connection_of(channel: Any) -> Any:
+    """The connection a request belongs to: its HTTPChannel or H2Connection."""
+    return getattr(channel, "_conn", channel)  # H2Stream -> H2Connection
+
+
+def deadlines_of(channel: Any) -> ConnectionDeadlines | None:
+    """The deadlines of the connection a request channel belongs to, if any."""
+    conn = connection_of(channel)
+    found = getattr(conn, "deadlines", None)  # HTTP/1.1: the channel has them
+    if found is None:
+        # HTTP/2: the protocol the TLS layer drives has them.
+        protocol = getattr(getattr(conn, "transport", None), "wrappedProtocol", None)
+        found = getattr(protocol, "deadlines", None)
+    return found
+
+
+# Reason phrases Twisted's table lacks or words in an older way.
+REASONS = {
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+class ConsoleChannel(http.HTTPChannel):
+    """HTTP/1.1 with clean refusals of oversized headers and header deadlines.
+
+    Twisted answers too many or too large headers with a bare 400, and a line
+    longer than ``MAX_LENGTH`` (16 KiB) by closing the connection without an
+    answer (and, over TLS, only when the idle timeout fires, since its
+    producer is still registered).  Here both are 431 (a request line: 414)
+    with a body and ``Connection: close``, checked before Twisted's own
+    checks, with the same limits.
+    """
+
+    deadlines: ConnectionDeadlines | None = None
+    _headerLines = 0
+    _headerBytes = 0
+    _refused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: the rest is moot
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._headerLines == 0 and not line:
+            super().lineReceived(line)  # a stray CRLF between requests
+            return
+        if not line:  # the end of the headers
+            self._headerLines = self._headerBytes = 0
+            super().lineReceived(line)
+            return
+        if self.deadlines is not None:
+            self.deadlines.requestStarted()
+        self._headerLines += 1
+        self._headerBytes += len(line)
+        if (
+            self._headerBytes > self.totalHeadersSize
+            or self._headerLines > self.maxHeaders + 1  # + the request line
+        ):
+            self.refuse(431, "request header fields too large")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._headerLines == 0:
+            self.refuse(414, "request line too long")
+        else:
+            self.refuse(431, "request header field too large")
+
+    def refuse(self, code: int, message: str) -> None:
+        """Answer ``code`` before the request is complete, then close."""
+        if self._refused:
+            return
+        self._refused = True
+        transport: Any = self.transport
+        peer = transport.getPeer()
+        log.info(
+            "refused a request from {host}:{port}: {code} {message}",
+            host=getattr(peer, "host", "?"),
+            port=getattr(peer, "port", "?"),
+            code=code,
+            message=message,
+        )
+        body = message.encode("utf-8") + b"\n"
+        transport.write(
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s"
+            % (code, REASONS.get(code) or http.RESPONSES[code], len(body), body)
+        )
+        self.loseConnection()  # unregisters the channel as producer first
+
+
+@implementer(IHandshakeListener)
+class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[misc]
+    """The protocol the TLS layer drives: HTTP/1.1 or HTTP/2, with deadlines.
+
+    Twisted's own generic HTTP protocol (private, but the one place that sees
+    both the TLS handshake and which HTTP version the client picked), told of
+    the handshake through ``IHandshakeListener``.
+    """
+
+    deadlines: ConnectionDeadlines | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        site = self._site
+        if site is not None:
+            self.deadlines = ConnectionDeadlines(
+                site.reactor,
+                site.handshakeTimeout,
+                site.headerTimeout,
+                self._expired,
+            )
+            channel: Any = self._channel
+            channel.deadlines = self.deadlines
+        super().makeConnection(transport)
+        if self.deadlines is not None:
+            self.deadlines.start(tls=isinstance(transport, TLSMemoryBIOProtocol))
+
+    def handshakeCompleted(self) -> None:
+        if self.deadlines is not None:
+            self.deadlines.handshakeDone()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.deadlines is not None:
+            self.deadlines.stop()
+        super().connectionLost(reason)
+
+    def _expired(self, which: str) -> None:
+        transport = self._channel.transport
+        if transport is None or getattr(transport, "disconnecting", False):
+            return
+        if which == "handshake":
+            seconds = self.deadlines.handshake_timeout if self.deadlines else 0
+            why = f"no TLS handshake within {seconds:g} s"
+            if isinstance(transport, TLSMemoryBIOProtocol):
+                # The TLS layer logs the failed handshake with this reason.
+                transport.failVerification(Failure(HandshakeTimeout(why)))
+            else:
+                log.info("closing a connection: {why}", why=why)
+                transport.abortConnection()
+            return
+        seconds = self.deadlines.header_timeout if self.deadlines else 0
+        why = f"request headers not complete within {seconds:g} s"
+        channel = self._channel
+        if isinstance(channel, ConsoleChannel):
+            channel.refuse(408, why)
+            return
+        # HTTP/2: frames arrive whole or not at all; nothing to answer to.
+        peer = transport.getPeer()
+        log.info(
+            "closing an HTTP/2 connection from {host}:{port}: {why}",
+            host=getattr(peer, "host", "?"),
+            port=getattr(peer, "port", "?"),
+            why=why,
+        )
+        transport.abortConnection()
+
+
+def _console_http_protocol(factory: Any) -> ConsoleHTTPProtocol:
+    """What ``Site.buildProtocol`` makes for each connection."""
+    return ConsoleHTTPProtocol(ConsoleChannel())
+
+
 class Root(resource.Resource):
     def __init__(
         self,
@@ -236,18 +506,56 @@ class ConsoleSite(server.Site):
 
     displayTracebacks = False
     requestFactory = ConsoleRequest
+    protocol = _console_http_protocol  # type: ignore[assignment]
 
     def __init__(self, root: resource.Resource, context: ServerContext) -> None:
-        super().__init__(root, logFormatter=access_log_line)
+        super().__init__(root, logFormatter=access_log_line, reactor=context.reactor)
         self.context = context
-        self.maxBodyBytes = context.config.rpc_max_body
+        config = context.config
+        self.maxBodyBytes = config.rpc_max_body
+        self.handshakeTimeout = config.handshake_timeout
+        self.headerTimeout = config.header_timeout
         self.headersReceivedHook: Callable[[ConsoleRequest], None] | None = None
         self.inFlight: set[ConsoleRequest] = set()
         self.started = time.monotonic()
+        # connection -> [console streams open on it, its idle timeout before]
+        self._idleHeld: dict[Any, list[Any]] = {}
 
     def requestStarted(self, request: ConsoleRequest) -> None:
         self.inFlight.add(request)
         request.notifyFinish().addBoth(self._requestDone, request)
+        if request.earlyPath.startswith(STREAM_PATH_PREFIX):
+            self._holdIdleTimeout(request)
 
     def _requestDone(self, result: object, request: ConsoleRequest) -> None:
         self.inFlight.discard(request)
+
+    def _holdIdleTimeout(self, request: ConsoleRequest) -> None:
+        """No idle timeout for a connection while a console stream is open on it.
+
+        Twisted's idle timeout cuts a connection that sends nothing for a
+        while; an HTTP/1.1 POST still in its body, or any HTTP/2 stream,
+        counts as idle however much output flows to the client.  A follower of
+        a quiet console or a duplex session whose user types nothing is not.
+        """
+        conn = connection_of(request.channel)
+        held = self._idleHeld.get(conn)
+        if held is None:
+            held = self._idleHeld[conn] = [0, conn.setTimeout(None)]
+        held[0] += 1
+        request.notifyFinish().addBoth(self._releaseIdleTimeout, conn)
+
+    def _releaseIdleTimeout(self, result: object, conn: Any) -> None:
+        held = self._idleHeld[conn]
+        held[0] -= 1
+        if held[0]:
+            return
+        del self._idleHeld[conn]
+        transport = getattr(conn, "transport", None)
+        if (
+            held[1] is not None
+            and transport is not None
+            and not transport.disconnecting
+            and getattr(transport, "connected", True)
+        ):
+            conn.setTimeout(held[1])
