@@ -419,7 +419,7 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
         super().connectionLost(reason)
 
     def _expired(self, which: str) -> None:
-        transport = self._channel.transport
+        transport: Any = self._channel.transport
         if transport is None or getattr(transport, "disconnecting", False):
             return
         if which == "handshake":
