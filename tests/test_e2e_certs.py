@@ -13,6 +13,8 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.serverproc import ServerProcess, client_context, wait_for
+from tests.serverproc import LISTENING, ServerProcess, client_context, wait_for
 from tests.streamhelp import DEMO_CONFIG, create_demo, type_into
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import Issued, PkiPaths
@@ -167,10 +169,9 @@ def lines_at_least(server: ServerProcess, needle: str, n: int) -> list[str] | No
     return lines if len(lines) >= n else None
 
 
-def peer_der(server: ServerProcess, context: ssl.SSLContext | None = None) -> bytes:
-    """The certificate a new connection is shown, DER."""
-    context = context or client_context(server.pki)
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+def peer_der(port: int, context: ssl.SSLContext) -> bytes:
+    """The certificate a new connection to ``port`` is shown, DER."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     with context.wrap_socket(sock, server_hostname="localhost") as s:
         der = s.getpeercert(binary_form=True)
     assert der is not None
@@ -358,7 +359,7 @@ def test_sighup_renews_certificate_and_streams_keep_flowing(own_pki, start):
     line = wait_for(lambda: log_lines(server, "TLS reloaded (SIGHUP)"), 10)[0]
     assert serial in line, line
 
-    assert peer_der(server) == der(renewed) != old
+    assert peer_der(server.port, client_context(own_pki.paths)) == der(renewed) != old
     tls = server.rpc().getVdsCapabilities()["info"]["tls"]
     assert tls["certificateDaysLeft"] == 399
     # The stream that started under the old certificate is still live.
@@ -377,7 +378,7 @@ def test_bad_files_at_reload_keep_the_old_context(own_pki, start):
     paths = own_pki.paths
     server = start(paths, crl_config(own_pki.write_crl([])))
     engine = client_context(paths)  # made now: one breakage removes the CA file
-    before = peer_der(server, engine)
+    before = peer_der(server.port, engine)
     other = pkimod.make_ca("some other CA")
     breakages = {
         "garbage certificate": (paths.server_cert, b"not a certificate\n"),
@@ -403,7 +404,7 @@ def test_bad_files_at_reload_keep_the_old_context(own_pki, start):
         )
         assert len(failed) == count, (what, failed)
         assert str(path) in failed[-1], (what, failed[-1])
-        assert peer_der(server, engine) == before, what
+        assert peer_der(server.port, engine) == before, what
         assert served(exchange(server, engine)[1]), what
         replace_file(path, saved)
     assert not log_lines(server, "TLS reloaded")
@@ -436,3 +437,58 @@ def test_expiry_warning_and_days_left(own_pki, start):
     wait_for(lambda: log_lines(server, "TLS reloaded (SIGHUP)"), 10, "the reload")
     assert len(log_lines(server, "expires in")) == 1
     assert server.rpc().getVdsCapabilities()["info"]["tls"]["certificateDaysLeft"] > 800
+
+
+# -- the twistd plugin ---------------------------------------------------------------
+
+
+def test_twistd_plugin_reloads_on_sighup(own_pki, tmp_path):
+    """Under twistd, SIGHUP reloads too: new connections see the renewed certificate."""
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    # From a source tree, twisted.plugins finds the plugin via the repository.
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(repo), env.get("PYTHONPATH")) if p
+    )
+    log_path = tmp_path / "twistd.log"
+    args = [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "vdsmconsole",
+        "--pki",
+        str(own_pki.paths.root),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+            env=env,
+        )
+    try:
+
+        def listening() -> int | None:
+            assert process.poll() is None, log_path.read_text()
+            found = LISTENING.search(log_path.read_bytes())
+            return int(found.group(1)) if found else None
+
+        port = wait_for(listening, 20, "twistd to listen")
+        renewed = own_pki.renew_server()
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: b"TLS reloaded (SIGHUP)" in log_path.read_bytes(), 10)
+        assert peer_der(port, client_context(own_pki.paths)) == der(renewed)
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait(10)
