@@ -195,7 +195,7 @@ class ConsoleRequest(server.Request):
             if self.chunked:
                 self.channel.write(b"0\r\n\r\n")
             self.channel.site.log(self)
-            self.channel.transport.loseConnection()
+            self.channel.loseConnection()  # unregisters the producer: TLS closes
             return
         super().finish()
 
