@@ -192,6 +192,14 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             denied = StatusError(Code.DENIED, f"{identity} may not call {name}")
             self._cbRender(failure(denied), request)
             return server.NOT_DONE_YET
+        if not hasattr(function, "withRequest"):
+            # Twisted's system.* introspection takes method names and raises
+            # on anything else (a traceback in the log): a Fault here instead.
+            problem = _bad_introspection_args(function, args)
+            if problem:
+                fault = xmlrpc.Fault(self.FAILURE, f"bad arguments: {problem}")
+                self._cbRender(fault, request)
+                return server.NOT_DONE_YET
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
         if getattr(function, "withRequest", False):
@@ -350,6 +358,17 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         return defer.maybeDeferred(lambda: written).addCallback(
             lambda n: success(written=n)
         )
+
+
+def _bad_introspection_args(function: Any, args: tuple[Any, ...]) -> str:
+    """Why args do not fit a system.* method (method names), or ""."""
+    try:
+        inspect.signature(function).bind(*args)
+    except TypeError as e:
+        return str(e)
+    if not all(isinstance(a, str) for a in args):
+        return "method names must be strings"
+    return ""
 
 
 def identity_of(request: Any) -> PeerIdentity:
