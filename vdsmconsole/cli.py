@@ -152,6 +152,11 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
             f"--ca-certificate={ca} '{base}/consoleStream/{vm_id}?tail=4096'",
         ),
         (
+            "attach to the demo guest's console (^] leaves)",
+            f"vdsmconsole-client --pki {shlex.quote(str(pki))} 127.0.0.1:{port} "
+            f"console {vm_id}",
+        ),
+        (
             "type a command into it with curl",
             f"printf 'count 5\\n' | curl --cacert {ca} --cert {cert} --key {key} "
             f"-T - {base}/consoleStream/{vm_id}",
