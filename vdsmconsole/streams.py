@@ -396,18 +396,8 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         )
         return answer(request, 403, f"{identity} may not do that")
 
-    def render_HEAD(self, request: Any) -> bytes:
-        denied = self._denied(request)
-        if denied is not None:
-            return denied
-        console = self._console()
-        if console is None:
-            return answer(request, 404, "no such console")
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"x-console-offset", b"%d" % console.end)
-        return b""
-
-    def render_GET(self, request: Any) -> Any:
+    def _admit(self, request: Any) -> tuple[Console, StreamQuery] | bytes:
+        """The console and query of a stream request, or the error to answer."""
         denied = self._denied(request)
         if denied is not None:
             return denied
@@ -417,6 +407,22 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         query = self._query(request)
         if isinstance(query, bytes):
             return query
+        return console, query
+
+    def render_HEAD(self, request: Any) -> bytes:
+        admitted = self._admit(request)
+        if isinstance(admitted, bytes):
+            return admitted
+        console, _ = admitted
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"x-console-offset", b"%d" % console.end)
+        return b""
+
+    def render_GET(self, request: Any) -> Any:
+        admitted = self._admit(request)
+        if isinstance(admitted, bytes):
+            return admitted
+        console, query = admitted
         if query.duplex:
             return answer(request, 400, "duplex=1 needs POST")
         start = self._start(request, console, query)
@@ -430,15 +436,10 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         return server.NOT_DONE_YET
 
     def render_POST(self, request: Any) -> Any:
-        denied = self._denied(request)
-        if denied is not None:
-            return denied
-        console = self._console()
-        if console is None:
-            return answer(request, 404, "no such console")
-        query = self._query(request)
-        if isinstance(query, bytes):
-            return query
+        admitted = self._admit(request)
+        if isinstance(admitted, bytes):
+            return admitted
+        console, query = admitted
         if console.closed or console.state == SourceState.DOWN:
             return answer(
                 request,
