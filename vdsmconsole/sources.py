@@ -18,6 +18,16 @@ Each kind fails differently, and that shapes the code:
   after us or be restarted, and the socket path or port stays the guest's.
 - A spawned child is ours: ``stop()`` ends it (SIGTERM, then SIGKILL).
 
+Reading is shaped for what it costs.  A busy guest's pty is read until it
+runs dry and handed on as one piece (a pty gives about 4 KiB per read).  A
+guest that trickles a few bytes at a time is read at once, then left unread
+for ``SourceOptions.coalesce_delay`` (a few milliseconds) so that the kernel
+gathers its next writes into one read: one log write and one TLS record per
+few milliseconds instead of one per few bytes.  Input ends such a wait, and
+the output that answers it (an echo) is never held.  Within the wait the pty
+buffers what the guest writes (about 12 KiB before the guest's write would
+block), so nothing is lost and the guest is not stalled in practice.
+
 Input backpressure comes from the write transport's producer protocol: each
 source registers a small push producer on the transport it writes to, and the
 transport pauses it when its buffer is full and resumes it when drained.
@@ -86,6 +96,15 @@ _sinkFailures = _log.failureHandler("while reporting to a console source's sink:
 
 # One read takes what the kernel has, up to this much.
 READ_SIZE = 65536
+# A pty hands out at most about 4 KiB per read (its line discipline's buffer),
+# however much the guest has queued behind that.  A busy guest's output is
+# therefore read in a loop until the pty runs dry or this much is in hand,
+# and passed on as one: one ring append, one log write and one write to each
+# client instead of one per 4 KiB, which is most of what a relay costs.
+READ_BATCH = 256 * 1024
+# A read this short means the guest had nothing more queued: stop there
+# rather than pay for a read that would only say EAGAIN.
+FULL_READ = 2048
 
 # The reactor provides IReactorTime, IReactorFDSet, IReactorProcess,
 # IReactorTCP, IReactorUNIX and IReactorPluggableNameResolver.  zope interfaces
@@ -113,6 +132,20 @@ class SourceOptions:
     stop_timeout: float = 5.0
     """Seconds a spawned child gets between SIGTERM and SIGKILL; also how long
     its pty may stay open after it exited (a grandchild may hold it)."""
+    coalesce_delay: float = 0.003
+    """Seconds the guest's output is left unread after a small read; 0: never.
+
+    A guest that prints a few bytes at a time (a boot log, a progress bar)
+    would otherwise cost one read, one log write and one TLS record per few
+    bytes.  After a read shorter than ``small_read`` the source stops reading
+    for this long, so that the kernel gathers what the guest writes meanwhile
+    and the next read takes it all at once.  The first bytes after a quiet
+    spell go out at once; later ones wait at most this long.  Input written to
+    the guest ends the wait, and output that follows input (an echo, the
+    answer to a keystroke) is never held.
+    """
+    small_read: int = 4096
+    """Reads shorter than this many bytes start a coalescing wait."""
 
     def __post_init__(self) -> None:
         for name in ("reconnect_initial", "reconnect_max", "connect_timeout"):
@@ -121,6 +154,12 @@ class SourceOptions:
                 raise ValueError(f"{name} must be positive, not {value!r}")
         if not self.stop_timeout >= 0:
             raise ValueError(f"stop_timeout must be >= 0, not {self.stop_timeout!r}")
+        if not 0 <= self.coalesce_delay <= 1:
+            raise ValueError(
+                f"coalesce_delay must be 0 to 1 second, not {self.coalesce_delay!r}"
+            )
+        if self.small_read < 0:
+            raise ValueError(f"small_read must be >= 0, not {self.small_read!r}")
         for name, argv in self.spawn_commands.items():
             if (
                 isinstance(argv, str | bytes)
@@ -132,12 +171,15 @@ class SourceOptions:
                 )
 
 
+_DEFAULT_OPTIONS = SourceOptions()
+
+
 def make_source(
     spec: ConsoleSpec, options: SourceOptions, reactor: Reactor
 ) -> ConsoleSource:
     """The source for a validated console description (not started yet)."""
     if spec.type == "pty":
-        return PtySource(spec.path, reactor)
+        return PtySource(spec.path, reactor, options)
     if spec.type == "unix":
         return UnixSource(spec.path, options, reactor)
     if spec.type == "tcp":
@@ -225,7 +267,7 @@ class _SourceBase:
 
     kind = ""
 
-    def __init__(self, reactor: Reactor) -> None:
+    def __init__(self, reactor: Reactor, options: SourceOptions | None = None) -> None:
         self._reactor = reactor
         self.state = SourceState.DOWN
         self._reason = "not started"
@@ -237,6 +279,21 @@ class _SourceBase:
         self._readingPaused = False
         self._inputIsPaused = False
         self._gate: _InputGate | None = None
+        options = options or _DEFAULT_OPTIONS
+        self._coalesceDelay = options.coalesce_delay
+        self._smallRead = options.small_read
+        # Reading held back for a moment after a small read (see
+        # SourceOptions.coalesce_delay), on top of pauseReading's pause.
+        self._coalescing = False
+        self._coalesceCall: Any = None
+        # Input went to the guest since the last read: what comes back
+        # answers it and is not held.
+        self._inputSent = False
+
+    @property
+    def _holdReading(self) -> bool:
+        """Whether the read side should be stopped now (for _applyReading)."""
+        return self._readingPaused or self._coalescing
 
     # -- ConsoleSource
 
@@ -252,6 +309,10 @@ class _SourceBase:
             return False
         if data:
             transport.write(data)
+            # The guest will answer: read it as soon as it does.
+            self._inputSent = True
+            if self._coalescing:
+                self._endCoalescing()
         return True
 
     def pauseReading(self) -> None:
@@ -274,6 +335,7 @@ class _SourceBase:
             if self.state is not SourceState.DOWN:
                 self._setState(SourceState.DOWN, "stopped")
             self._stopping = True
+            self._endCoalescing()
             self._stop()
         return waiter
 
@@ -300,7 +362,7 @@ class _SourceBase:
         raise NotImplementedError
 
     def _applyReading(self) -> None:
-        """Make the current read side match _readingPaused."""
+        """Make the current read side match _holdReading."""
         raise NotImplementedError
 
     def _target(self) -> dict[str, Any]:
@@ -323,6 +385,34 @@ class _SourceBase:
             return
         with _sinkFailures:
             self._sink.sourceData(data)
+        if self._inputSent:
+            # An answer to input: the next bytes may be its rest, keep reading.
+            self._inputSent = False
+        elif len(data) < self._smallRead and self._coalesceDelay > 0:
+            self._startCoalescing()
+
+    def _startCoalescing(self) -> None:
+        """Leave the guest's output unread for coalesce_delay (see SourceOptions)."""
+        if self._coalescing or self._stopping:
+            return
+        self._coalescing = True
+        self._applyReading()
+        self._coalesceCall = self._reactor.callLater(
+            self._coalesceDelay, self._endCoalescing
+        )
+
+    def _endCoalescing(self) -> None:
+        call, self._coalesceCall = self._coalesceCall, None
+        if call is not None and call.active():
+            call.cancel()
+        if self._coalescing:
+            self._coalescing = False
+            if not self._stopping:
+                self._readAfterHold()
+
+    def _readAfterHold(self) -> None:
+        """Reading may go on after a coalescing wait: by default, poll again."""
+        self._applyReading()
 
     def _setState(self, state: SourceState, reason: str) -> None:
         if self._stopping:
@@ -448,23 +538,58 @@ class _TtyReader(_TtyEnd):
         self._received = received
 
     def doRead(self) -> BaseException | None:
-        try:
-            data = os.read(self._fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as e:
-            # EIO: the other side of the pty is gone.
-            self._why = f"reading {self._path}: {e.strerror}"
-            return error.ConnectionLost()
-        if not data:
-            # A hung-up tty reads as end of file: qemu closed the master.
-            self._why = f"{self._path} was closed by the guest's side (end of file)"
-            return error.ConnectionDone()
-        self._received(data)
-        return None
+        """Read until the pty runs dry (or READ_BATCH), pass it on as one."""
+        chunks: list[bytes] = []
+        size = 0
+        why: BaseException | None = None
+        fd = self._fd
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                # EIO: the other side of the pty is gone.
+                self._why = f"reading {self._path}: {e.strerror}"
+                why = error.ConnectionLost()
+                break
+            if not data:
+                # A hung-up tty reads as end of file: qemu closed the master.
+                self._why = f"{self._path} was closed by the guest's side (end of file)"
+                why = error.ConnectionDone()
+                break
+            chunks.append(data)
+            size += len(data)
+            if len(data) < FULL_READ or size >= READ_BATCH:
+                break
+        if chunks:
+            # What was read before a hang-up still goes out, then the loss.
+            self._received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        return why
 
 
 class _TtyWriter(_TtyEnd):
+    def write(self, data: bytes) -> None:
+        """Write at once when nothing is queued; queue (and poll) the rest.
+
+        Input is mostly keystrokes: a direct write spares a round through
+        epoll for each of them.
+        """
+        if (
+            data
+            and self._fd >= 0
+            and self.connected
+            and not self.disconnecting
+            and not self._tempDataLen
+            and self.offset >= len(self.dataBuffer)
+        ):
+            written = self.writeSomeData(data)
+            if isinstance(written, int) and written > 0:
+                if written == len(data):
+                    return
+                data = data[written:]
+        super().write(data)
+
     def writeSomeData(self, data: bytes) -> int | BaseException:
         try:
             return os.write(self._fd, data)
@@ -487,8 +612,10 @@ class PtySource(_SourceBase):
 
     kind = "pty"
 
-    def __init__(self, path: str, reactor: Reactor) -> None:
-        super().__init__(reactor)
+    def __init__(
+        self, path: str, reactor: Reactor, options: SourceOptions | None = None
+    ) -> None:
+        super().__init__(reactor, options)
         self._path = path
         self._reader: _TtyReader | None = None
         self._writer: _TtyWriter | None = None
@@ -534,10 +661,24 @@ class PtySource(_SourceBase):
     def _writeTransport(self) -> Any:
         return self._writer
 
+    def _readAfterHold(self) -> None:
+        # What gathered during the wait is read now rather than after another
+        # round through epoll; the reader is registered again only when the
+        # pty had nothing (so a steady trickle costs no epoll_ctl at all).
+        reader = self._reader
+        if reader is None or self._readingPaused:
+            self._applyReading()
+            return
+        why = reader.doRead()
+        if why is not None:
+            reader.connectionLost(Failure(why))
+        elif not self._coalescing:
+            self._applyReading()
+
     def _applyReading(self) -> None:
         if self._reader is None:
             return
-        if self._readingPaused:
+        if self._holdReading:
             self._reader.stopReading()
         else:
             self._reader.startReading()
@@ -598,7 +739,7 @@ class _StreamSource(_SourceBase):
     """A qemu socket chardev (server=on) that we connect to, again and again."""
 
     def __init__(self, options: SourceOptions, reactor: Reactor) -> None:
-        super().__init__(reactor)
+        super().__init__(reactor, options)
         self._options = options
         self._service: ClientService | None = None
         self._protocol: _StreamProtocol | None = None
@@ -663,7 +804,7 @@ class _StreamSource(_SourceBase):
         transport = self._writeTransport()
         if transport is None:
             return
-        if self._readingPaused:
+        if self._holdReading:
             transport.pauseProducing()
         else:
             transport.resumeProducing()
@@ -782,7 +923,7 @@ class SpawnSource(_SourceBase):
     kind = "spawn"
 
     def __init__(self, command: str, options: SourceOptions, reactor: Reactor) -> None:
-        super().__init__(reactor)
+        super().__init__(reactor, options)
         self._command = command
         self._options = options
         self._process: Any = None
@@ -912,7 +1053,7 @@ class SpawnSource(_SourceBase):
     def _applyReading(self) -> None:
         if self._process is None:
             return
-        if self._readingPaused:
+        if self._holdReading:
             self._process.pauseProducing()
         else:
             self._process.resumeProducing()

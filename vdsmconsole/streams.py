@@ -195,14 +195,23 @@ class Follower:
         if self._pumping:
             return  # a write made the transport resume us: the loop goes on
         self._pumping = True
+        console = self.console
+        ring = console.ring
         try:
             while not self.paused and not self.done:
-                end = self.console.end if self.limit is None else self.limit
-                if self.cursor >= end:
+                end = ring.end if self.limit is None else self.limit
+                cursor = self.cursor
+                if cursor >= end:
                     if self.limit is not None:
                         self.stop(finish=True)
                     return
-                result = self.console.read(self.cursor, min(CHUNK, end - self.cursor))
+                want = min(CHUNK, end - cursor)
+                # The hot path (a follower keeping up) reads the ring straight;
+                # the console falls back to its log for older offsets.
+                if cursor >= ring.start:
+                    result = ring.read(cursor, want)
+                else:
+                    result = console.read(cursor, want)
                 if result.lost:
                     # Fell behind everything retained: end; a resume is told.
                     self.console.count_lost(result.lost)
@@ -287,11 +296,12 @@ class BodyWriter:
         self._guest_gone()
 
     def _flush(self) -> None:
+        console = self.console
         while self.pending and not self.blocked and not self.done:
-            if self.console.closed or self.console.state == SourceState.DOWN:
+            if console.closed or console.source.state is SourceState.DOWN:
                 self._guest_gone()
                 return
-            if not self.console.write(self.pending[0]):
+            if not console.write(self.pending[0]):
                 break  # reconnecting: resumeProducing comes when it is back
             self.written += len(self.pending.popleft())
         if self.done:

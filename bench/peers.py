@@ -1,0 +1,386 @@
+"""The relays under test, each started on the fake guest's pty.
+
+Every peer takes the same pty path and the same PKI (a throwaway CA from
+``vdsmconsole.pki.init_pki``: one server and one client certificate, client
+certificates required by every relay that can require them) and tells the
+client how to reach it.  ``roots()`` names the processes whose CPU counts as
+the relay's (their children included), ``bridge_roots()`` those of a helper
+the relay needs (websockify's TCP bridge to the pty).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vdsmconsole.pki import PkiPaths, init_pki
+
+PEERS = ("vdsmconsole", "socat", "websockify", "conserver")
+LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
+
+
+@dataclass
+class Pki:
+    paths: PkiPaths
+    server_pem: Path  # certificate and key in one file (conserver)
+    client_pem: Path
+
+    @property
+    def ca(self) -> str:
+        return str(self.paths.ca_cert)
+
+    def client(self) -> dict[str, str]:
+        return {
+            "ca": self.ca,
+            "cert": str(self.paths.client_cert),
+            "key": str(self.paths.client_key),
+        }
+
+
+def make_pki(root: Path) -> Pki:
+    paths = init_pki(root / "pki", hostname="localhost")
+    server_pem = root / "server.pem"
+    client_pem = root / "client.pem"
+    server_pem.write_bytes(
+        paths.server_cert.read_bytes() + paths.server_key.read_bytes()
+    )
+    client_pem.write_bytes(
+        paths.client_cert.read_bytes() + paths.client_key.read_bytes()
+    )
+    os.chmod(server_pem, 0o600)
+    os.chmod(client_pem, 0o600)
+    return Pki(paths, server_pem, client_pem)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Is something listening on 127.0.0.1:port (per /proc/net/tcp)?"""
+    want = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(f[1] == want and f[3] == "0A" for f in (ln.split() for ln in lines))
+
+
+def wait_for(condition: Any, timeout: float, what: str, proc: Any = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _more_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Peer:
+    name = ""
+    #: scenario -> why it is not supported (absent: supported)
+    unsupported: dict[str, str] = {}
+
+    def __init__(self, workdir: Path, pki: Pki) -> None:
+        self.workdir = workdir
+        self.pki = pki
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.bridge: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, argv: list[str], log: str, **kw: Any) -> subprocess.Popen[bytes]:
+        out = open(self.workdir / log, "ab")  # noqa: SIM115 - the child keeps it
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_more_files,
+            **kw,
+        )
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+    def start(self, ptys: list[str]) -> None:
+        raise NotImplementedError
+
+    def client(self, index: int = 0) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def roots(self) -> list[int]:
+        return [p.pid for p in self.procs if p is not self.bridge]
+
+    def bridge_roots(self) -> list[int]:
+        return [self.bridge.pid] if self.bridge is not None else []
+
+    def log(self) -> str:
+        texts = []
+        for f in sorted(self.workdir.glob("*.log")):
+            texts.append(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}")
+        return "\n".join(texts)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.procs.clear()
+
+
+class VdsmConsole(Peer):
+    """The real server, ``python -m vdsmconsole serve``, each pty a console."""
+
+    name = "vdsmconsole"
+    #: set to a path to run the server under cProfile (--profile-tool cprofile)
+    cprofile: Path | None = None
+
+    def start(self, ptys: list[str]) -> None:
+        argv = [sys.executable, "-m"]
+        if self.cprofile is not None:
+            # Profiled between SIGUSR1 and SIGUSR2 (bench.profserve).
+            argv += ["bench.profserve", str(self.cprofile)]
+        else:
+            argv += ["vdsmconsole"]
+        argv += [
+            "serve",
+            "--pki",
+            str(self.pki.paths.root),
+            "--state-dir",
+            str(self.workdir / "state"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
+        log = self.workdir / "server.log"
+        proc = self.spawn(argv, "server.log", cwd=Path(__file__).parent.parent)
+
+        def port() -> int | None:
+            found = LISTENING.search(log.read_bytes()) if log.exists() else None
+            return int(found.group(1)) if found else None
+
+        self.port = wait_for(port, 30, "vdsmconsole to listen", proc)
+        rpc = self.rpc()
+        for i, path in enumerate(ptys):
+            reply = rpc.create(
+                {"vmId": self.vm_id(i), "console": {"type": "pty", "path": path}}
+            )
+            if reply["status"]["code"] != 0:
+                raise RuntimeError(f"create failed: {reply['status']}")
+
+    @staticmethod
+    def vm_id(index: int) -> str:
+        return f"bench-{index}"
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.pki.ca)
+        ctx.load_cert_chain(
+            str(self.pki.paths.client_cert), str(self.pki.paths.client_key)
+        )
+        return ctx
+
+    def rpc(self) -> xmlrpc.client.ServerProxy:
+        return xmlrpc.client.ServerProxy(
+            f"https://127.0.0.1:{self.port}/RPC2", context=self.context()
+        )
+
+    def client(self, index: int = 0) -> dict[str, Any]:
+        return {
+            "kind": "http",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "path": f"/consoleStream/{self.vm_id(index)}",
+            **self.pki.client(),
+        }
+
+
+class Socat(Peer):
+    """The C baseline: TLS straight onto the pty, a child per connection."""
+
+    name = "socat"
+    unsupported = {
+        "fanout": "not supported: a forked reader per client splits the stream",
+    }
+
+    def start(self, ptys: list[str]) -> None:
+        self.port = free_port()
+        p = self.pki.paths
+        proc = self.spawn(
+            [
+                "socat",
+                f"OPENSSL-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,"
+                f"cert={p.server_cert},key={p.server_key},cafile={p.ca_cert},verify=1",
+                f"FILE:{ptys[0]},raw,echo=0",
+            ],
+            "socat.log",
+        )
+        wait_for(lambda: listening(self.port), 10, "socat to listen", proc)
+
+    def client(self, index: int = 0) -> dict[str, Any]:
+        return {
+            "kind": "raw",
+            "host": "127.0.0.1",
+            "port": self.port,
+            **self.pki.client(),
+        }
+
+
+class Websockify(Peer):
+    """Debian's websockify, --ssl-only, over a socat TCP bridge to the pty."""
+
+    name = "websockify"
+    unsupported = {
+        "fanout": "not supported: a bridge connection (a forked reader) per "
+        "client splits the stream",
+    }
+
+    def start(self, ptys: list[str]) -> None:
+        self.port = free_port()
+        bridge_port = free_port()
+        self.bridge = self.spawn(
+            [
+                "socat",
+                f"TCP-LISTEN:{bridge_port},bind=127.0.0.1,reuseaddr,fork",
+                f"FILE:{ptys[0]},raw,echo=0",
+            ],
+            "bridge.log",
+        )
+        wait_for(lambda: listening(bridge_port), 10, "the bridge", self.bridge)
+        p = self.pki.paths
+        proc = self.spawn(
+            [
+                "websockify",
+                "--ssl-only",
+                f"--cert={p.server_cert}",
+                f"--key={p.server_key}",
+                "--verify-client",
+                f"--cafile={p.ca_cert}",
+                f"127.0.0.1:{self.port}",
+                f"127.0.0.1:{bridge_port}",
+            ],
+            "websockify.log",
+        )
+        wait_for(lambda: listening(self.port), 20, "websockify to listen", proc)
+
+    def client(self, index: int = 0) -> dict[str, Any]:
+        return {
+            "kind": "ws",
+            "host": "127.0.0.1",
+            "port": self.port,
+            **self.pki.client(),
+        }
+
+
+class Conserver(Peer):
+    """Debian's conserver in the foreground, and its ``console`` client."""
+
+    name = "conserver"
+
+    def start(self, ptys: list[str]) -> None:
+        self.port = free_port()
+        cf = self.workdir / "conserver.cf"
+        consoles = "\n".join(
+            f"console guest{i} {{ type device; device {path}; baud 115200; "
+            "parity none; }"
+            for i, path in enumerate(ptys)
+        )
+        cf.write_text(
+            f"""config * {{
+    sslcredentials {self.pki.server_pem};
+    sslcacertificatefile {self.pki.ca};
+    sslreqclientcert yes;
+    sslrequired yes;
+}}
+default full {{ rw *; }}
+default * {{ logfile ""; timestamp ""; include full; master 127.0.0.1; }}
+access * {{ trusted 127.0.0.1; }}
+{consoles}
+"""
+        )
+        passwd = self.workdir / "conserver.passwd"
+        passwd.write_text("")
+        self.client_cf = self.workdir / "console.cf"
+        self.client_cf.write_text(
+            f"""config * {{
+    master 127.0.0.1;
+    port {self.port};
+    sslcredentials {self.pki.client_pem};
+    sslcacertificatefile {self.pki.ca};
+    sslrequired yes;
+}}
+"""
+        )
+        proc = self.spawn(
+            [
+                "conserver",
+                "-C",
+                str(cf),
+                "-P",
+                str(passwd),
+                "-p",
+                str(self.port),
+                "-M",
+                "127.0.0.1",
+            ],
+            "conserver.log",
+        )
+        wait_for(lambda: listening(self.port), 10, "conserver to listen", proc)
+        time.sleep(0.2)  # its group children start listening a moment later
+
+    def client(self, index: int = 0) -> dict[str, Any]:
+        return {
+            "kind": "conserver",
+            "argv": ["console", "-n", "-C", str(self.client_cf), f"guest{index}"],
+        }
+
+
+class Direct(Peer):
+    """No relay: the client reads the pty itself (what the device costs)."""
+
+    name = "pty"
+
+    def start(self, ptys: list[str]) -> None:
+        self.path = ptys[0]
+
+    def client(self, index: int = 0) -> dict[str, Any]:
+        return {"kind": "pty", "path": self.path}
+
+
+PEER_CLASSES: dict[str, type[Peer]] = {
+    c.name: c for c in (VdsmConsole, Socat, Websockify, Conserver, Direct)
+}
+
+# command -> Debian package, per peer
+NEEDS: dict[str, dict[str, str]] = {
+    "vdsmconsole": {},
+    "pty": {},
+    "socat": {"socat": "socat"},
+    "websockify": {"websockify": "websockify", "socat": "socat"},
+    "conserver": {"conserver": "conserver-server", "console": "conserver-client"},
+}

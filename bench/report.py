@@ -1,0 +1,351 @@
+"""Medians over runs, the tables, and the targets the peers set.
+
+Targets are ratios between peers measured in the same invocation, never
+absolute numbers: on a shared machine MB/s and latency swing 2-3x with the
+load, while the ratios between peers run side by side hold much better.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+PEER_ORDER = ("vdsmconsole", "socat", "websockify", "conserver", "pty")
+RELAYS = ("socat", "websockify", "conserver")
+
+
+def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of every numeric field; booleans: true only if all are."""
+    good = [r for r in runs if not r.get("failed")]
+    out: dict[str, Any] = {"runs": len(runs), "failed_runs": len(runs) - len(good)}
+    if not good:
+        out["error"] = runs[0].get("failed") if runs else "no runs"
+        return out
+    keys = [k for k in good[0] if k not in ("failed",)]
+    for key in keys:
+        values = [r[key] for r in good if key in r and r[key] is not None]
+        if not values:
+            continue
+        if all(isinstance(v, bool) for v in values):
+            out[key] = all(values)
+        elif all(isinstance(v, int | float) for v in values):
+            out[key] = statistics.median(values)
+        else:
+            out[key] = values[0]
+    return out
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for r in rows:
+        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(out)
+
+
+def _ordered(peers: dict[str, Any]) -> list[str]:
+    return sorted(peers, key=lambda p: PEER_ORDER.index(p) if p in PEER_ORDER else 99)
+
+
+def _skip_row(name: str, width: int, note: str) -> list[str]:
+    return [name, *(["-"] * (width - 2)), note]
+
+
+def bulk_table(section: dict[str, Any]) -> str:
+    headers = ["peer", "MB/s", "relay ms/MB", "bridge ms/MB", "total ms/MB"]
+    headers += ["B/record", "RSS MB", "intact", "note"]
+    rows = []
+    for name in _ordered(section["peers"]):
+        m = section["peers"][name]
+        if "skipped" in m or "error" in m:
+            rows.append(_skip_row(name, len(headers), m.get("skipped") or m["error"]))
+            continue
+        rows.append(
+            [
+                name,
+                fmt(m.get("mb_per_s")),
+                fmt(m.get("relay_cpu_ms_per_mb"), 2),
+                fmt(m.get("bridge_cpu_ms_per_mb"), 2),
+                fmt(m.get("total_cpu_ms_per_mb"), 2),
+                fmt(m.get("bytes_per_tls_record"), 0),
+                fmt(m.get("relay_rss_bytes", 0) / 1e6),
+                f"{m.get('runs_intact', '?')}/{m['runs']} runs",
+                "no relay (baseline)" if name == "pty" else "",
+            ]
+        )
+    return table(headers, rows)
+
+
+def fanout_table(section: dict[str, Any]) -> str:
+    headers = ["peer", "clients", "aggregate MB/s", "relay ms/MB in"]
+    headers += ["RSS MB", "runs all intact", "clients intact (worst)", "note"]
+    rows = []
+    for key in sorted(section["by_clients"], key=int):
+        for name in _ordered(section["by_clients"][key]):
+            m = section["by_clients"][key][name]
+            if "skipped" in m or "error" in m:
+                row = _skip_row(name, len(headers), m.get("skipped") or m["error"])
+                row[1] = key
+                rows.append(row)
+                continue
+            rows.append(
+                [
+                    name,
+                    key,
+                    fmt(m.get("aggregate_mb_per_s")),
+                    fmt(m.get("relay_cpu_ms_per_mb"), 2),
+                    fmt(m.get("relay_rss_bytes", 0) / 1e6),
+                    f"{m.get('runs_intact', 0)}/{m['runs']}",
+                    f"{m.get('worst_intact', '?')}/{key}",
+                    "",
+                ]
+            )
+    return table(headers, rows)
+
+
+def latency_table(section: dict[str, Any]) -> str:
+    headers = ["peer", "p50 us", "p99 us", "max us", "relay CPU us/rt", "note"]
+    rows = []
+    for name in _ordered(section["peers"]):
+        m = section["peers"][name]
+        if "skipped" in m or "error" in m:
+            rows.append(_skip_row(name, len(headers), m.get("skipped") or m["error"]))
+            continue
+        note = "no relay (baseline)" if name == "pty" else ""
+        if name == "conserver":
+            note = "through its console client (one more hop)"
+        if m.get("mismatches"):
+            note += f" {m['mismatches']} wrong echoes"
+        rows.append(
+            [
+                name,
+                fmt(m.get("p50_us"), 0),
+                fmt(m.get("p99_us"), 0),
+                fmt(m.get("max_us"), 0),
+                fmt(m.get("relay_cpu_us_per_roundtrip"), 1),
+                note,
+            ]
+        )
+    return table(headers, rows)
+
+
+def trickle_table(section: dict[str, Any]) -> str:
+    headers = ["peer", "relay CPU %", "bridge CPU %", "total CPU %", "writes/s"]
+    headers += ["delay p50 ms", "p99 ms", "max ms", "in order", "note"]
+    rows = []
+    for name in _ordered(section["peers"]):
+        m = section["peers"][name]
+        if "skipped" in m or "error" in m:
+            rows.append(_skip_row(name, len(headers), m.get("skipped") or m["error"]))
+            continue
+        note = "no relay (baseline)" if name == "pty" else ""
+        if name == "conserver":
+            note = "writes: syscalls; delay via its console client"
+        rows.append(
+            [
+                name,
+                fmt(m.get("relay_cpu_percent"), 2),
+                fmt(m.get("bridge_cpu_percent"), 2),
+                fmt(m.get("total_cpu_percent"), 2),
+                fmt(m.get("writes_per_s"), 0),
+                fmt(m.get("delay_p50_ms"), 2),
+                fmt(m.get("delay_p99_ms"), 2),
+                fmt(m.get("delay_max_ms"), 2),
+                fmt(m.get("in_order")),
+                note,
+            ]
+        )
+    return table(headers, rows)
+
+
+def _pair(m: dict[str, Any], a: str, b: str) -> str:
+    return f"{fmt(m.get(a), 2)} / {fmt(m.get(b), 2)}"
+
+
+def scale_table(section: dict[str, Any]) -> str:
+    m = section["vdsmconsole"]
+    if "error" in m:
+        return f"vdsmconsole: {m['error']}"
+    rows = [
+        [
+            "consoles / followers",
+            f"{fmt(m.get('consoles'))} / {fmt(m.get('followers'))}",
+        ],
+        ["followers attached", fmt(m.get("followers_attached"))],
+        ["RSS with consoles (MB)", fmt(m.get("rss_consoles_bytes", 0) / 1e6)],
+        ["RSS with followers (MB)", fmt(m.get("rss_followers_bytes", 0) / 1e6)],
+        ["peak RSS (MB)", fmt(m.get("peak_rss_bytes", 0) / 1e6)],
+        [
+            "list p50/p99 idle (ms)",
+            _pair(m, "list_idle_p50_ms", "list_idle_p99_ms"),
+        ],
+        [
+            "list p50/p99 flooding (ms)",
+            _pair(m, "list_flood_p50_ms", "list_flood_p99_ms"),
+        ],
+        ["flood MB/s while listing", fmt(m.get("flood_mb_per_s_during_list"))],
+        [
+            "create / attach (s)",
+            f"{fmt(m.get('create_seconds'))} / {fmt(m.get('attach_seconds'))}",
+        ],
+    ]
+    return table(["vdsmconsole", "value"], rows)
+
+
+TABLES = {
+    "bulk": bulk_table,
+    "fanout": fanout_table,
+    "latency": latency_table,
+    "trickle": trickle_table,
+    "scale": scale_table,
+}
+
+
+# -- targets -------------------------------------------------------------------
+
+
+def _target(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
+    return {"target": name, "met": ok, "detail": detail}
+
+
+def _peers_with(section: dict[str, Any], key: str) -> dict[str, float]:
+    return {
+        p: m[key]
+        for p, m in section.get("peers", {}).items()
+        if p in RELAYS and isinstance(m.get(key), int | float)
+    }
+
+
+def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    bulk = scenarios.get("bulk")
+    if bulk and "vdsmconsole" in bulk["peers"]:
+        v = bulk["peers"]["vdsmconsole"]
+        speeds = _peers_with(bulk, "mb_per_s")
+        cpus = _peers_with(bulk, "total_cpu_ms_per_mb")
+        if speeds and "mb_per_s" in v:
+            best = max(speeds, key=lambda p: speeds[p])
+            out.append(
+                _target(
+                    "bulk MB/s >= best peer",
+                    v["mb_per_s"] >= speeds[best],
+                    f"{v['mb_per_s']:.1f} vs {best} {speeds[best]:.1f} "
+                    f"({v['mb_per_s'] / speeds[best]:.2f}x)",
+                )
+            )
+        if cpus and "total_cpu_ms_per_mb" in v:
+            best = min(cpus, key=lambda p: cpus[p])
+            ratio = v["total_cpu_ms_per_mb"] / cpus[best]
+            out.append(
+                _target(
+                    "bulk CPU/MB <= 1.5x best peer's total",
+                    ratio <= 1.5,
+                    f"{v['total_cpu_ms_per_mb']:.2f} vs {best} {cpus[best]:.2f} "
+                    f"ms/MB ({ratio:.2f}x)",
+                )
+            )
+    fan = scenarios.get("fanout")
+    if fan:
+        for key, peers in fan["by_clients"].items():
+            v = peers.get("vdsmconsole")
+            if not v or "error" in v:
+                continue
+            all_intact = v.get("runs_intact") == v["runs"]
+            out.append(
+                _target(
+                    f"fanout {key}: every client intact in every run",
+                    all_intact,
+                    f"{v.get('runs_intact')}/{v['runs']} runs, worst "
+                    f"{v.get('worst_intact')}/{key} clients",
+                )
+            )
+            c = peers.get("conserver")
+            if key == "20" and c and "aggregate_mb_per_s" in c:
+                ratio = v["aggregate_mb_per_s"] / c["aggregate_mb_per_s"]
+                out.append(
+                    _target(
+                        "fanout 20 aggregate >= conserver",
+                        ratio >= 1.0,
+                        f"{v['aggregate_mb_per_s']:.1f} vs "
+                        f"{c['aggregate_mb_per_s']:.1f} MB/s ({ratio:.2f}x); "
+                        f"conserver intact in {c.get('runs_intact')}/{c['runs']} runs",
+                    )
+                )
+    lat = scenarios.get("latency")
+    if lat and "vdsmconsole" in lat["peers"] and "socat" in lat["peers"]:
+        v, s = lat["peers"]["vdsmconsole"], lat["peers"]["socat"]
+        for q in ("p50_us", "p99_us"):
+            if q in v and q in s:
+                ratio = v[q] / s[q]
+                out.append(
+                    _target(
+                        f"latency {q[:3]} <= 2x socat",
+                        ratio <= 2.0,
+                        f"{v[q]:.0f} vs {s[q]:.0f} us ({ratio:.2f}x)",
+                    )
+                )
+    tr = scenarios.get("trickle")
+    if tr and "vdsmconsole" in tr["peers"]:
+        v = tr["peers"]["vdsmconsole"]
+        cpus = _peers_with(tr, "total_cpu_percent")
+        if cpus and "total_cpu_percent" in v:
+            best = min(cpus, key=lambda p: cpus[p])
+            ratio = v["total_cpu_percent"] / cpus[best]
+            out.append(
+                _target(
+                    "trickle CPU <= half the cheapest peer",
+                    ratio <= 0.5,
+                    f"{v['total_cpu_percent']:.2f}% vs {best} {cpus[best]:.2f}% "
+                    f"({ratio:.2f}x)",
+                )
+            )
+        base = tr["peers"].get("pty", {})
+        for q in ("delay_p99_ms", "delay_max_ms"):
+            if v.get(q) is None:
+                continue
+            added = v[q] - (base.get(q) or 0.0)
+            out.append(
+                _target(
+                    f"trickle added delay ({q.split('_')[1]}) <= 5 ms",
+                    added <= 5.0,
+                    f"{v[q]:.2f} ms, the pty alone {base.get(q) or 0:.2f} ms: "
+                    f"{added:.2f} ms added",
+                )
+            )
+    sc = scenarios.get("scale", {}).get("vdsmconsole")
+    if sc and "error" not in sc:
+        rss = max(sc.get("rss_followers_bytes", 0), sc.get("rss_after_flood_bytes", 0))
+        out.append(
+            _target(
+                f"scale: {sc['consoles']} consoles + {sc['followers']} followers "
+                "< 400 MB RSS",
+                rss < 400e6,
+                f"{rss / 1e6:.0f} MB (peak {sc.get('peak_rss_bytes', 0) / 1e6:.0f} MB)",
+            )
+        )
+        if "list_flood_p99_ms" in sc:
+            out.append(
+                _target(
+                    "scale: list p99 < 50 ms while a console floods",
+                    sc["list_flood_p99_ms"] < 50,
+                    f"{sc['list_flood_p99_ms']:.1f} ms "
+                    f"(idle {sc.get('list_idle_p99_ms', 0):.1f} ms)",
+                )
+            )
+    return out
+
+
+def targets_table(items: list[dict[str, Any]]) -> str:
+    rows = [[t["target"], "met" if t["met"] else "MISSED", t["detail"]] for t in items]
+    return table(["target", "", "measured (medians, same run)"], rows) if rows else ""

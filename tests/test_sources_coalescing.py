@@ -1,0 +1,178 @@
+"""How a pty source batches reads: fewer, larger pieces for the console.
+
+A real pty, driven by hand on a MemoryReactorClock: the test calls the
+reader's ``doRead`` when the reactor would, and advances time itself, so
+what is held, for how long, and what comes out in one piece is exact.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator
+
+import pytest
+from fakeguest import PtyGuest, RecordingSink
+from twisted.internet.testing import MemoryReactorClock
+
+from vdsmconsole.sources import FULL_READ, PtySource, SourceOptions
+
+HOLD = 0.003
+
+
+@pytest.fixture
+def guest() -> Generator[PtyGuest, None, None]:
+    g = PtyGuest(MemoryReactorClock())
+    yield g
+    g.close()
+
+
+class Attached:
+    """A PtySource on a clock, with the pieces a test needs at hand."""
+
+    def __init__(self, guest: PtyGuest, **options: float) -> None:
+        self.guest = guest
+        self.clock = MemoryReactorClock()
+        self.sink = RecordingSink()
+        self.source = PtySource(
+            guest.path,
+            self.clock,
+            SourceOptions(**options),  # type: ignore[arg-type]
+        )
+        self.source.start(self.sink)
+        self.reader = self.source._reader
+        assert self.reader is not None
+
+    def output(self, data: bytes) -> None:
+        """The guest writes; wait until the kernel has it for the source."""
+        before = self.guest.pending_for_source()
+        self.guest.write(data)
+        deadline = time.monotonic() + 5
+        while self.guest.pending_for_source() < before + len(data):
+            assert time.monotonic() < deadline, "the pty never had the bytes"
+            time.sleep(0.001)
+
+    def poll(self) -> None:
+        """What the reactor does when the pty is readable."""
+        assert self.reading, "the reactor would not read now"
+        assert self.reader is not None
+        self.reader.doRead()
+
+    @property
+    def reading(self) -> bool:
+        return self.reader in self.clock.getReaders()
+
+    @property
+    def pieces(self) -> int:
+        return self.sink.calls - len(self.sink.states)
+
+
+def test_a_small_read_goes_out_at_once_then_the_next_bytes_gather(
+    guest: PtyGuest,
+) -> None:
+    """The first bytes pass at once; what follows is read as one after the hold."""
+    a = Attached(guest, coalesce_delay=HOLD)
+    a.output(b"a")
+    a.poll()
+    assert a.sink.data == b"a"
+    assert not a.reading  # held: the kernel gathers what comes next
+    a.output(b"b")
+    a.output(b"c")
+    a.clock.advance(HOLD * 0.9)
+    assert a.sink.data == b"a"
+    pieces = a.pieces
+    a.clock.advance(HOLD * 0.2)
+    assert a.sink.data == b"abc"
+    assert a.pieces == pieces + 1  # one read, one piece
+    assert not a.reading  # that read was small too: held again
+    a.clock.advance(HOLD)
+    assert a.reading  # nothing had gathered: wait for the pty again
+    a.source.stop()
+
+
+def test_input_ends_the_hold_and_its_answer_is_not_held(guest: PtyGuest) -> None:
+    """A keystroke ends a hold; the echo that answers it does not start one."""
+    a = Attached(guest, coalesce_delay=HOLD)
+    a.output(b"boot")
+    a.poll()
+    assert not a.reading
+    assert a.source.write(b"x")
+    assert guest.read_available() == b"x"  # written at once, not queued
+    assert a.reader not in a.clock.getWriters()
+    assert a.reading
+    assert a.clock.getDelayedCalls() == []
+    a.output(b"x")
+    a.poll()
+    assert a.sink.data == b"bootx"
+    assert a.reading  # the echo: keep reading
+    a.source.stop()
+
+
+def test_a_busy_guest_is_read_until_dry_and_passed_on_as_one(
+    guest: PtyGuest,
+) -> None:
+    """Several pty-sized reads in one poll become one piece, and hold nothing."""
+    a = Attached(guest, coalesce_delay=HOLD)
+    written = b""
+    try:
+        while True:  # fill the pty: more than one read's worth (4 KiB) queues
+            chunk = bytes(range(256)) * 16
+            written += chunk[: os.write(guest.master, chunk)]
+    except BlockingIOError:
+        pass
+    assert len(written) > 2 * FULL_READ
+    deadline = time.monotonic() + 5
+    while guest.pending_for_source() == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    a.poll()
+    assert bytes(a.sink.data) == written
+    assert a.pieces == 1
+    assert a.reading  # a big read starts no hold
+    a.source.stop()
+
+
+def test_no_coalescing_when_the_delay_is_zero(guest: PtyGuest) -> None:
+    """coalesce_delay=0 reads every time the pty is readable."""
+    a = Attached(guest, coalesce_delay=0)
+    a.output(b"a")
+    a.poll()
+    assert a.reading and a.clock.getDelayedCalls() == []
+    a.source.stop()
+
+
+def test_a_pause_outlasts_the_hold(guest: PtyGuest) -> None:
+    """pauseReading during a hold keeps reading off after it; resume reads."""
+    a = Attached(guest, coalesce_delay=HOLD)
+    a.output(b"a")
+    a.poll()
+    a.source.pauseReading()
+    a.output(b"b")
+    a.clock.advance(HOLD * 2)
+    assert a.sink.data == b"a" and not a.reading
+    a.source.resumeReading()
+    assert a.reading
+    a.poll()
+    assert a.sink.data == b"ab"
+    a.source.stop()
+
+
+def test_stop_during_a_hold_leaves_nothing_scheduled(guest: PtyGuest) -> None:
+    """Stopping a source that holds its reading cancels the hold."""
+    a = Attached(guest, coalesce_delay=HOLD)
+    a.output(b"a")
+    a.poll()
+    assert a.clock.getDelayedCalls()
+    assert a.source.stop().called
+    assert a.clock.getDelayedCalls() == []
+    assert not a.reading
+
+
+def test_options_reject_a_bad_delay() -> None:
+    """A negative or absurd coalescing delay is refused early."""
+    with pytest.raises(ValueError, match="coalesce_delay"):
+        SourceOptions(coalesce_delay=-1)
+    with pytest.raises(ValueError, match="coalesce_delay"):
+        SourceOptions(coalesce_delay=5)
+    with pytest.raises(ValueError, match="small_read"):
+        SourceOptions(small_read=-1)
