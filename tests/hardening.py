@@ -136,6 +136,7 @@ class H2Client:
             normalize_outbound_headers=False,
         )
         self.conn = h2.connection.H2Connection(config)
+        self.reset = False  # the server reset the connection (unread data)
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
 
@@ -147,7 +148,10 @@ class H2Client:
         self.conn.send_headers(stream, headers, end_stream=body is None)
         if body is not None:
             self.conn.send_data(stream, body, end_stream=True)
-        self.sock.sendall(self.conn.data_to_send())
+        try:
+            self.sock.sendall(self.conn.data_to_send())
+        except OSError:
+            self.reset = True  # refused while we were still sending
         status: int | None = None
         data = b""
         events: list[h2.events.Event] = []
@@ -155,6 +159,7 @@ class H2Client:
             try:
                 received = self.sock.recv(65536)
             except (ssl.SSLError, ConnectionResetError):
+                self.reset = True
                 received = b""
             if not received:
                 return status, data, events
