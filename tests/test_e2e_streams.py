@@ -8,6 +8,7 @@ import random
 import shlex
 import socket
 import ssl
+import xmlrpc.client
 
 import pytest
 
@@ -405,3 +406,18 @@ def test_input_backpressure_stops_reading_the_client(server_factory):
     assert sent < 8 * 1024 * 1024, sent
     assert rss_bytes(server.process.pid) - before < 8 * 1024 * 1024
     assert server.rpc().ping()["status"]["code"] == 0
+
+
+def test_console_write_to_a_stuck_guest_is_refused_not_queued(server_factory):
+    """consoleWrite to a guest that takes no input answers 102 once it is full."""
+    server = server_factory(DEMO_CONFIG)
+    create_demo(server, "mute", command="mute")
+    proxy = server.rpc()
+    before = rss_bytes(server.process.pid)
+    block = xmlrpc.client.Binary(b"x" * 512 * 1024)
+    codes = [proxy.consoleWrite("mute", block)["status"]["code"] for _ in range(100)]
+    assert 102 in codes
+    # Only what the pty and one transport buffer hold was accepted, not 50 MB.
+    assert codes.count(0) < 8, codes
+    assert rss_bytes(server.process.pid) - before < 16 * 1024 * 1024
+    assert proxy.ping()["status"]["code"] == 0

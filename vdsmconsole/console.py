@@ -246,6 +246,11 @@ class Console:
         return True
 
     def write_all(self, data: bytes) -> int:
+        """Input from an RPC: whole, or refused; never queued without bound."""
+        if self.input_paused and self.state == SourceState.CONNECTED:
+            # The guest's input buffer is full: queueing more would grow the
+            # server by a whole RPC body per call.  The caller retries.
+            raise StatusError(Code.CONSOLE_BUSY, f"console {self.vm_id} is busy")
         if not self.write(data):
             raise ConsoleDown(self.vm_id, self.state)
         return len(data)

@@ -7,6 +7,7 @@ process has passed through these functions first.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ def is_valid_vm_id(value: object) -> bool:
 
 def validate_vm_id(value: object) -> str:
     if not is_valid_vm_id(value):
-        raise SpecError(f"invalid vmId {value!r}")
+        # reprlib: a huge bad vmId is not echoed back whole.
+        raise SpecError(f"invalid vmId {reprlib.repr(value)}")
     assert isinstance(value, str)
     return value
 

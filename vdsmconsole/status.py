@@ -20,6 +20,7 @@ class Code(enum.IntEnum):
     # Ours: VDSM's table has no such cases.
     CONSOLE_DOWN = 100
     DENIED = 101
+    CONSOLE_BUSY = 102
 
 
 MESSAGES = {
@@ -31,6 +32,7 @@ MESSAGES = {
     Code.NO_IMPL: "Not implemented in this configuration",
     Code.CONSOLE_DOWN: "Console is not connected",
     Code.DENIED: "Permission denied",
+    Code.CONSOLE_BUSY: "Guest is not taking input; retry later",
 }
 
 
