@@ -20,7 +20,7 @@ from vdsmconsole.config import Config
 from vdsmconsole.consolelog import ConsoleLog
 from vdsmconsole.interfaces import ConsoleSource, SourceState
 from vdsmconsole.ring import OffsetBeyondEnd, ReadResult, Ring
-from vdsmconsole.sources import SourceOptions, make_source
+from vdsmconsole.sources import PtyOwner, SourceOptions, make_source
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.status import Code, StatusError
 
@@ -289,16 +289,21 @@ class Console:
         }
 
 
-def make_console_factory(
-    config: Config, reactor: Any
-) -> Callable[[str, ConsoleSpec], Console]:
+def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]:
     options = SourceOptions(
         reconnect_initial=config.reconnect_initial,
         reconnect_max=config.reconnect_max,
         spawn_commands=dict(config.spawn_commands),
     )
 
-    def factory(vm_id: str, spec: ConsoleSpec) -> Console:
+    def factory(
+        vm_id: str,
+        spec: ConsoleSpec,
+        *,
+        restored: bool = False,
+        owner: PtyOwner | None = None,
+    ) -> Console:
+        """``restored``/``owner``: a pty console the registry brings back."""
         # vm_id was validated before it got here; it is safe as a path part.
         console_log = ConsoleLog(
             config.state_dir / "consoles" / vm_id,
@@ -306,7 +311,7 @@ def make_console_factory(
             config.log_keep_files,
         )
         ring = Ring(config.ring_bytes, start=console_log.end)
-        source = make_source(spec, options, reactor)
+        source = make_source(spec, options, reactor, restored=restored, owner=owner)
         return Console(vm_id, spec, source, ring, console_log, reactor)
 
     return factory

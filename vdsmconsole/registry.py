@@ -3,6 +3,13 @@
 The file is ``<state_dir>/registry.json``, written whole to a temporary file,
 fsynced and renamed over the old one: a crash leaves the old or the new
 registry, never half of one.
+
+Each entry is the console's description as ``create`` takes it
+(``ConsoleSpec.to_wire``).  A ``pty`` entry also carries ``"owner": {"pid":
+.., "start": ..}``, the process that held the pty's master when the console
+was first attached: after a restart the pty is reopened only if that very
+process still holds it (see ``PtySource``).  Files without it still load; a
+restored ``pty`` console without an owner stays down.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vdsmconsole.sources import PtyOwner
 from vdsmconsole.spec import (
     ConsoleSpec,
     SpecError,
@@ -38,11 +46,25 @@ class ManagedConsole(Protocol):
     def stop(self) -> defer.Deferred[None]: ...
 
 
+def _owner_of(console: Any) -> PtyOwner | None:
+    """The recorded owner of a console's pty, if its source has one."""
+    owner = getattr(getattr(console, "source", None), "owner", None)
+    return owner if isinstance(owner, PtyOwner) else None
+
+
 class Registry:
+    """vmId -> console.
+
+    ``console_factory(vm_id, spec)`` builds a console that is not started
+    yet.  For a ``pty`` console restored by ``load`` it is also given
+    ``restored=True, owner=<PtyOwner or None>`` (what ``make_console_factory``
+    passes on to the source).
+    """
+
     def __init__(
         self,
         path: Path | None,
-        console_factory: Callable[[str, ConsoleSpec], Any],
+        console_factory: Callable[..., Any],
         spawn_commands: Any = None,
     ) -> None:
         self._path = path
@@ -88,6 +110,18 @@ class Registry:
                 Code.UNEXPECTED, f"cannot persist the registry: {e.strerror}"
             ) from None
         console.start()
+        if _owner_of(console) is not None:
+            # The pty's owner is known once it is attached: record it, or the
+            # next start would not reopen the pty.
+            try:
+                self.save()
+            except OSError as e:
+                log.error(
+                    "console {vm}: cannot record its pty's owner: {err}; after "
+                    "a restart it stays down",
+                    vm=vm_id,
+                    err=e,
+                )
         return console
 
     def destroy(self, vm_id: str) -> defer.Deferred[None]:
@@ -117,7 +151,7 @@ class Registry:
             return
         data = {
             "version": FORMAT_VERSION,
-            "consoles": {v: c.spec.to_wire() for v, c in self._consoles.items()},
+            "consoles": {v: self._entry(c) for v, c in self._consoles.items()},
         }
         tmp = self._path.with_name(self._path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -126,6 +160,14 @@ class Registry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path)
+
+    @staticmethod
+    def _entry(console: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = console.spec.to_wire()
+        owner = _owner_of(console)
+        if owner is not None:
+            entry["owner"] = owner.to_json()
+        return entry
 
     def load(self) -> None:
         """Restore and start every console the file names."""
@@ -141,7 +183,13 @@ class Registry:
                 # E.g. a spawn command removed from the configuration since.
                 log.error("not restoring console {vm}: {why}", vm=vm_id, why=e)
                 continue
-            console = self._factory(vm_id, spec)
+            if spec.type == "pty":
+                recorded = desc.get("owner") if isinstance(desc, dict) else None
+                console = self._factory(
+                    vm_id, spec, restored=True, owner=PtyOwner.from_json(recorded)
+                )
+            else:
+                console = self._factory(vm_id, spec)
             self._consoles[vm_id] = console
             console.start()
         log.info("restored {n} console(s)", n=len(self._consoles))

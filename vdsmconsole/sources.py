@@ -40,11 +40,13 @@ one.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import termios
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import ClientService
@@ -77,14 +79,17 @@ from vdsmconsole.interfaces import ConsoleSource, SourceSink, SourceState
 from vdsmconsole.spec import ConsoleSpec
 
 __all__ = [
+    "PtyOwner",
     "PtySource",
     "SourceOptions",
     "SpawnSource",
     "TcpSource",
     "UnixSource",
     "backoff_delay",
+    "find_pty_owner",
     "make_raw",
     "make_source",
+    "owner_holds",
 ]
 
 _log = Logger()
@@ -175,11 +180,21 @@ _DEFAULT_OPTIONS = SourceOptions()
 
 
 def make_source(
-    spec: ConsoleSpec, options: SourceOptions, reactor: Reactor
+    spec: ConsoleSpec,
+    options: SourceOptions,
+    reactor: Reactor,
+    *,
+    restored: bool = False,
+    owner: PtyOwner | None = None,
 ) -> ConsoleSource:
-    """The source for a validated console description (not started yet)."""
+    """The source for a validated console description (not started yet).
+
+    ``restored``: the console comes back from the registry after a restart;
+    a pty is then reopened only if ``owner`` (recorded when it was first
+    attached) still holds it.
+    """
     if spec.type == "pty":
-        return PtySource(spec.path, reactor, options)
+        return PtySource(spec.path, reactor, options, restored=restored, owner=owner)
     if spec.type == "unix":
         return UnixSource(spec.path, options, reactor)
     if spec.type == "tcp":
@@ -604,26 +619,195 @@ class _TtyWriter(_TtyEnd):
         return None
 
 
+# -- who holds a pty's master ---------------------------------------------------
+
+PROC = Path("/proc")
+# What a pty master's fd links to: /dev/ptmx, or the devpts instance's own
+# ptmx in a container (where /dev/ptmx is a symlink to it).
+_PTMX_LINKS = frozenset({"/dev/ptmx", "/dev/pts/ptmx"})
+_PTS_PATH = re.compile(r"/dev/pts/(\d+)")
+
+
+@dataclass(frozen=True)
+class PtyOwner:
+    """The process holding a pty's master: a guest's qemu, named so that a
+    later start can tell it from whoever holds that pty number next.
+
+    ``start`` is the process's start time (field 22 of ``/proc/<pid>/stat``,
+    clock ticks since boot): with the pid it names one process for the life
+    of the host, even after the pid is reused.
+    """
+
+    pid: int
+    start: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"pid": self.pid, "start": self.start}
+
+    @classmethod
+    def from_json(cls, value: object) -> PtyOwner | None:
+        """The owner a registry entry recorded; None if absent or malformed."""
+        if not isinstance(value, Mapping):
+            return None
+        pid, start = value.get("pid"), value.get("start")
+        for number in (pid, start):
+            if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+                return None
+        assert isinstance(pid, int) and isinstance(start, int)
+        return cls(pid, start) if pid > 0 else None
+
+
+def _fd_pts_index(fd: int) -> int | None:
+    """N if ``fd`` is open on ``/dev/pts/N``."""
+    try:
+        return pts_index(os.ttyname(fd))
+    except OSError:
+        return None
+
+
+def pts_index(path: str) -> int | None:
+    """N for ``/dev/pts/N``; None for any other path."""
+    found = _PTS_PATH.fullmatch(path)
+    return int(found.group(1)) if found else None
+
+
+def process_start(pid: int, proc: Path = PROC) -> int | None:
+    """Field 22 of ``<proc>/<pid>/stat`` (start time); None if unreadable."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count the
+    # fields after its closing parenthesis, which is field 3.
+    fields = text[text.rfind(")") + 1 :].split()
+    try:
+        return int(fields[22 - 3])
+    except (IndexError, ValueError):
+        return None
+
+
+def master_indexes(pid: int, proc: Path = PROC) -> set[int]:
+    """The pty numbers whose master ``pid`` holds (empty if it cannot be seen)."""
+    fd_dir = proc / str(pid) / "fd"
+    found: set[int] = set()
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:  # gone, or another user's process
+        return found
+    for fd in fds:
+        try:
+            if os.readlink(fd_dir / fd) not in _PTMX_LINKS:
+                continue
+            info = (proc / str(pid) / "fdinfo" / fd).read_text()
+        except (OSError, UnicodeDecodeError):  # closed meanwhile
+            continue
+        for line in info.splitlines():
+            key, _, value = line.partition(":")
+            if key == "tty-index" and value.strip().isdigit():
+                found.add(int(value))
+    return found
+
+
+def find_pty_owner(index: int, proc: Path = PROC) -> PtyOwner | None:
+    """The process holding the master of ``/dev/pts/<index>``, or None.
+
+    Scans every ``<proc>/<pid>/fd``; processes we may not look into are
+    skipped, so a guest of another user is not found without privileges.
+    Several holders (a master inherited across fork): the one started first.
+    """
+    try:
+        pids = [int(name) for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return None
+    holders = []
+    for pid in pids:
+        if index in master_indexes(pid, proc):
+            start = process_start(pid, proc)
+            if start is not None:
+                holders.append(PtyOwner(pid, start))
+    return min(holders, key=lambda o: (o.start, o.pid), default=None)
+
+
+def owner_holds(owner: PtyOwner, index: int, proc: Path = PROC) -> bool:
+    """Whether that very process (pid and start time) still holds the master
+    of ``/dev/pts/<index>``."""
+    if process_start(owner.pid, proc) != owner.start:
+        return False
+    holds = index in master_indexes(owner.pid, proc)
+    # Read the start again: the pid may have been reused during the scan.
+    return holds and process_start(owner.pid, proc) == owner.start
+
+
 class PtySource(_SourceBase):
     """An existing pty slave whose master the guest's qemu holds.
 
-    Opened once at start and never again: see the module docstring.
+    Opened once at start and never again: see the module docstring.  At its
+    first attach (``create``) the source looks up which process holds the
+    pty's master, its ``owner``, which the registry records.  After a restart
+    (``restored``) the path is opened again only if that same process (pid and
+    start time) still holds the master of that pty number; otherwise, or when
+    no owner was recorded, the console stays ``down`` and the path is never
+    opened, since the number may now be another guest's.
     """
 
     kind = "pty"
 
     def __init__(
-        self, path: str, reactor: Reactor, options: SourceOptions | None = None
+        self,
+        path: str,
+        reactor: Reactor,
+        options: SourceOptions | None = None,
+        *,
+        restored: bool = False,
+        owner: PtyOwner | None = None,
+        proc: Path = PROC,
     ) -> None:
         super().__init__(reactor, options)
         self._path = path
         self._reader: _TtyReader | None = None
         self._writer: _TtyWriter | None = None
+        self._restored = restored
+        self._proc = proc
+        self.owner: PtyOwner | None = owner if restored else None
+        """Who held the master when the pty was first attached; None: unknown."""
 
     def _target(self) -> dict[str, Any]:
         return {"path": self._path}
 
+    def _moreFacts(self) -> dict[str, Any]:
+        return {"ownerPid": 0 if self.owner is None else self.owner.pid}
+
+    def _refuse(self, why: str) -> None:
+        self._lastError = why
+        self._setState(SourceState.DOWN, why)
+
+    def _restoredIndex(self) -> int | None:
+        """The pty number to reopen after a restart, if its owner still holds
+        it; otherwise go down saying why and answer None."""
+        path = self._path
+        owner = self.owner
+        # realpath only reads links, it opens nothing.
+        index = pts_index(os.path.realpath(path))
+        refusal = f"not reopening {path} by path: create the console again"
+        if owner is None:
+            self._refuse(
+                f"no owner of {path} was recorded when it was attached (its "
+                f"master's holder could not be seen in /proc); {refusal}"
+            )
+        elif index is None:
+            self._refuse(f"{path} is not a /dev/pts/N pty; {refusal}")
+        elif not owner_holds(owner, index, self._proc):
+            self._refuse(f"pty owner {owner.pid} is gone; {refusal} with the new path")
+        else:
+            return index
+        return None
+
     def _start(self) -> None:
+        index: int | None = None
+        if self._restored:
+            index = self._restoredIndex()
+            if index is None:
+                return
         try:
             rfd = _open_tty(self._path)
         except _NotATerminal as e:
@@ -634,6 +818,24 @@ class PtySource(_SourceBase):
             self._lastError = f"cannot open {self._path}: {e.strerror}"
             self._setState(SourceState.DOWN, self._lastError)
             return
+        opened = _fd_pts_index(rfd)
+        if self._restored:
+            if opened != index:
+                # The path was changed (a link) between the check and the open.
+                os.close(rfd)
+                self._refuse(
+                    f"{self._path} is no longer /dev/pts/{index}; not reopening "
+                    "it by path: create the console again with the new path"
+                )
+                return
+        elif opened is not None:
+            self.owner = find_pty_owner(opened, self._proc)
+        if self.owner is None:
+            _log.warn(
+                "{source}: the holder of the pty's master was not found; "
+                "after a restart this console stays down",
+                source=self,
+            )
         # A second fd for writing (see _TtyEnd).  dup rather than a second
         # open(path): it cannot land on another pty that took the path in
         # between, and epoll accepts both since they are different fds.
