@@ -410,3 +410,60 @@ def test_registry_file_without_owner_restores_the_pty_down(tmp_path: Path) -> Ge
         yield registry.stop_all()
     finally:
         guest.close()
+
+
+# -- the real server and a real qemu -------------------------------------------
+
+
+@pytest.fixture
+def qemu_guests(tmp_path: Path) -> Iterator[Any]:
+    """qemu guests for one test, every one stopped at teardown."""
+    from tests.qemuguest import qemu_guest_pool
+
+    yield from qemu_guest_pool(tmp_path / "qemu")
+
+
+@pytest.mark.e2e
+@pytest.mark.qemu
+def test_e2e_restart_reattaches_live_qemu_and_not_a_dead_one(
+    server_factory: Any, qemu_guests: Any
+) -> None:
+    """Real server and qemu: restarted while qemu runs, reattached; qemu gone, down."""
+    from tests.qemuguest import require_qemu
+    from tests.test_e2e_consoles import (
+        ConsoleReader,
+        attach_paused_guest,
+        config,
+        full_status,
+        open_files,
+        qemu_marker,
+        stats,
+    )
+
+    require_qemu()
+    server = server_factory(config())
+    guest = qemu_guests.start("pty", paused=True)
+    path, pid = guest.pty_path, guest.pid
+    reader = attach_paused_guest(server, guest, "vm")
+    qemu_marker(server, reader)
+    assert full_status(server, "vm")["source"]["ownerPid"] == pid
+    server.stop()
+
+    again = server_factory(config())  # same state directory
+    status = full_status(again, "vm")
+    assert status["status"] == "connected", status
+    assert status["source"]["ownerPid"] == pid
+    qemu_marker(
+        again, ConsoleReader(again, "vm", start=stats(again, "vm")["nextOffset"])
+    )
+    again.stop()
+
+    guest.stop()  # the guest goes away while the server is down
+    third = server_factory(config())
+    status = full_status(third, "vm")
+    assert status["status"] == "down", status
+    assert status["reason"] == (
+        f"pty owner {pid} is gone; not reopening {path} by path: "
+        "create the console again with the new path"
+    )
+    assert path not in open_files(third)

@@ -14,6 +14,10 @@ Each kind fails differently, and that shapes the code:
 - A pty path is never reopened.  The kernel hands ``/dev/pts/N`` to the next
   pty as soon as the old one is gone, so reopening the path could attach
   another guest's console.  A pty whose guest went away stays ``down``.
+  After a server restart the registry brings a pty console back, and its
+  path is opened again only if the process that held the pty's master when
+  it was first attached (its pid and start time, found in /proc) still holds
+  the master of that pty number.
 - A socket chardev is retried forever with exponential backoff: qemu may start
   after us or be restarted, and the socket path or port stays the guest's.
 - A spawned child is ours: ``stop()`` ends it (SIGTERM, then SIGKILL).
@@ -711,7 +715,8 @@ def master_indexes(pid: int, proc: Path = PROC) -> set[int]:
 def find_pty_owner(index: int, proc: Path = PROC) -> PtyOwner | None:
     """The process holding the master of ``/dev/pts/<index>``, or None.
 
-    Scans every ``<proc>/<pid>/fd``; processes we may not look into are
+    Scans every ``<proc>/<pid>/fd`` (a few milliseconds per hundred
+    processes, paid once per create); processes we may not look into are
     skipped, so a guest of another user is not found without privileges.
     Several holders (a master inherited across fork): the one started first.
     """
