@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import machine, report, scenarios
 from bench.install import MissingPeer, ensure_peers
-from bench.peers import PEER_CLASSES, PEERS
+from bench.peers import PEER_CLASSES, PEERS, VDSMCONSOLE_CONFIG, unsupported
 
 SCENARIOS = ("bulk", "fanout", "latency", "trickle", "scale")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,6 +65,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip peers that are not installed instead of installing them",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the vdsmconsole of another checkout DIR, as peer "
+        "vdsmconsole@LABEL (before/after comparisons; repeatable)",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--profile", type=Path, help="profile vdsmconsole into DIR")
     p.add_argument(
@@ -77,6 +85,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in args.peer_list:
         if name not in PEER_CLASSES or name == "pty":
             p.error(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+    args.variants = {}
+    for item in args.variant:
+        label, _, where = item.partition("=")
+        root = Path(where).resolve()
+        if not label or not (root / "vdsmconsole" / "__init__.py").exists():
+            p.error(f"--variant {item!r}: want LABEL=DIR, DIR a vdsmconsole checkout")
+        args.variants[label] = root
     args.client_counts = [int(x) for x in args.clients.split(",") if x]
     args.fanout_size = args.fanout_size or args.size
     args.followers = args.followers or args.consoles
@@ -88,7 +103,10 @@ class Runner:
         self.args = args
         self.skipped = skipped
         self.session = scenarios.Session(
-            keep=args.keep, profile_dir=args.profile, profile_tool=args.profile_tool
+            keep=args.keep,
+            profile_dir=args.profile,
+            profile_tool=args.profile_tool,
+            variants=args.variants,
         )
 
     def say(self, text: str) -> None:
@@ -97,6 +115,9 @@ class Runner:
 
     def peers_for(self, scenario: str) -> list[str]:
         peers = list(self.args.peer_list)
+        if "vdsmconsole" in peers:
+            at = peers.index("vdsmconsole") + 1
+            peers[at:at] = [f"vdsmconsole@{label}" for label in self.args.variants]
         if scenario in ("bulk", "latency", "trickle") and not self.args.no_baseline:
             peers.append("pty")
         return peers
@@ -109,7 +130,7 @@ class Runner:
         runs: dict[str, list[dict[str, Any]]] = {p: [] for p in peers}
         notes: dict[str, str] = {}
         for p in peers:
-            why = self.skipped.get(p) or PEER_CLASSES[p].unsupported.get(scenario)
+            why = self.skipped.get(p) or unsupported(p, scenario)
             if why:
                 notes[p] = why
         active = [p for p in peers if p not in notes]
@@ -262,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine.machine_facts(),
         "load_before": machine.loadavg(),
         "runs": args.runs,
+        "vdsmconsole_config": VDSMCONSOLE_CONFIG,
         "skipped_peers": skipped,
         "scenarios": {},
     }

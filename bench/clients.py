@@ -494,6 +494,12 @@ class Client(threading.Thread):
                 f"the relay closed the stream after {self.sink.got} payload bytes"
             )
         self.sink.feed(self.framer.feed(data), t)
+        if getattr(self.framer, "ended", False) and not self.sink.done:
+            # vdsmconsole ends the response of a follower that fell behind
+            # everything it retains (the guest is never held back for one).
+            raise RuntimeError(
+                f"the relay ended the response after {self.sink.got} payload bytes"
+            )
 
     def _round_trips(self, count: int) -> None:
         sink, stream, framer = self.sink, self.stream, self.framer

@@ -29,6 +29,18 @@ from vdsmconsole.pki import PkiPaths, init_pki
 PEERS = ("vdsmconsole", "socat", "websockify", "conserver")
 LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
 
+# The server's configuration in every run.  The defaults but one: the console
+# log keeps 4 x 64 MiB instead of 4 x 8 MiB, more than a 50 MB flood, so that
+# a client the machine's load stalls for a moment catches up from the log.
+# With the defaults a flood can outrun everything retained while the client
+# is stalled, and the server then ends that client's response (it is told
+# what it lost when it resumes) rather than hold the guest back: correct, but
+# not what the fan-out scenario measures.
+VDSMCONSOLE_CONFIG = """\
+[console]
+log_file_bytes = 67108864
+"""
+
 
 @dataclass
 class Pki:
@@ -159,6 +171,8 @@ class VdsmConsole(Peer):
     name = "vdsmconsole"
     #: set to a path to run the server under cProfile (--profile-tool cprofile)
     cprofile: Path | None = None
+    #: another checkout's vdsmconsole to run instead (a --variant), or None
+    root: Path | None = None
 
     def start(self, ptys: list[str]) -> None:
         argv = [sys.executable, "-m"]
@@ -167,8 +181,12 @@ class VdsmConsole(Peer):
             argv += ["bench.profserve", str(self.cprofile)]
         else:
             argv += ["vdsmconsole"]
+        config = self.workdir / "vdsmconsole.conf"
+        config.write_text(VDSMCONSOLE_CONFIG)
         argv += [
             "serve",
+            "--config",
+            str(config),
             "--pki",
             str(self.pki.paths.root),
             "--state-dir",
@@ -179,7 +197,12 @@ class VdsmConsole(Peer):
             "0",
         ]
         log = self.workdir / "server.log"
-        proc = self.spawn(argv, "server.log", cwd=Path(__file__).parent.parent)
+        here = Path(__file__).resolve().parent.parent
+        env = None
+        if self.root is not None:
+            # That checkout's package first; bench (for profserve) after it.
+            env = dict(os.environ, PYTHONPATH=f"{self.root}{os.pathsep}{here}")
+        proc = self.spawn(argv, "server.log", cwd=self.root or here, env=env)
 
         def port() -> int | None:
             found = LISTENING.search(log.read_bytes()) if log.exists() else None
@@ -370,6 +393,23 @@ class Direct(Peer):
 
     def client(self, index: int = 0) -> dict[str, Any]:
         return {"kind": "pty", "path": self.path}
+
+
+def make_peer(
+    name: str, workdir: Path, pki: Pki, variants: dict[str, Path] | None = None
+) -> Peer:
+    """A peer by name; ``vdsmconsole@LABEL`` runs the server of a --variant."""
+    base, _, label = name.partition("@")
+    peer = PEER_CLASSES[base](workdir, pki)
+    if label:
+        assert isinstance(peer, VdsmConsole)
+        peer.name = name
+        peer.root = (variants or {})[label]
+    return peer
+
+
+def unsupported(name: str, scenario: str) -> str | None:
+    return PEER_CLASSES[name.partition("@")[0]].unsupported.get(scenario)
 
 
 PEER_CLASSES: dict[str, type[Peer]] = {

@@ -1,7 +1,10 @@
-"""Summarise a py-spy ``--format raw`` profile: where the server's time went.
+"""Summarise a profile of the server: where its time went.
 
-``python -m bench.profile FILE [--top N]`` prints the functions with the most
-samples on top of the stack (self) and anywhere in it (inclusive).
+``python -m bench.profile FILE [--top N]`` reads what ``--profile DIR`` left:
+a py-spy ``--format raw`` file (``.txt``: the functions with the most samples
+on top of the stack, and anywhere in it) or a cProfile dump (``.prof``, from
+``--profile-tool cprofile``: the functions by own time, per call).  For a
+``perf`` recording use ``perf report -i FILE``.
 """
 
 from __future__ import annotations
@@ -50,13 +53,26 @@ def summarise(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def summarise_cprofile(path: Path, top: int = 25) -> str:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     for path in args.files:
-        print(summarise(path, args.top))
+        if path.suffix == ".prof":
+            print(summarise_cprofile(path, args.top))
+        else:
+            print(summarise(path, args.top))
 
 
 if __name__ == "__main__":

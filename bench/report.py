@@ -55,7 +55,11 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _ordered(peers: dict[str, Any]) -> list[str]:
-    return sorted(peers, key=lambda p: PEER_ORDER.index(p) if p in PEER_ORDER else 99)
+    def key(name: str) -> tuple[int, str]:
+        base = name.partition("@")[0]
+        return (PEER_ORDER.index(base) if base in PEER_ORDER else 99, name)
+
+    return sorted(peers, key=key)
 
 
 def _skip_row(name: str, width: int, note: str) -> list[str]:
@@ -88,7 +92,7 @@ def bulk_table(section: dict[str, Any]) -> str:
 
 
 def fanout_table(section: dict[str, Any]) -> str:
-    headers = ["peer", "clients", "aggregate MB/s", "relay ms/MB in"]
+    headers = ["peer", "clients", "aggregate MB/s", "relay ms/MB sent"]
     headers += ["RSS MB", "runs all intact", "clients intact (worst)", "note"]
     rows = []
     for key in sorted(section["by_clients"], key=int):
@@ -104,7 +108,7 @@ def fanout_table(section: dict[str, Any]) -> str:
                     name,
                     key,
                     fmt(m.get("aggregate_mb_per_s")),
-                    fmt(m.get("relay_cpu_ms_per_mb"), 2),
+                    fmt(m.get("relay_cpu_ms_per_delivered_mb"), 2),
                     fmt(m.get("relay_rss_bytes", 0) / 1e6),
                     f"{m.get('runs_intact', 0)}/{m['runs']}",
                     f"{m.get('worst_intact', '?')}/{key}",

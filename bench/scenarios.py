@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import machine
 from bench.payload import bulk_sha256
-from bench.peers import PEER_CLASSES, Pki, VdsmConsole, make_pki
+from bench.peers import Pki, VdsmConsole, make_peer, make_pki
 from bench.procs import Clients, Guest
 
 MB = 1_000_000
@@ -44,6 +44,7 @@ class Session:
     keep: bool = False
     profile_dir: Path | None = None
     profile_tool: str = "py-spy"  # or "perf": kernel and C frames too
+    variants: dict[str, Path] = field(default_factory=dict)
     root: Path = field(init=False)
     pki: Pki = field(init=False)
     _runs: int = 0
@@ -93,7 +94,7 @@ class Run:
     def __init__(self, session: Session, peer_name: str, label: str) -> None:
         self.session = session
         self.dir = session.run_dir(f"{peer_name}-{label}")
-        self.peer = PEER_CLASSES[peer_name](self.dir, session.pki)
+        self.peer = make_peer(peer_name, self.dir, session.pki, session.variants)
         if (
             isinstance(self.peer, VdsmConsole)
             and session.profile_tool == "cprofile"
@@ -133,7 +134,7 @@ class Run:
     def start_profile(self) -> None:
         """py-spy on the server for the measured window (``--profile DIR``)."""
         out_dir = self.session.profile_dir
-        if out_dir is None or self.peer.name != "vdsmconsole":
+        if out_dir is None or not isinstance(self.peer, VdsmConsole):
             return
         if self.session.profile_tool == "cprofile":
             os.kill(self.peer.roots()[0], signal.SIGUSR1)
