@@ -47,8 +47,12 @@ class Attached:
         """The guest writes; wait until the kernel has it for the source."""
         before = self.guest.pending_for_source()
         self.guest.write(data)
+        self.wait_pending(before + len(data))
+
+    def wait_pending(self, count: int = 1) -> None:
+        """Until at least ``count`` bytes wait in the pty for the source."""
         deadline = time.monotonic() + 5
-        while self.guest.pending_for_source() < before + len(data):
+        while self.guest.pending_for_source() < count:
             assert time.monotonic() < deadline, "the pty never had the bytes"
             time.sleep(0.001)
 
@@ -121,14 +125,27 @@ def test_a_busy_guest_is_read_until_dry_and_passed_on_as_one(
     except BlockingIOError:
         pass
     assert len(written) > 2 * FULL_READ
-    deadline = time.monotonic() + 5
-    while guest.pending_for_source() == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    a.wait_pending()
     a.poll()
     assert bytes(a.sink.data) == written
     assert a.pieces == 1
     assert a.reading  # a big read starts no hold
+    a.source.stop()
+
+
+def test_a_busy_guest_caught_up_with_is_not_held(guest: PtyGuest) -> None:
+    """A short read right behind a long one is a busy guest: read on at once."""
+    a = Attached(guest, coalesce_delay=HOLD)
+    assert os.write(guest.master, bytes(6000)) == 6000  # more than one read's
+    a.wait_pending()
+    a.poll()  # a long read: nothing to gather
+    assert len(a.sink.data) == 6000
+    assert a.reading
+    a.output(bytes(1000))
+    a.clock.advance(0.0001)
+    a.poll()  # 1000 bytes 0.1 ms later: 10 MB/s, far too fast to hold back
+    assert len(a.sink.data) == 7000
+    assert a.reading and a.clock.getDelayedCalls() == []
     a.source.stop()
 
 
