@@ -12,6 +12,7 @@ from typing import Any
 
 PEER_ORDER = ("vdsmconsole", "socat", "websockify", "conserver", "pty")
 RELAYS = ("socat", "websockify", "conserver")
+V = "vdsmconsole"
 
 
 def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -40,6 +41,8 @@ def fmt(value: Any, digits: int = 1) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "NO"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 100:
+        return str(int(value))
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -231,6 +234,20 @@ def _peers_with(section: dict[str, Any], key: str) -> dict[str, float]:
     }
 
 
+def _per_run(peers: dict[str, Any], a: str, b: str, key: str) -> str:
+    """The spread of the run-by-run ratio a/b (the peers ran side by side)."""
+    ra = [r.get(key) for r in peers.get(a, {}).get("all_runs", [])]
+    rb = [r.get(key) for r in peers.get(b, {}).get("all_runs", [])]
+    ratios = sorted(
+        x / y
+        for x, y in zip(ra, rb, strict=False)
+        if isinstance(x, int | float) and isinstance(y, int | float) and y
+    )
+    if len(ratios) < 2:
+        return ""
+    return f"; run by run {ratios[0]:.2f}x-{ratios[-1]:.2f}x"
+
+
 def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     bulk = scenarios.get("bulk")
@@ -245,7 +262,8 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
                     "bulk MB/s >= best peer",
                     v["mb_per_s"] >= speeds[best],
                     f"{v['mb_per_s']:.1f} vs {best} {speeds[best]:.1f} "
-                    f"({v['mb_per_s'] / speeds[best]:.2f}x)",
+                    f"({v['mb_per_s'] / speeds[best]:.2f}x"
+                    f"{_per_run(bulk['peers'], 'vdsmconsole', best, 'mb_per_s')})",
                 )
             )
         if cpus and "total_cpu_ms_per_mb" in v:
@@ -256,7 +274,8 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
                     "bulk CPU/MB <= 1.5x best peer's total",
                     ratio <= 1.5,
                     f"{v['total_cpu_ms_per_mb']:.2f} vs {best} {cpus[best]:.2f} "
-                    f"ms/MB ({ratio:.2f}x)",
+                    f"ms/MB ({ratio:.2f}x"
+                    f"{_per_run(bulk['peers'], V, best, 'total_cpu_ms_per_mb')})",
                 )
             )
     fan = scenarios.get("fanout")
@@ -296,7 +315,8 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
                     _target(
                         f"latency {q[:3]} <= 2x socat",
                         ratio <= 2.0,
-                        f"{v[q]:.0f} vs {s[q]:.0f} us ({ratio:.2f}x)",
+                        f"{v[q]:.0f} vs {s[q]:.0f} us ({ratio:.2f}x"
+                        f"{_per_run(lat['peers'], 'vdsmconsole', 'socat', q)})",
                     )
                 )
     tr = scenarios.get("trickle")
@@ -311,7 +331,8 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
                     "trickle CPU <= half the cheapest peer",
                     ratio <= 0.5,
                     f"{v['total_cpu_percent']:.2f}% vs {best} {cpus[best]:.2f}% "
-                    f"({ratio:.2f}x)",
+                    f"({ratio:.2f}x"
+                    f"{_per_run(tr['peers'], V, best, 'total_cpu_percent')})",
                 )
             )
         base = tr["peers"].get("pty", {})
@@ -332,8 +353,8 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
         rss = max(sc.get("rss_followers_bytes", 0), sc.get("rss_after_flood_bytes", 0))
         out.append(
             _target(
-                f"scale: {sc['consoles']} consoles + {sc['followers']} followers "
-                "< 400 MB RSS",
+                f"scale: {sc['consoles']:.0f} consoles + "
+                f"{sc['followers']:.0f} followers < 400 MB RSS",
                 rss < 400e6,
                 f"{rss / 1e6:.0f} MB (peak {sc.get('peak_rss_bytes', 0) / 1e6:.0f} MB)",
             )
