@@ -34,7 +34,9 @@ class ConsoleSource(Protocol):
     """One guest serial console: a read side and a write side.
 
     Exactly one reader per guest console: the server.  A source never waits
-    for its sink; it reads whenever the guest has written.
+    for its sink; it reads whenever the guest has written (a slowly trickling
+    guest is left unread for a few ms after a small read, so the kernel gathers
+    its writes into one).
     """
 
     state: SourceState

@@ -91,6 +91,7 @@ __all__ = [
     "UnixSource",
     "backoff_delay",
     "find_pty_owner",
+    "scan_pty_owners",
     "make_raw",
     "make_source",
     "owner_holds",
@@ -729,25 +730,50 @@ def master_indexes(pid: int, proc: Path = PROC) -> set[int]:
     return found
 
 
-def find_pty_owner(index: int, proc: Path = PROC) -> PtyOwner | None:
-    """The process holding the master of ``/dev/pts/<index>``, or None.
+def scan_pty_owners(proc: Path = PROC) -> dict[int, PtyOwner]:
+    """Every visible pty master: pty number -> the process holding it.
 
-    Scans every ``<proc>/<pid>/fd`` (a few milliseconds per hundred
-    processes, paid once per create); processes we may not look into are
-    skipped, so a guest of another user is not found without privileges.
-    Several holders (a master inherited across fork): the one started first.
+    One pass over every ``<proc>/<pid>/fd`` (a few milliseconds per hundred
+    processes); processes we may not look into are skipped, so a guest of
+    another user is not found without privileges.  Several holders (a master
+    inherited across fork): the one started first.
     """
     try:
         pids = [int(name) for name in os.listdir(proc) if name.isdigit()]
     except OSError:
-        return None
-    holders = []
+        return {}
+    owners: dict[int, PtyOwner] = {}
     for pid in pids:
-        if index in master_indexes(pid, proc):
-            start = process_start(pid, proc)
-            if start is not None:
-                holders.append(PtyOwner(pid, start))
-    return min(holders, key=lambda o: (o.start, o.pid), default=None)
+        indexes = master_indexes(pid, proc)
+        if not indexes:
+            continue
+        start = process_start(pid, proc)
+        if start is None:
+            continue
+        owner = PtyOwner(pid, start)
+        for index in indexes:
+            known = owners.get(index)
+            if known is None or (owner.start, owner.pid) < (known.start, known.pid):
+                owners[index] = owner
+    return owners
+
+
+# The last scan, so that many creates in a row (a host's guests registered
+# at once) cost one scan, not one each.  An entry is used only after
+# owner_holds() confirms that very process still holds that pty: ptys are
+# recycled at once, so a remembered holder is never trusted unchecked.
+_last_scan: dict[tuple[Path, int], PtyOwner] = {}
+
+
+def find_pty_owner(index: int, proc: Path = PROC) -> PtyOwner | None:
+    """The process holding the master of ``/dev/pts/<index>``, or None."""
+    cached = _last_scan.get((proc, index))
+    if cached is not None and owner_holds(cached, index, proc):
+        return cached
+    owners = scan_pty_owners(proc)
+    _last_scan.clear()
+    _last_scan.update({(proc, i): owner for i, owner in owners.items()})
+    return owners.get(index)
 
 
 def owner_holds(owner: PtyOwner, index: int, proc: Path = PROC) -> bool:
