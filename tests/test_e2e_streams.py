@@ -107,6 +107,17 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def _open_chunked_post(server, path: str, first: bytes = b"", timeout: float = 10):
+    """A raw TLS socket with a chunked POST's headers (and ``first``) sent."""
+    sock = tls_socket(server, timeout=timeout)
+    sock.sendall(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        % path.encode()
+        + first
+    )
+    return sock
+
+
 def _read_http_head(sock: ssl.SSLSocket) -> tuple[bytes, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -125,11 +136,7 @@ def test_chunked_post_reaches_guest_before_request_ends(demo_server, readers, tm
         tmp_path / "follow.out",
     )
     wait_for(lambda: stats(demo_server, "vm1")["readers"] == 1, 10, "the follower")
-    sock = tls_socket(demo_server)
-    sock.sendall(
-        b"POST /consoleStream/vm1 HTTP/1.1\r\nHost: x\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    sock = _open_chunked_post(demo_server, "/consoleStream/vm1")
     first = marker()
     sock.sendall(_chunk(f"echo {first}\r".encode()))
     wait_for(lambda: f"\r\n{first}\r\n".encode() in follower.data(), 10, "the echo")
@@ -169,11 +176,7 @@ def test_curl_upload_from_a_pipe(demo_server, readers, tmp_path):
 
 def test_duplex_over_http11(demo_server):
     """One HTTP/1.1 request both types a command and streams back its output."""
-    sock = tls_socket(demo_server)
-    sock.sendall(
-        b"POST /consoleStream/vm1?duplex=1 HTTP/1.1\r\nHost: x\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    sock = _open_chunked_post(demo_server, "/consoleStream/vm1?duplex=1")
     head, received = _read_http_head(sock)
     assert head.startswith(b"HTTP/1.1 200")
     assert b"Transfer-Encoding: chunked" in head
@@ -355,11 +358,7 @@ def test_offset_beyond_end_is_416_and_old_offset_reports_loss(server_factory):
 
 def test_malformed_chunked_body_is_400_and_closed(demo_server):
     """A chunked body that lies about its sizes gets 400 and the connection closes."""
-    sock = tls_socket(demo_server)
-    sock.sendall(
-        b"POST /consoleStream/vm1 HTTP/1.1\r\nHost: x\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n"
-    )
+    sock = _open_chunked_post(demo_server, "/consoleStream/vm1", b"zz\r\nhello\r\n")
     head, _ = _read_http_head(sock)
     assert head.startswith(b"HTTP/1.1 400")
     sock.settimeout(10)
@@ -390,11 +389,7 @@ def test_input_backpressure_stops_reading_the_client(server_factory):
     """A guest that takes no input makes the server stop reading the body."""
     server = server_factory(DEMO_CONFIG)
     create_demo(server, "mute", command="mute")
-    sock = tls_socket(server, timeout=5)
-    sock.sendall(
-        b"POST /consoleStream/mute HTTP/1.1\r\nHost: x\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    sock = _open_chunked_post(server, "/consoleStream/mute", timeout=5)
     before = rss_bytes(server.process.pid)
     block = _chunk(b"x" * 65536)
     sent = 0
