@@ -27,6 +27,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 
+from vdsmconsole import offsetmark
 from vdsmconsole.config import Config
 from vdsmconsole.console import (
     CONSOLE_DOWN,
@@ -835,3 +836,109 @@ def test_restart_continues_offsets_and_serves_old_bytes(tmp_path: Path) -> None:
     assert collected == before[295:] + b"after"
     assert (tmp_path / "consoles" / "vm-1").is_dir()
     again.stop_all()
+
+
+def read_all(console: Console, offset: int) -> tuple[int, bytes, int]:
+    """(first offset, every byte to the end, bytes lost) as a client reads them."""
+    first, out, lost = None, b"", 0
+    while offset < console.end:
+        result = console.read(offset, 1000)
+        first = result.offset if first is None else first
+        out, lost = out + result.data, lost + result.lost
+        offset = result.next_offset
+    return (offset if first is None else first), out, lost
+
+
+def restart(config: Config, path: Path, reactor: Any) -> Console:
+    again = Registry(path, make_console_factory(config, reactor))
+    again.load()
+    console = again.get("vm-1")
+    assert console is not None
+    return console
+
+
+def test_offsets_are_never_reused_after_a_crash_cut_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host crash lost the log's tail: the restart carries on past every offset
+    handed out before it, and a read there says what was lost."""
+    config = Config(
+        state_dir=tmp_path, ring_bytes=64, log_file_bytes=100, log_keep_files=5
+    )
+    reactor = MemoryReactorClock()
+    path = tmp_path / "registry.json"
+    console = Registry(path, make_console_factory(config, reactor)).create("vm-1", UNIX)
+    console.sourceData(pattern(0, 250))
+    handed_out = console.end
+    # The host crashed: no stop, the page cache lost the last 50 bytes of the
+    # log, and the restart is in the host's next boot.
+    last = max((tmp_path / "consoles" / "vm-1").glob("*.log"))
+    os.truncate(last, last.stat().st_size - 50)
+    next_boot = tmp_path / "boot_id"
+    next_boot.write_text("7a1e2f3d-0000-4c53-9e0c-6f1d2a3b4c5d\n")
+    monkeypatch.setattr(offsetmark, "_BOOT_ID", next_boot)
+
+    restored = restart(config, path, reactor)
+    assert restored.end >= handed_out
+    restored.sourceData(b"new text")
+    # Whoever held offset 200 is told the bytes from there are gone, and never
+    # given the new text as if it had been at 200.
+    result = restored.read(200, 1000)
+    assert result.lost == restored.end - len(b"new text") - 200
+    assert result.data == b"new text"
+    assert restored.read(0, 200).data == pattern(0, 200)
+
+
+def test_a_clean_restart_leaves_no_gap(tmp_path: Path) -> None:
+    config = Config(state_dir=tmp_path, ring_bytes=64, log_file_bytes=100)
+    reactor = MemoryReactorClock()
+    path = tmp_path / "registry.json"
+    registry = Registry(path, make_console_factory(config, reactor))
+    console = registry.create("vm-1", UNIX)
+    console.sourceData(pattern(0, 250))
+    registry.stop_all()
+    restored = restart(config, path, reactor)
+    assert restored.end == 250
+    restored.sourceData(b"more")
+    assert read_all(restored, 240) == (240, pattern(240, 10) + b"more", 0)
+
+
+def test_offsets_only_in_memory_are_not_reused_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The log could not be written (disk full) for a while: after a restart the
+    offsets the ring handed out meanwhile are not handed out again."""
+    config = Config(state_dir=tmp_path, ring_bytes=64, log_file_bytes=100)
+    reactor = MemoryReactorClock()
+    path = tmp_path / "registry.json"
+    registry = Registry(path, make_console_factory(config, reactor))
+    console = registry.create("vm-1", UNIX)
+    console.sourceData(pattern(0, 50))
+    assert console.log is not None
+
+    def disk_full(fd: int, data: BytesLike) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    console.log._write = disk_full
+    console.sourceData(pattern(50, 40))
+    assert console.stats()["logError"]
+    assert console.end == 90
+    registry.stop_all()
+    restored = restart(config, path, reactor)
+    assert restored.end == 90
+    assert restored.read(0, 1000).data == pattern(0, 50)
+    restored.sourceData(b"after")
+    assert read_all(restored, 50) == (90, b"after", 40)
+
+
+def test_a_server_crash_resumes_exactly(tmp_path: Path) -> None:
+    """The process died (same boot): nothing was lost, so no gap, no loss."""
+    config = Config(state_dir=tmp_path, ring_bytes=64, log_file_bytes=100)
+    reactor = MemoryReactorClock()
+    path = tmp_path / "registry.json"
+    console = Registry(path, make_console_factory(config, reactor)).create("vm-1", UNIX)
+    console.sourceData(pattern(0, 250))
+    restored = restart(config, path, reactor)  # no stop
+    assert restored.end == 250
+    restored.sourceData(b"more")
+    assert read_all(restored, 200) == (200, pattern(200, 50) + b"more", 0)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from vdsmconsole.config import Config
 from vdsmconsole.consolelog import ConsoleLog
 from vdsmconsole.interfaces import ConsoleSource, SourceState
+from vdsmconsole.offsetmark import MARK_FILE, OffsetMark
 from vdsmconsole.ring import OffsetBeyondEnd, ReadResult, Ring
 from vdsmconsole.sources import PtyOwner, SourceOptions, make_source
 from vdsmconsole.spec import ConsoleSpec
@@ -69,6 +70,7 @@ class Console:
         ring: Ring,
         console_log: ConsoleLog | None,
         clock: Any,
+        mark: OffsetMark | None = None,
     ) -> None:
         self.vm_id = vm_id
         self.spec = spec
@@ -76,11 +78,13 @@ class Console:
         self.ring = ring
         self.log = console_log
         self.clock = clock
+        self.mark = mark
         self.reason = ""
         self.bytes_in = 0
         self.bytes_out = 0
         self.lost_to_slow_readers = 0
         self.log_error = ""
+        self.mark_error = ""
         self.input_paused = False
         self.closed = False
         self._subscribers: set[Subscriber] = set()
@@ -109,6 +113,15 @@ class Console:
         def close_log(result: object) -> None:
             if self.log is not None:
                 self.log.close()
+            if self.mark is not None:
+                try:
+                    self.mark.close(self.ring.end)
+                except OSError as e:
+                    log.error(
+                        "console {vm}: cannot save its next offset: {err}",
+                        vm=self.vm_id,
+                        err=e,
+                    )
 
         return d.addBoth(close_log)
 
@@ -118,11 +131,32 @@ class Console:
         if not data:
             return
         offset = self.ring.end
+        mark = self.mark
+        if mark is not None and offset + len(data) > mark.reserved:
+            self._update_mark(mark.cover, offset + len(data))
         self.ring.append(data)
         self.bytes_in += len(data)
         self._append_log(offset, data)
         for subscriber in list(self._subscribers):
             subscriber.dataAvailable()
+
+    def _update_mark(self, update: Callable[..., None], *args: int) -> None:
+        """Tell the offset mark, on disk, before the offsets are handed out."""
+        try:
+            update(*args)
+        except OSError as e:
+            # The console goes on (the guest must be drained); only a restart
+            # after a crash could then reuse these offsets.  Once per episode.
+            if not self.mark_error:
+                log.error(
+                    "console {vm}: cannot save its next offset: {err}; a restart "
+                    "after a crash may reuse offsets",
+                    vm=self.vm_id,
+                    err=e,
+                )
+            self.mark_error = e.strerror or str(e)
+        else:
+            self.mark_error = ""
 
     def _append_log(self, offset: int, data: bytes) -> None:
         if self.log is None:
@@ -139,10 +173,16 @@ class Console:
                     err=e,
                 )
             self.log_error = e.strerror or str(e)
+            if self.mark is not None:
+                # Offsets past the log's end are handed out: a restart must
+                # not trust the log's end (see offsetmark.py).
+                self._update_mark(self.mark.log_incomplete)
         else:
             if self.log_error:
                 log.info("console {vm}: console log writable again", vm=self.vm_id)
                 self.log_error = ""
+                if self.mark is not None:
+                    self._update_mark(self.mark.log_complete)
 
     def sourceStateChanged(self, state: SourceState, reason: str) -> None:
         self.reason = reason
@@ -284,7 +324,7 @@ class Console:
             "writers": len(self._writers),
             "bytesLostToSlowReaders": self.lost_to_slow_readers,
             "logBytes": self.log.disk_bytes() if self.log is not None else 0,
-            "logError": self.log_error,
+            "logError": self.log_error or self.mark_error,
             "reason": self.reason,
         }
 
@@ -305,13 +345,15 @@ def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]
     ) -> Console:
         """``restored``/``owner``: a pty console the registry brings back."""
         # vm_id was validated before it got here; it is safe as a path part.
+        directory = config.state_dir / "consoles" / vm_id
         console_log = ConsoleLog(
-            config.state_dir / "consoles" / vm_id,
-            config.log_file_bytes,
-            config.log_keep_files,
+            directory, config.log_file_bytes, config.log_keep_files
         )
-        ring = Ring(config.ring_bytes, start=console_log.end)
+        mark = OffsetMark(directory / MARK_FILE)
+        # Past every offset handed out before: the log's end, or further when
+        # a crash cut the log's tail or the log could not be written.
+        ring = Ring(config.ring_bytes, start=mark.resume_offset(console_log.end))
         source = make_source(spec, options, reactor, restored=restored, owner=owner)
-        return Console(vm_id, spec, source, ring, console_log, reactor)
+        return Console(vm_id, spec, source, ring, console_log, reactor, mark)
 
     return factory

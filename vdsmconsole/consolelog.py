@@ -27,7 +27,8 @@ same offset and data is safe.
 
 Durability: appends are not fsync'ed.  The page cache holds the recent bytes:
 a crash of the process loses nothing that was already written, a crash of the
-host may lose the last seconds.  A console log is a diagnostic record, and
+host may lose the last seconds (offsetmark.py keeps their offsets from being
+handed out again).  A console log is a diagnostic record, and
 fsync on every guest write would let a slow disk throttle the guest's console.
 
 Pure: no Twisted, no threads; blocking file I/O on a local state directory.
