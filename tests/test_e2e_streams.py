@@ -416,3 +416,36 @@ def test_console_write_to_a_stuck_guest_is_refused_not_queued(server_factory):
     assert codes.count(0) < 8, codes
     assert rss_bytes(server.process.pid) - before < 16 * 1024 * 1024
     assert proxy.ping()["status"]["code"] == 0
+
+
+# A guest that gives back its input as it is (the pty is raw: no echo).
+CAT_COMMANDS = '[spawn.commands]\ncat = ["/bin/cat"]\n'
+
+
+def test_writers_interleave_whole_chunks(server_factory):
+    """A chunk split across TCP segments reaches the guest whole: another
+    client's chunk arriving between its halves goes before it or after it,
+    never into it."""
+    server = server_factory(DEMO_CONFIG.replace("[spawn.commands]", CAT_COMMANDS))
+    create_demo(server, "cat", command="cat")
+    start = stats(server, "cat")["nextOffset"]
+    first, second = b"A" * 10, b"A" * 10
+    # Client A: the headers and half of a 20-byte chunk, in one TLS record, so
+    # that by the time A counts as a writer the server has read the half too.
+    slow = _open_chunked_post(server, "/consoleStream/cat", b"14\r\n" + first)
+    try:
+        wait_for(lambda: stats(server, "cat")["writers"] == 1, 10, "writer A")
+        # Client B: a whole chunk, typed while A's chunk is half there.
+        fast = _open_chunked_post(server, "/consoleStream/cat", _chunk(b"B" * 8))
+        fast.sendall(b"0\r\n\r\n")
+        assert _read_http_head(fast)[0].startswith(b"HTTP/1.1 200")
+        fast.close()
+        wait_for(
+            lambda: b"B" * 8 in console_bytes(server, "cat", start), 10, "B's chunk"
+        )
+        slow.sendall(second + b"\r\n0\r\n\r\n")
+        assert _read_http_head(slow)[0].startswith(b"HTTP/1.1 200")
+    finally:
+        slow.close()
+    wait_for(lambda: len(console_bytes(server, "cat", start)) >= 28, 10, "A's chunk")
+    assert console_bytes(server, "cat", start) == b"B" * 8 + first + second

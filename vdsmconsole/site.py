@@ -157,7 +157,7 @@ class ConsoleRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self._early:
             if self.bodyConsumer is not None:
-                self.bodyConsumer.bodyChunk(data)
+                self.bodyConsumer.bodyChunk(data, chunk_continues(self.channel))
             return  # an early answer was given: the rest of the body is moot
         self._body_bytes += len(data)
         if self._body_bytes > self.channel.site.maxBodyBytes:
@@ -309,6 +309,22 @@ REASONS = {
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
 }
+
+
+def chunk_continues(channel: Any) -> bool:
+    """Whether the body bytes just handed on are part of a chunk whose rest is
+    still to come: an HTTP/1.1 chunk split across TCP segments, or a part of a
+    body sent with Content-Length (one chunk, then).
+
+    Twisted's decoders hand bytes on as they arrive and say this only in their
+    state, set before they call back.  HTTP/2 hands on whole DATA frames.
+    """
+    decoder = getattr(channel, "_transferDecoder", None)
+    if isinstance(decoder, http._ChunkedTransferDecoder):
+        return decoder.state == "BODY"
+    if isinstance(decoder, http._IdentityTransferDecoder):
+        return bool(decoder.contentLength)
+    return False
 
 
 class ConsoleChannel(http.HTTPChannel):

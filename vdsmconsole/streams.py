@@ -41,6 +41,8 @@ log = Logger(namespace="vdsmconsole.streams")
 
 CHUNK = 64 * 1024  # the most one write to a client carries
 RETRY_AFTER = b"5"
+# The longest input chunk kept whole (see BodyWriter.bodyChunk).
+WHOLE_CHUNK_BYTES = 64 * 1024
 STREAM_PREFIX = b"/consoleStream/"
 
 
@@ -257,6 +259,8 @@ class BodyWriter:
         self.duplex = duplex
         self.follower = follower
         self.pending: deque[bytes] = deque()
+        # The start of a chunk whose rest has not arrived yet.
+        self.partial = bytearray()
         self.written = 0
         self.blocked = False
         self.body_paused = False
@@ -268,9 +272,23 @@ class BodyWriter:
         self.request.bodyConsumer = self
 
     # From the request
-    def bodyChunk(self, data: bytes) -> None:
+    def bodyChunk(self, data: bytes, continues: bool = False) -> None:
+        """A piece of the body; ``continues``: the rest of its chunk is to come.
+
+        A chunk goes to the guest whole, in one write, so that writes from
+        several clients interleave chunk by chunk and never split one (the
+        contract); a chunk longer than WHOLE_CHUNK_BYTES goes on in pieces of
+        that size, so that a client cannot make the server hold more.
+        """
         if self.done or not data:
             return
+        partial = self.partial
+        if continues and len(partial) + len(data) < WHOLE_CHUNK_BYTES:
+            partial += data
+            return
+        if partial:
+            data = bytes(partial) + data
+            partial.clear()
         self.pending.append(data)
         self._flush()
 
