@@ -368,6 +368,17 @@ class ConsoleChannel(http.HTTPChannel):
             return
         super().lineReceived(line)
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """A malformed request: 400 and close, as Twisted does; but when the
+        response is already under way (a duplex stream whose body turned
+        malformed) a status line now would land in the middle of its body, so
+        the connection is only closed: the client sees the stream cut short."""
+        if any(getattr(r, "startedWriting", False) for r in self.requests):
+            log.info("closing a stream whose request body is malformed")
+            self.loseConnection()
+            return
+        super()._respondToBadRequestAndDisconnect()
+
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._headerLines == 0:
             self.refuse(414, "request line too long")
