@@ -49,6 +49,19 @@ def console_bytes(
     return bytes(out)
 
 
+def at_prompt(server: ServerProcess, vm_id: str) -> bool:
+    """Whether the demo guest's output ends with its prompt.
+
+    One read of the newest bytes: while a flood runs, the retained window can
+    move past the offset asked for (a small log rotates away between two
+    calls), and that only means the guest is not at its prompt yet.
+    """
+    end = stats(server, vm_id)["nextOffset"]
+    reply = server.rpc().consoleRead(vm_id, max(0, end - len(PROMPT)), 4096)
+    assert reply["status"]["code"] == 0, reply
+    return reply["lost"] == 0 and reply["data"].data == PROMPT
+
+
 def stats(server: ServerProcess, vm_id: str) -> dict:
     reply = server.rpc().getVmStats(vm_id)
     assert reply["status"]["code"] == 0, reply

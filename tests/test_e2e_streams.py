@@ -16,8 +16,8 @@ from tests.conftest import require_tool
 from tests.serverproc import client_context, wait_for
 from tests.streamhelp import (
     DEMO_CONFIG,
-    PROMPT,
     Reader,
+    at_prompt,
     console_bytes,
     create_demo,
     curl_base,
@@ -206,8 +206,7 @@ def _flood_and_wait(server, start: int) -> int:
     wait_for(
         lambda: (
             stats(server, "vm1")["nextOffset"] >= start + BURST
-            and console_bytes(server, "vm1", stats(server, "vm1")["nextOffset"] - 6)
-            == PROMPT
+            and at_prompt(server, "vm1")
         ),
         120,
         "the flood to finish",
@@ -277,16 +276,7 @@ def test_resume_after_disconnect_loses_nothing(demo_server):
     first = response.read(1_000_000)
     conn.close()  # mid-stream
     nxt = start + len(first)
-    wait_for(
-        lambda: (
-            console_bytes(
-                demo_server, "vm1", stats(demo_server, "vm1")["nextOffset"] - 6
-            )
-            == PROMPT
-        ),
-        60,
-        "the flood to finish",
-    )
+    wait_for(lambda: at_prompt(demo_server, "vm1"), 60, "the flood to finish")
     conn = http.client.HTTPSConnection(
         "127.0.0.1",
         demo_server.port,

@@ -20,7 +20,7 @@ from tests.hardening import Bystander, http_exchange, marker, status_of
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import (
     DEMO_CONFIG,
-    PROMPT,
+    at_prompt,
     console_bytes,
     create_demo,
     stats,
@@ -33,19 +33,6 @@ pytestmark = pytest.mark.e2e
 def guest_pid(server: ServerProcess, vm_id: str) -> int:
     (entry,) = server.rpc().list(True, [vm_id])["vmList"]
     return int(entry["source"]["pid"])
-
-
-def at_prompt(server: ServerProcess, vm_id: str) -> bool:
-    """Whether the guest's output ends with its prompt.
-
-    One read of the newest bytes: while a flood runs, the retained window can
-    move past the offset asked for (a small log rotates away in the time between
-    two calls), and that only means the guest is not at its prompt yet.
-    """
-    end = stats(server, vm_id)["nextOffset"]
-    reply = server.rpc().consoleRead(vm_id, max(0, end - len(PROMPT)), 4096)
-    assert reply["status"]["code"] == 0, reply
-    return reply["lost"] == 0 and reply["data"].data == PROMPT
 
 
 def caught_up(bystander: Bystander, server: ServerProcess, vm_id: str) -> bool:
