@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, tcp
 from twisted.logger import Logger
 
 from vdsmconsole.audit import AuditLog
@@ -24,6 +24,7 @@ from vdsmconsole.registry import Registry
 from vdsmconsole.rpc import ConsoleRPC
 from vdsmconsole.site import ConsoleSite, Root
 from vdsmconsole.tls import ServerTLS, TLSFiles, tls_factory
+from vdsmconsole.transports import EagerServer
 
 log = Logger(namespace="vdsmconsole.server")
 EXPIRY_CHECK_SECONDS = 24 * 3600
@@ -123,6 +124,9 @@ class ConsoleService(Service):
             raise StartupError(
                 f"cannot listen on {self.config.bind}:{self.config.port}: {e}"
             ) from None
+        if isinstance(self.listening, tcp.Port):
+            # Accepted connections send small writes at once (transports.py).
+            self.listening.transport = EagerServer
         self.context.port = self.listening.getHost().port
         self.context.registry.load()
         super().startService()

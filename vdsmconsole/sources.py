@@ -81,6 +81,7 @@ from zope.interface import implementer
 
 from vdsmconsole.interfaces import ConsoleSource, SourceSink, SourceState
 from vdsmconsole.spec import ConsoleSpec
+from vdsmconsole.transports import write_at_once
 
 __all__ = [
     "PtyOwner",
@@ -612,19 +613,10 @@ class _TtyWriter(_TtyEnd):
         Input is mostly keystrokes: a direct write spares a round through
         epoll for each of them.
         """
-        if (
-            data
-            and self._fd >= 0
-            and self.connected
-            and not self.disconnecting
-            and not self._tempDataLen
-            and self.offset >= len(self.dataBuffer)
-        ):
-            written = self.writeSomeData(data)
-            if isinstance(written, int) and written > 0:
-                if written == len(data):
-                    return
-                data = data[written:]
+        if self._fd >= 0:
+            data = write_at_once(self, data)
+            if not data:
+                return
         super().write(data)
 
     def writeSomeData(self, data: bytes) -> int | BaseException:

@@ -1,0 +1,56 @@
+"""EagerServer: small writes go to the kernel at once, large ones are gathered."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor
+
+from vdsmconsole.transports import EAGER_MAX, EagerServer
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[EagerServer, socket.socket, MemoryReactor]]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    reactor = MemoryReactor()
+    transport = EagerServer(ours, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+    yield transport, theirs, reactor
+    ours.close()
+    theirs.close()
+
+
+def received(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+def test_a_small_write_is_sent_without_waiting_for_the_reactor(pair) -> None:
+    transport, theirs, reactor = pair
+    transport.write(b"keystroke")
+    assert received(theirs) == b"keystroke"
+    assert transport not in reactor.getWriters()  # nothing left to poll for
+
+
+def test_a_large_write_waits_for_the_next_poll(pair) -> None:
+    transport, theirs, reactor = pair
+    transport.write(b"x" * (EAGER_MAX + 1))
+    assert received(theirs) == b""
+    assert transport in reactor.getWriters()
+    transport.doWrite()
+    assert len(received(theirs)) == EAGER_MAX + 1
+
+
+def test_nothing_overtakes_what_is_queued(pair) -> None:
+    transport, theirs, _ = pair
+    transport.write(b"a" * (EAGER_MAX + 1))
+    transport.write(b"b")  # must not go before the queued bytes
+    assert received(theirs) == b""
+    transport.doWrite()
+    assert received(theirs) == b"a" * (EAGER_MAX + 1) + b"b"
