@@ -121,6 +121,23 @@ def test_owner_holds_only_for_the_same_process_and_index(proc: Path) -> None:
     assert not owner_holds(PtyOwner(999, 5000), 5, proc)  # gone
 
 
+def test_a_remembered_holder_is_checked_by_its_descriptor(proc: Path) -> None:
+    """After one scan, a burst of creates checks each holder by the one
+    descriptor the scan found, and scans again when that no longer holds."""
+    assert find_pty_owner(5, proc) == PtyOwner(100, 5000)  # scans
+    assert find_pty_owner(5, proc) == PtyOwner(100, 5000)  # checks fd 9
+    # The master moved to another descriptor (closed and dup'ed): the check
+    # of fd 9 fails, a new scan finds it by fd 11.
+    (proc / "100" / "fd" / "9").unlink()
+    os.symlink("/dev/ptmx", proc / "100" / "fd" / "11")
+    (proc / "100" / "fdinfo" / "11").write_text("tty-index:\t5\n")
+    assert find_pty_owner(5, proc) == PtyOwner(100, 5000)
+    # pts 5 went to another process: never the remembered one.
+    (proc / "100" / "fd" / "11").unlink()
+    fake_process(proc, 600, 9000, {3: ("/dev/ptmx", 5)})
+    assert find_pty_owner(5, proc) == PtyOwner(600, 9000)
+
+
 def test_unreadable_proc_finds_nobody(tmp_path: Path) -> None:
     """No /proc at all: no owner, nothing raised."""
     assert find_pty_owner(5, tmp_path / "no-proc") is None

@@ -700,26 +700,65 @@ def process_start(pid: int, proc: Path = PROC) -> int | None:
         return None
 
 
+def _tty_index(fdinfo: str) -> int | None:
+    for line in fdinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key == "tty-index" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _master_index(pid: int, fd: str, proc: Path) -> int | None:
+    """N if ``pid``'s descriptor ``fd`` is the master of ``/dev/pts/N``."""
+    try:
+        if os.readlink(proc / str(pid) / "fd" / fd) not in _PTMX_LINKS:
+            return None
+        return _tty_index((proc / str(pid) / "fdinfo" / fd).read_text())
+    except (OSError, UnicodeDecodeError):  # closed meanwhile, or not ours to see
+        return None
+
+
+def master_fds(pid: int, proc: Path = PROC) -> dict[int, str]:
+    """pty number -> the descriptor by which ``pid`` holds its master."""
+    try:
+        fds = os.listdir(proc / str(pid) / "fd")
+    except OSError:  # gone, or another user's process
+        return {}
+    found: dict[int, str] = {}
+    for fd in fds:
+        index = _master_index(pid, fd, proc)
+        if index is not None:
+            found.setdefault(index, fd)
+    return found
+
+
 def master_indexes(pid: int, proc: Path = PROC) -> set[int]:
     """The pty numbers whose master ``pid`` holds (empty if it cannot be seen)."""
-    fd_dir = proc / str(pid) / "fd"
-    found: set[int] = set()
+    return set(master_fds(pid, proc))
+
+
+def _scan(proc: Path) -> dict[int, tuple[PtyOwner, str]]:
     try:
-        fds = os.listdir(fd_dir)
-    except OSError:  # gone, or another user's process
-        return found
-    for fd in fds:
-        try:
-            if os.readlink(fd_dir / fd) not in _PTMX_LINKS:
-                continue
-            info = (proc / str(pid) / "fdinfo" / fd).read_text()
-        except (OSError, UnicodeDecodeError):  # closed meanwhile
+        pids = [int(name) for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return {}
+    owners: dict[int, tuple[PtyOwner, str]] = {}
+    for pid in pids:
+        fds = master_fds(pid, proc)
+        if not fds:
             continue
-        for line in info.splitlines():
-            key, _, value = line.partition(":")
-            if key == "tty-index" and value.strip().isdigit():
-                found.add(int(value))
-    return found
+        start = process_start(pid, proc)
+        if start is None:
+            continue
+        owner = PtyOwner(pid, start)
+        for index, fd in fds.items():
+            known = owners.get(index)
+            if known is None or (owner.start, owner.pid) < (
+                known[0].start,
+                known[0].pid,
+            ):
+                owners[index] = (owner, fd)
+    return owners
 
 
 def scan_pty_owners(proc: Path = PROC) -> dict[int, PtyOwner]:
@@ -730,51 +769,42 @@ def scan_pty_owners(proc: Path = PROC) -> dict[int, PtyOwner]:
     another user is not found without privileges.  Several holders (a master
     inherited across fork): the one started first.
     """
-    try:
-        pids = [int(name) for name in os.listdir(proc) if name.isdigit()]
-    except OSError:
-        return {}
-    owners: dict[int, PtyOwner] = {}
-    for pid in pids:
-        indexes = master_indexes(pid, proc)
-        if not indexes:
-            continue
-        start = process_start(pid, proc)
-        if start is None:
-            continue
-        owner = PtyOwner(pid, start)
-        for index in indexes:
-            known = owners.get(index)
-            if known is None or (owner.start, owner.pid) < (known.start, known.pid):
-                owners[index] = owner
-    return owners
+    return {index: owner for index, (owner, _) in _scan(proc).items()}
 
 
 # The last scan, so that many creates in a row (a host's guests registered
-# at once) cost one scan, not one each.  An entry is used only after
-# owner_holds() confirms that very process still holds that pty: ptys are
-# recycled at once, so a remembered holder is never trusted unchecked.
-_last_scan: dict[tuple[Path, int], PtyOwner] = {}
+# at once) cost one scan, not one each.  An entry is used only after that
+# very process is confirmed to still hold that pty by the descriptor the scan
+# found (one readlink and one fdinfo read, whatever the number of the
+# process's descriptors): ptys are recycled at once, so a remembered holder
+# is never trusted unchecked.
+_last_scan: dict[tuple[Path, int], tuple[PtyOwner, str]] = {}
 
 
 def find_pty_owner(index: int, proc: Path = PROC) -> PtyOwner | None:
     """The process holding the master of ``/dev/pts/<index>``, or None."""
     cached = _last_scan.get((proc, index))
-    if cached is not None and owner_holds(cached, index, proc):
-        return cached
-    owners = scan_pty_owners(proc)
+    if cached is not None and owner_holds(cached[0], index, proc, fd=cached[1]):
+        return cached[0]
+    owners = _scan(proc)
     _last_scan.clear()
-    _last_scan.update({(proc, i): owner for i, owner in owners.items()})
-    return owners.get(index)
+    _last_scan.update({(proc, i): found for i, found in owners.items()})
+    found = owners.get(index)
+    return found[0] if found is not None else None
 
 
-def owner_holds(owner: PtyOwner, index: int, proc: Path = PROC) -> bool:
+def owner_holds(
+    owner: PtyOwner, index: int, proc: Path = PROC, *, fd: str | None = None
+) -> bool:
     """Whether that very process (pid and start time) still holds the master
-    of ``/dev/pts/<index>``."""
+    of ``/dev/pts/<index>`` (by descriptor ``fd``, when given)."""
     if process_start(owner.pid, proc) != owner.start:
         return False
-    holds = index in master_indexes(owner.pid, proc)
-    # Read the start again: the pid may have been reused during the scan.
+    if fd is not None:
+        holds = _master_index(owner.pid, fd, proc) == index
+    else:
+        holds = index in master_indexes(owner.pid, proc)
+    # Read the start again: the pid may have been reused meanwhile.
     return holds and process_start(owner.pid, proc) == owner.start
 
 
