@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -849,6 +849,22 @@ def read_all(console: Console, offset: int) -> tuple[int, bytes, int]:
     return (offset if first is None else first), out, lost
 
 
+def registered(
+    tmp_path: Path, **settings: Any
+) -> tuple[Registry, Console, Callable[[], Console]]:
+    """A registry with console vm-1 (a unix source that never connects), and
+    how to start the server again on the same state directory."""
+    config = Config(state_dir=tmp_path, ring_bytes=64, log_file_bytes=100, **settings)
+    reactor = MemoryReactorClock()
+    path = tmp_path / "registry.json"
+    registry = Registry(path, make_console_factory(config, reactor))
+    return (
+        registry,
+        registry.create("vm-1", UNIX),
+        lambda: restart(config, path, reactor),
+    )
+
+
 def restart(config: Config, path: Path, reactor: Any) -> Console:
     again = Registry(path, make_console_factory(config, reactor))
     again.load()
@@ -862,12 +878,7 @@ def test_offsets_are_never_reused_after_a_crash_cut_the_log(
 ) -> None:
     """A host crash lost the log's tail: the restart carries on past every offset
     handed out before it, and a read there says what was lost."""
-    config = Config(
-        state_dir=tmp_path, ring_bytes=64, log_file_bytes=100, log_keep_files=5
-    )
-    reactor = MemoryReactorClock()
-    path = tmp_path / "registry.json"
-    console = Registry(path, make_console_factory(config, reactor)).create("vm-1", UNIX)
+    _, console, start_again = registered(tmp_path, log_keep_files=5)
     console.sourceData(pattern(0, 250))
     handed_out = console.end
     # The host crashed: no stop, the page cache lost the last 50 bytes of the
@@ -878,7 +889,7 @@ def test_offsets_are_never_reused_after_a_crash_cut_the_log(
     next_boot.write_text("7a1e2f3d-0000-4c53-9e0c-6f1d2a3b4c5d\n")
     monkeypatch.setattr(offsetmark, "_BOOT_ID", next_boot)
 
-    restored = restart(config, path, reactor)
+    restored = start_again()
     assert restored.end >= handed_out
     restored.sourceData(b"new text")
     # Whoever held offset 200 is told the bytes from there are gone, and never
@@ -890,14 +901,10 @@ def test_offsets_are_never_reused_after_a_crash_cut_the_log(
 
 
 def test_a_clean_restart_leaves_no_gap(tmp_path: Path) -> None:
-    config = Config(state_dir=tmp_path, ring_bytes=64, log_file_bytes=100)
-    reactor = MemoryReactorClock()
-    path = tmp_path / "registry.json"
-    registry = Registry(path, make_console_factory(config, reactor))
-    console = registry.create("vm-1", UNIX)
+    registry, console, start_again = registered(tmp_path)
     console.sourceData(pattern(0, 250))
     registry.stop_all()
-    restored = restart(config, path, reactor)
+    restored = start_again()
     assert restored.end == 250
     restored.sourceData(b"more")
     assert read_all(restored, 240) == (240, pattern(240, 10) + b"more", 0)
@@ -908,11 +915,7 @@ def test_offsets_only_in_memory_are_not_reused_after_a_restart(
 ) -> None:
     """The log could not be written (disk full) for a while: after a restart the
     offsets the ring handed out meanwhile are not handed out again."""
-    config = Config(state_dir=tmp_path, ring_bytes=64, log_file_bytes=100)
-    reactor = MemoryReactorClock()
-    path = tmp_path / "registry.json"
-    registry = Registry(path, make_console_factory(config, reactor))
-    console = registry.create("vm-1", UNIX)
+    registry, console, start_again = registered(tmp_path)
     console.sourceData(pattern(0, 50))
     assert console.log is not None
 
@@ -924,7 +927,7 @@ def test_offsets_only_in_memory_are_not_reused_after_a_restart(
     assert console.stats()["logError"]
     assert console.end == 90
     registry.stop_all()
-    restored = restart(config, path, reactor)
+    restored = start_again()
     assert restored.end == 90
     assert restored.read(0, 1000).data == pattern(0, 50)
     restored.sourceData(b"after")
@@ -933,12 +936,9 @@ def test_offsets_only_in_memory_are_not_reused_after_a_restart(
 
 def test_a_server_crash_resumes_exactly(tmp_path: Path) -> None:
     """The process died (same boot): nothing was lost, so no gap, no loss."""
-    config = Config(state_dir=tmp_path, ring_bytes=64, log_file_bytes=100)
-    reactor = MemoryReactorClock()
-    path = tmp_path / "registry.json"
-    console = Registry(path, make_console_factory(config, reactor)).create("vm-1", UNIX)
+    _, console, start_again = registered(tmp_path)
     console.sourceData(pattern(0, 250))
-    restored = restart(config, path, reactor)  # no stop
+    restored = start_again()  # no stop
     assert restored.end == 250
     restored.sourceData(b"more")
     assert read_all(restored, 200) == (200, pattern(200, 50) + b"more", 0)
