@@ -52,6 +52,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.serverproc import wait_for
+
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
 QEMU = "qemu-system-x86_64"
@@ -141,18 +143,21 @@ def _initrd_name() -> str:
 @contextlib.contextmanager
 def _locked(path: Path, timeout: float) -> Iterator[None]:
     """Hold an exclusive flock on ``path``, waiting at most ``timeout`` s."""
-    deadline = time.monotonic() + timeout
     with open(path, "a+b") as f:
-        while True:
+
+        def locked() -> bool:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise QemuGuestError(
-                        f"another process holds {path} for more than {timeout}s"
-                    ) from None
-                time.sleep(0.2)
+                return False
+            return True
+
+        try:
+            wait_for(locked, timeout, f"the lock on {path}")
+        except AssertionError:
+            raise QemuGuestError(
+                f"another process holds {path} for more than {timeout}s"
+            ) from None
         try:
             yield
         finally:
@@ -528,20 +533,28 @@ class QemuGuest:
 
     def _connect_qmp(self, deadline: float) -> QMPClient:
         """Poll for the QMP socket until qemu answers, dies or time runs out."""
-        assert self._proc is not None
-        while True:
-            if self._proc.poll() is not None:
+        proc = self._proc
+        assert proc is not None
+
+        def connected() -> QMPClient | None:
+            if proc.poll() is not None:
                 raise QemuGuestError(
-                    f"qemu exited {self._proc.returncode} at startup: {self.log_tail()}"
+                    f"qemu exited {proc.returncode} at startup: {self.log_tail()}"
                 )
             try:
                 return QMPClient(self.qmp_path, timeout=10.0)
             except OSError as e:
                 if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
                     raise
-            if time.monotonic() > deadline:
-                raise QemuGuestError(f"no QMP from qemu: {self.log_tail()}")
-            time.sleep(0.02)
+            return None
+
+        try:
+            client: QMPClient = wait_for(
+                connected, max(0.0, deadline - time.monotonic()), "QMP from qemu"
+            )
+        except AssertionError:
+            raise QemuGuestError(f"no QMP from qemu: {self.log_tail()}") from None
+        return client
 
     def _query_pty(self) -> str:
         for dev in self.qmp("query-chardev"):

@@ -652,8 +652,11 @@ def test_spawn_stop_ends_a_child_that_would_not_exit() -> Gen:
 def test_spawn_stop_kills_a_child_that_ignores_sigterm() -> Gen:
     """A child ignoring SIGTERM gets SIGKILL after stop_timeout, then stop fires."""
     program = (
-        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-        "os.write(1, b'ready'); time.sleep(1000)"
+        "import os, signal\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "os.write(1, b'ready')\n"
+        "while True:\n"
+        "    signal.pause()\n"
     )
     source = spawned("stubborn", [sys.executable, "-c", program], stop_timeout=0.2)
     sink = RecordingSink()

@@ -8,13 +8,13 @@ what is held, for how long, and what comes out in one piece is exact.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Generator
 
 import pytest
 from fakeguest import PtyGuest, RecordingSink
 from twisted.internet.testing import MemoryReactorClock
 
+from tests.serverproc import wait_for
 from vdsmconsole.sources import FULL_READ, PtySource, SourceOptions
 
 HOLD = 0.003
@@ -51,10 +51,9 @@ class Attached:
 
     def wait_pending(self, count: int = 1) -> None:
         """Until at least ``count`` bytes wait in the pty for the source."""
-        deadline = time.monotonic() + 5
-        while self.guest.pending_for_source() < count:
-            assert time.monotonic() < deadline, "the pty never had the bytes"
-            time.sleep(0.001)
+        wait_for(
+            lambda: self.guest.pending_for_source() >= count, 5, "the pty to hold them"
+        )
 
     def poll(self) -> None:
         """What the reactor does when the pty is readable."""
