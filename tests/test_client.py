@@ -255,6 +255,48 @@ async def test_open_input_sends_each_keystroke_at_once(client):
 
 
 @pytest_twisted.ensureDeferred
+async def test_duplex_types_and_follows_in_one_request(client):
+    """duplex(): keystrokes go out and the echo comes back on one request,
+    from the offset asked for; destroy ends it cleanly, errors as follow's."""
+    await create(client, "vm1")
+    start = await end_of(client, "vm1")
+    got = bytearray()
+    stream = await client.duplex("vm1", got.extend, offset=start)
+    assert (stream.start_offset, stream.lost) == (start, 0)
+    stats = (await client.call("getVmStats", "vm1"))["statsList"][0]
+    assert (stats["readers"], stats["writers"]) == (1, 1)  # one request, both
+    for byte in b"echo duplex-works":
+        stream.write(bytes([byte]))
+    stream.write(b"\r")
+    await wait_until(lambda: b"\r\nduplex-works\r\n" in got, "the echo")
+    assert stream.offset == start + len(got)
+    assert bytes(got) == (await read_all(client, "vm1"))[start:]
+    assert not stream.done.called
+    assert (await client.call("destroy", "vm1"))["status"]["code"] == 0
+    assert await stream.done is stream
+
+    with pytest.raises(NoSuchConsole) as info:
+        await client.duplex("vm1", got.extend)
+    assert str(info.value) == "Virtual machine does not exist: vm1"
+    with pytest.raises(ValueError):
+        client.duplex("vm1", got.extend, offset=1, tail=1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplex_close_leaves_and_the_server_lets_go(client):
+    await create(client, "vm1")
+    stream = await client.duplex("vm1", lambda _: None, tail=10)
+    stream.close()
+    assert await stream.done is stream
+
+    async def released() -> bool:
+        stats = (await client.call("getVmStats", "vm1"))["statsList"][0]
+        return stats["readers"] == 0 and stats["writers"] == 0
+
+    await wait_until(lambda: ensureDeferred(released()), "the server to let go")
+
+
+@pytest_twisted.ensureDeferred
 async def test_resuming_follow_continues_across_a_server_restart(demo, pki):
     """ResumingFollow reconnects after a restart and misses or repeats no byte."""
     client = ConsoleClient("127.0.0.1", demo.port, credentials(pki), reactor)
@@ -309,6 +351,9 @@ async def test_connection_refused_is_one_line(pki):
     with pytest.raises(ConnectError) as info:
         await client.call("ping")
     assert str(info.value) == f"cannot connect to 127.0.0.1:{port}: connection refused"
+    with pytest.raises(ConnectError) as info:
+        await client.duplex("vm1", lambda _: None)
+    assert str(info.value) == f"cannot connect to 127.0.0.1:{port}: connection refused"
     await client.close()
 
 
@@ -323,6 +368,9 @@ async def test_tls_failures_name_whose_certificate(server, pki, odd_certs, tmp_p
         await client.call("ping")
     assert info.value.side == "server"
     assert "not trusted by our CA" in str(info.value)
+    with pytest.raises(TLSError) as info:
+        await client.duplex("vm1", lambda _: None)
+    assert info.value.side == "server"
     await client.close()
 
     cert, key = odd_certs["other_ca"]
@@ -332,6 +380,9 @@ async def test_tls_failures_name_whose_certificate(server, pki, odd_certs, tmp_p
         await client.follow("vm1", lambda _: None)
     assert info.value.side == "client"
     assert "refused our client certificate" in str(info.value)
+    with pytest.raises(TLSError) as info:
+        await client.duplex("vm1", lambda _: None)
+    assert info.value.side == "client"
     await client.close()
 
 

@@ -31,11 +31,13 @@ The calls:
 - ``ResumingFollow``: follows across lost connections, reconnecting with
   backoff and resuming from its last offset, reporting bytes lost.
 
-Why no ``duplex()``: ``POST ?duplex=1`` answers while its body is still being
-sent, but Twisted's ``Agent`` hands out a response only once the request body
-is complete (or the response has ended), so a duplex response cannot be read
-through ``Agent``/treq.  An interactive console therefore uses two requests:
-``follow`` for output and ``open_input`` for keystrokes.
+- ``duplex(vm_id, on_data, offset=, tail=)``: ``POST ?duplex=1``, typing and
+  following in one request; fires with a ``DuplexStream`` (``write()``,
+  ``finish()``, ``close()``, offsets as for ``Stream``).  Twisted's
+  ``Agent`` hands out a response only once the request body is complete, so
+  this one request is spoken by ``vdsmconsole/duplex.py`` over the same
+  mutual TLS.  (The interactive console uses ``follow`` plus
+  ``open_input``, which reconnect separately.)
 
 Failures are ``ClientError`` subclasses whose ``str()`` is one line meant for
 a user: which host could not be reached, whose certificate was refused.
@@ -89,6 +91,8 @@ from twisted.web.iweb import (
     IResponse,
 )
 from zope.interface import implementer
+
+from vdsmconsole.duplex import DuplexStream, open_duplex
 
 __all__ = [
     "DEFAULT_PORT",
@@ -877,16 +881,8 @@ class ConsoleClient:
         return f"{self.base_url}/consoleStream/{vm_id}"
 
     async def _error_for(self, response: IResponse, vm_id: str) -> ClientError:
-        body = (await treq.content(response)).decode("utf-8", "replace").strip()
-        code = response.code
-        if code == 404:
-            return NoSuchConsole(code, f"Virtual machine does not exist: {vm_id}")
-        if code == 416:
-            return BeyondEnd(code, body or "offset beyond the end")
-        if code == 503:
-            return ConsoleUnavailable(code, body or f"console {vm_id} is down")
-        detail = body.splitlines()[0] if body else response.phrase.decode()
-        return HTTPError(code, f"{self.where} answered {code}: {detail}")
+        body = await treq.content(response)
+        return self._refusal(response.code, body, vm_id, response.phrase)
 
     # -- XML-RPC
 
@@ -981,6 +977,69 @@ class ConsoleClient:
         stream.done.addBoth(self._forget_stream, stream)
         response.deliverBody(_StreamReceiver(stream, on_data, self.where))
         return stream
+
+    def duplex(
+        self,
+        vm_id: str,
+        on_data: Callable[[bytes], object],
+        *,
+        offset: int | None = None,
+        tail: int | None = None,
+    ) -> defer.Deferred[DuplexStream]:
+        """``POST ?duplex=1``: one request that types and follows at once.
+
+        Fires with a ``DuplexStream`` once the response's headers are in:
+        ``write(data)`` sends each piece to the guest at once, ``on_data``
+        gets the output from the live end (or ``offset``/``tail``, as for
+        ``follow``), ``close()`` leaves.  Errors as for ``follow``.
+        """
+        if offset is not None and tail is not None:
+            raise ValueError("give offset or tail, not both")
+        params = []
+        for name, value in (("offset", offset), ("tail", tail)):
+            if value is not None:
+                if not isinstance(value, int) or value < 0:
+                    raise ValueError(
+                        f"{name} must be a non-negative int, not {value!r}"
+                    )
+                params.append(f"&{name}={value}")
+        self._stream_url(vm_id)  # validates vm_id
+        policy = MutualTLSPolicy(*self.credentials.load())
+        d = open_duplex(
+            self.reactor,
+            self.host,
+            self.port,
+            policy.creatorForNetloc(self.host.encode("idna"), self.port),
+            vm_id,
+            ("?duplex=1" + "".join(params)).encode("ascii"),
+            on_data,
+            describe=lambda code, body: self._refusal(code, body, vm_id),
+            lost=lambda reason: ConnectionLost(
+                f"console stream from {self.where} lost: {_short(reason)}"
+            ),
+            timeout=self.timeout,
+        )
+        d.addErrback(self._duplexFailed)
+        return _timed(self.reactor, d, self.timeout, self.where)
+
+    def _duplexFailed(self, reason: Failure) -> Failure:
+        if reason.check(ClientError):
+            return reason
+        return self._fail(reason)
+
+    def _refusal(
+        self, code: int, body: bytes, vm_id: str, phrase: bytes = b""
+    ) -> ClientError:
+        """The error for a stream request answered ``code`` with ``body``."""
+        text = body.decode("utf-8", "replace").strip()
+        if code == 404:
+            return NoSuchConsole(code, f"Virtual machine does not exist: {vm_id}")
+        if code == 416:
+            return BeyondEnd(code, text or "offset beyond the end")
+        if code == 503:
+            return ConsoleUnavailable(code, text or f"console {vm_id} is down")
+        detail = text.splitlines()[0] if text else phrase.decode() or str(code)
+        return HTTPError(code, f"{self.where} answered {code}: {detail}")
 
     def _forget_stream(self, result: Any, stream: Stream) -> Any:
         self._streams.discard(stream)
