@@ -271,6 +271,9 @@ async def test_duplex_types_and_follows_in_one_request(client):
     await wait_until(lambda: b"\r\nduplex-works\r\n" in got, "the echo")
     assert stream.offset == start + len(got)
     assert bytes(got) == (await read_all(client, "vm1"))[start:]
+    stream.finish()  # no more input; the output goes on
+    with pytest.raises(ValueError):
+        stream.write(b"too late")
     assert not stream.done.called
     assert (await client.call("destroy", "vm1"))["status"]["code"] == 0
     assert await stream.done is stream

@@ -44,6 +44,7 @@ class DuplexStream:
         self.received = 0
         self.sent = 0
         self.closed = False
+        self.finished = False
         self.done: defer.Deferred[DuplexStream] = defer.Deferred()
         self._protocol = protocol
 
@@ -55,13 +56,17 @@ class DuplexStream:
         """Send ``data`` to the guest now, as one chunk (kept whole)."""
         if not isinstance(data, bytes):
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if self.finished:
+            raise ValueError("write() after finish()")
         if data and not self.closed:
             self.sent += len(data)
             self._protocol.send(b"%x\r\n%s\r\n" % (len(data), data))
 
     def finish(self) -> None:
         """No more input (the output keeps coming)."""
-        self._protocol.send(b"0\r\n\r\n")
+        if not self.finished:
+            self.finished = True
+            self._protocol.send(b"0\r\n\r\n")
 
     def close(self) -> None:
         """Leave: drop the connection; ``done`` fires with the stream."""
