@@ -473,16 +473,29 @@ class Output:
 # -- commands ----------------------------------------------------------------------
 
 
-async def run_rpc(
+async def call_checked(
     client: ConsoleClient, method: str, args: tuple[Any, ...], as_json: bool
-) -> int:
+) -> tuple[Any, str, int | None]:
+    """Call ``method``: with ``--json`` print the answer as it is and give the
+    exit status; otherwise fail on a non-zero status (its code is the exit
+    status, as vdsClient's was).  Returns (answer, message, exit status or
+    None when the caller prints the answer its own way)."""
     result = await client.call(method, *args)
     code, message = status_of(result)
     if as_json:
         print(json.dumps(jsonable(result, "base64"), indent=2, sort_keys=True))
-        return exit_code(code)
+        return result, message, exit_code(code)
     if code != 0:
         fail(f"{method}: {message} (status {code})", exit_code(code))
+    return result, message, None
+
+
+async def run_rpc(
+    client: ConsoleClient, method: str, args: tuple[Any, ...], as_json: bool
+) -> int:
+    result, message, status = await call_checked(client, method, args, as_json)
+    if status is not None:
+        return status
     payload = (
         {k: v for k, v in result.items() if k != "status"}
         if isinstance(result, dict)
@@ -498,13 +511,9 @@ async def run_rpc(
 async def run_list(client: ConsoleClient, table: bool, as_json: bool) -> int:
     if not table:
         return await run_rpc(client, "list", (True,), as_json)
-    result = await client.call("getAllVmStats")
-    code, message = status_of(result)
-    if as_json:
-        print(json.dumps(jsonable(result, "base64"), indent=2, sort_keys=True))
-        return exit_code(code)
-    if code != 0:
-        fail(f"getAllVmStats: {message} (status {code})", exit_code(code))
+    result, _, status = await call_checked(client, "getAllVmStats", (), as_json)
+    if status is not None:
+        return status
     print(format_table(result.get("statsList", [])))
     return 0
 

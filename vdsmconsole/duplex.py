@@ -42,7 +42,6 @@ class DuplexStream:
         self.start_offset = 0
         self.lost = 0
         self.received = 0
-        self.sent = 0
         self.closed = False
         self.finished = False
         self.done: defer.Deferred[DuplexStream] = defer.Deferred()
@@ -59,7 +58,6 @@ class DuplexStream:
         if self.finished:
             raise ValueError("write() after finish()")
         if data and not self.closed:
-            self.sent += len(data)
             self._protocol.send(b"%x\r\n%s\r\n" % (len(data), data))
 
     def finish(self) -> None:

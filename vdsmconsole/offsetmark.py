@@ -92,10 +92,6 @@ class OffsetMark:
         self._complete = True
 
     @property
-    def path(self) -> Path:
-        return self._path
-
-    @property
     def reserved(self) -> int:
         """No offset at or past this was handed out (as far as the disk knows)."""
         return self._reserved

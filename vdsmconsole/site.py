@@ -36,7 +36,7 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
-from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_identity_of
+from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
 
 if TYPE_CHECKING:
     from vdsmconsole.server import ServerContext
@@ -391,11 +391,9 @@ class ConsoleChannel(http.HTTPChannel):
             return
         self._refused = True
         transport: Any = self.transport
-        peer = transport.getPeer()
         log.info(
-            "refused a request from {host}:{port}: {code} {message}",
-            host=getattr(peer, "host", "?"),
-            port=getattr(peer, "port", "?"),
+            "refused a request from {peer}: {code} {message}",
+            peer=peer_address(transport),
             code=code,
             message=message,
         )
@@ -466,11 +464,9 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
             channel.refuse(408, why)
             return
         # HTTP/2: frames arrive whole or not at all; nothing to answer to.
-        peer = transport.getPeer()
         log.info(
-            "closing an HTTP/2 connection from {host}:{port}: {why}",
-            host=getattr(peer, "host", "?"),
-            port=getattr(peer, "port", "?"),
+            "closing an HTTP/2 connection from {peer}: {why}",
+            peer=peer_address(transport),
             why=why,
         )
         transport.abortConnection()

@@ -737,7 +737,15 @@ def master_indexes(pid: int, proc: Path = PROC) -> set[int]:
     return set(master_fds(pid, proc))
 
 
-def _scan(proc: Path) -> dict[int, tuple[PtyOwner, str]]:
+def scan_pty_owners(proc: Path = PROC) -> dict[int, tuple[PtyOwner, str]]:
+    """Every visible pty master: pty number -> the process holding it, and
+    the descriptor by which it does.
+
+    One pass over every ``<proc>/<pid>/fd`` (a few milliseconds per hundred
+    processes); processes we may not look into are skipped, so a guest of
+    another user is not found without privileges.  Several holders (a master
+    inherited across fork): the one started first.
+    """
     try:
         pids = [int(name) for name in os.listdir(proc) if name.isdigit()]
     except OSError:
@@ -761,17 +769,6 @@ def _scan(proc: Path) -> dict[int, tuple[PtyOwner, str]]:
     return owners
 
 
-def scan_pty_owners(proc: Path = PROC) -> dict[int, PtyOwner]:
-    """Every visible pty master: pty number -> the process holding it.
-
-    One pass over every ``<proc>/<pid>/fd`` (a few milliseconds per hundred
-    processes); processes we may not look into are skipped, so a guest of
-    another user is not found without privileges.  Several holders (a master
-    inherited across fork): the one started first.
-    """
-    return {index: owner for index, (owner, _) in _scan(proc).items()}
-
-
 # The last scan, so that many creates in a row (a host's guests registered
 # at once) cost one scan, not one each.  An entry is used only after that
 # very process is confirmed to still hold that pty by the descriptor the scan
@@ -786,7 +783,7 @@ def find_pty_owner(index: int, proc: Path = PROC) -> PtyOwner | None:
     cached = _last_scan.get((proc, index))
     if cached is not None and owner_holds(cached[0], index, proc, fd=cached[1]):
         return cached[0]
-    owners = _scan(proc)
+    owners = scan_pty_owners(proc)
     _last_scan.clear()
     _last_scan.update({(proc, i): found for i, found in owners.items()})
     found = owners.get(index)

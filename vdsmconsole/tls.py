@@ -447,6 +447,12 @@ def _error_text(value: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def peer_address(transport: Any) -> str:
+    """``host:port`` of a connection's peer, for log lines ("?" if unknown)."""
+    peer = transport.getPeer() if transport is not None else None
+    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
 def _short_reason(reason: Failure) -> str:
     """One readable phrase from the reason a connection was lost."""
     value = reason.value
@@ -486,11 +492,9 @@ class AuditedTLSProtocol(TLSMemoryBIOProtocol):
         # layer keeps the real reason (say, a refused certificate) in _reason.
         if not self._handshakeDone and not self._handshakeFailureLogged:
             self._handshakeFailureLogged = True
-            peer = self.getPeer()
-            address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
             log.warn(
                 "TLS handshake with {address} failed: {why}",
-                address=address,
+                address=peer_address(self),
                 why=self._refusal or _short_reason(self._reason or reason),
             )
         super().connectionLost(reason)
