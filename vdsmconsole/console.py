@@ -114,14 +114,7 @@ class Console:
             if self.log is not None:
                 self.log.close()
             if self.mark is not None:
-                try:
-                    self.mark.close(self.ring.end)
-                except OSError as e:
-                    log.error(
-                        "console {vm}: cannot save its next offset: {err}",
-                        vm=self.vm_id,
-                        err=e,
-                    )
+                self._update_mark(self.mark.close, self.ring.end)
 
         return d.addBoth(close_log)
 
