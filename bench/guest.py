@@ -18,34 +18,14 @@ import os
 import resource
 import selectors
 import sys
-import termios
 import time
 from collections import deque
 from collections.abc import Iterator
 
 from bench.payload import bulk_blocks, record, start_marker, sync_marker
 
-
-def make_raw(fd: int) -> None:
-    """cfmakeraw, as qemu does on its pty (TCSANOW: nothing is flushed)."""
-    attrs = termios.tcgetattr(fd)
-    attrs[0] &= ~(
-        termios.IGNBRK
-        | termios.BRKINT
-        | termios.PARMRK
-        | termios.ISTRIP
-        | termios.INLCR
-        | termios.IGNCR
-        | termios.ICRNL
-        | termios.IXON
-    )
-    attrs[1] &= ~termios.OPOST
-    attrs[2] &= ~(termios.CSIZE | termios.PARENB)
-    attrs[2] |= termios.CS8
-    attrs[3] &= ~(
-        termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN
-    )
-    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+# The same raw mode the server puts a pty in (qemu's cfmakeraw).
+from vdsmconsole.sources import make_raw
 
 
 def raise_nofile(want: int) -> None:

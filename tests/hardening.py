@@ -12,15 +12,17 @@ import random
 import socket
 import ssl
 import threading
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 
 from tests.serverproc import ServerProcess, client_context, wait_for
-from tests.streamhelp import type_into
+from tests.streamhelp import create_demo, type_into
 
 
 def marker() -> str:
@@ -92,10 +94,13 @@ def tls_connect(
     return context.wrap_socket(sock, server_hostname="localhost")
 
 
-def read_until_closed(sock: ssl.SSLSocket, limit: int = 1 << 20) -> bytes:
-    """Everything the server sends until it closes (or resets) the connection."""
+def read_until_closed(
+    sock: ssl.SSLSocket, limit: int = 1 << 20, stop: bytes | None = None
+) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection,
+    or until what came holds ``stop``."""
     data = b""
-    while len(data) < limit:
+    while len(data) < limit and (stop is None or stop not in data):
         try:
             more = sock.recv(65536)
         except (ssl.SSLError, ConnectionResetError):
@@ -104,6 +109,26 @@ def read_until_closed(sock: ssl.SSLSocket, limit: int = 1 << 20) -> bytes:
             break
         data += more
     return data
+
+
+@contextmanager
+def demo_server(
+    pki: Any, workdir: Path, config: str
+) -> Iterator[tuple[ServerProcess, Bystander]]:
+    """A server with two demo guests, ``vm1`` (followed by a Bystander) and
+    ``sink`` (which takes no input), stopped afterwards whatever happens."""
+    server = ServerProcess(pki, workdir, config)
+    bystander = None
+    try:
+        server.start()
+        create_demo(server, "vm1")
+        create_demo(server, "sink", command="mute")
+        bystander = Bystander(server, "vm1")
+        yield server, bystander
+    finally:
+        if bystander is not None:
+            bystander.close()
+        server.stop()
 
 
 def http_exchange(server: ServerProcess, raw: bytes, timeout: float = 10) -> bytes:

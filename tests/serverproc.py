@@ -27,6 +27,24 @@ _pause = threading.Event()  # never set: wait(t) is a poll interval
 LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
 
 
+def serve_flags(
+    pki_root: Path, state_dir: Path, config: Path | None = None, port: int = 0
+) -> list[str]:
+    """What every server a test starts is given: its PKI, state directory and
+    (maybe) configuration file, listening on loopback only."""
+    return [
+        *(["--config", str(config)] if config is not None else []),
+        "--pki",
+        str(pki_root),
+        "--state-dir",
+        str(state_dir),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def wait_for(
     condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
 ) -> Any:
@@ -75,16 +93,7 @@ class ServerProcess:
             "-m",
             "vdsmconsole",
             "serve",
-            "--config",
-            str(config),
-            "--pki",
-            str(self.pki.root),
-            "--state-dir",
-            str(self.state_dir),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port or self.port),
+            *serve_flags(self.pki.root, self.state_dir, config, port or self.port),
             *self.extra_args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.serverproc import serve_flags
 from vdsmconsole.config import (
     DEFAULT_PORT,
     FIELDS,
@@ -331,15 +332,5 @@ def test_cli_missing_certificate_is_one_line_exit_2(tmp_path, pki):
     shutil.copytree(pki.root, root)
     missing = PkiPaths(root).server_cert
     missing.unlink()
-    result = run_cli(
-        "serve",
-        "--pki",
-        str(root),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-    )
+    result = run_cli("serve", *serve_flags(root, tmp_path / "state"))
     assert_one_line_exit_2(result, str(missing))

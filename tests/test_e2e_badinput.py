@@ -21,8 +21,8 @@ import h2.events
 import pytest
 
 from tests.hardening import (
-    Bystander,
     H2Client,
+    demo_server,
     http_exchange,
     read_until_closed,
     status_of,
@@ -31,7 +31,7 @@ from tests.hardening import (
     tree,
 )
 from tests.serverproc import ServerProcess, client_context, wait_for
-from tests.streamhelp import DEMO_CONFIG, create_demo, stats
+from tests.streamhelp import DEMO_CONFIG, stats
 
 pytestmark = pytest.mark.e2e
 
@@ -52,18 +52,8 @@ QUICK = 5.0  # seconds: every bad call is answered well within this
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, pki):
-    server = ServerProcess(pki, tmp_path_factory.mktemp("badinput"), CONFIG)
-    bystander = None
-    try:
-        server.start()
-        create_demo(server, "vm1")
-        create_demo(server, "sink", command="mute")
-        bystander = Bystander(server, "vm1")
-        yield server, bystander
-    finally:
-        if bystander is not None:
-            bystander.close()
-        server.stop()
+    with demo_server(pki, tmp_path_factory.mktemp("badinput"), CONFIG) as running:
+        yield running
 
 
 @pytest.fixture
@@ -634,11 +624,7 @@ def test_slow_body_after_quick_headers_is_not_cut(server):
                 assert sock.recv(100) != b"", "closed while the body was open"
         sock.settimeout(10)
         sock.sendall(b"1\r\nb\r\n0\r\n\r\n")
-        answer = b""
-        while not answer.endswith(b"}\n"):  # the head and body may come apart
-            more = sock.recv(65536)
-            assert more, f"closed after {answer!r}"
-            answer += more
+        answer = read_until_closed(sock, stop=b"}\n")  # head and body may part
         assert status_of(answer) == 200
         assert answer.endswith(b'{"written": 2}\n')
     finally:

@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.serverproc import LISTENING, ServerProcess, client_context, wait_for
+from tests.serverproc import (
+    LISTENING,
+    ServerProcess,
+    client_context,
+    serve_flags,
+    wait_for,
+)
 from tests.streamhelp import DEMO_CONFIG, create_demo, type_into
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import Issued, PkiPaths
@@ -458,14 +464,7 @@ def test_twistd_plugin_reloads_on_sighup(own_pki, tmp_path):
         "-n",
         "--pidfile=",
         "vdsmconsole",
-        "--pki",
-        str(own_pki.paths.root),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
+        *serve_flags(own_pki.paths.root, tmp_path / "state"),
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -13,6 +13,7 @@ import xmlrpc.client
 import pytest
 
 from tests.conftest import require_tool
+from tests.hardening import read_until_closed
 from tests.serverproc import client_context, wait_for
 from tests.streamhelp import (
     DEMO_CONFIG,
@@ -119,11 +120,8 @@ def _open_chunked_post(server, path: str, first: bytes = b"", timeout: float = 1
 
 
 def _read_http_head(sock: ssl.SSLSocket) -> tuple[bytes, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        more = sock.recv(65536)
-        assert more, f"connection closed after {data!r}"
-        data += more
+    data = read_until_closed(sock, stop=b"\r\n\r\n")
+    assert b"\r\n\r\n" in data, f"connection closed after {data!r}"
     head, _, rest = data.partition(b"\r\n\r\n")
     return head, rest
 
@@ -352,13 +350,7 @@ def test_malformed_chunked_body_is_400_and_closed(demo_server):
     head, _ = _read_http_head(sock)
     assert head.startswith(b"HTTP/1.1 400")
     sock.settimeout(10)
-    while True:
-        try:
-            more = sock.recv(65536)
-        except (ssl.SSLError, ConnectionResetError):
-            break
-        if not more:
-            break
+    read_until_closed(sock)
     assert demo_server.rpc().ping()["status"]["code"] == 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LISTENING, client_context, wait_for
+from tests.serverproc import LISTENING, client_context, serve_flags, wait_for
 from vdsmconsole.pki import PkiPaths
 
 pytestmark = pytest.mark.e2e
@@ -86,16 +86,7 @@ def test_twistd_serves_and_stops_on_sigterm(tmp_path, pki, twistd_env, processes
         "-n",
         "--pidfile=",
         "vdsmconsole",
-        "--config",
-        str(config),
-        "--pki",
-        str(pki.root),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
+        *serve_flags(pki.root, tmp_path / "state", config),
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -160,16 +151,7 @@ def test_twistd_bad_setup_is_one_line_exit_2(tmp_path, pki, twistd_env, case):
             "-n",
             "--pidfile=",
             "vdsmconsole",
-            "--config",
-            str(config),
-            "--pki",
-            str(root),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
+            *serve_flags(root, tmp_path / "state", config),
         ],
         capture_output=True,
         text=True,

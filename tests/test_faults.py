@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.hardening import Bystander, http_exchange, marker, status_of
-from tests.serverproc import ServerProcess, wait_for
+from tests.serverproc import ServerProcess, serve_flags, wait_for
 from tests.streamhelp import (
     DEMO_CONFIG,
     at_prompt,
@@ -106,16 +106,7 @@ def serve(pki, state_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess[s
             "-m",
             "vdsmconsole",
             "serve",
-            "--config",
-            str(config),
-            "--pki",
-            str(pki.root),
-            "--state-dir",
-            str(state_dir),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
+            *serve_flags(pki.root, state_dir, config),
         ],
         capture_output=True,
         text=True,

@@ -14,8 +14,6 @@ import base64
 import http.client
 import math
 import os
-import socket
-import ssl
 import time
 import urllib.parse
 import xmlrpc.client
@@ -27,9 +25,17 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.hardening import Bystander, fd_count, still_serving, tree
+from tests.hardening import (
+    Bystander,
+    demo_server,
+    fd_count,
+    read_until_closed,
+    still_serving,
+    tls_connect,
+    tree,
+)
 from tests.serverproc import ServerProcess, client_context
-from tests.streamhelp import DEMO_CONFIG, create_demo, rss_bytes
+from tests.streamhelp import DEMO_CONFIG, rss_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -98,42 +104,22 @@ class Fuzzed:
 
     def raw(self, request: bytes) -> bytes:
         """One request on a fresh connection: the status line and headers."""
-        sock = socket.create_connection(("127.0.0.1", self.server.port), DEADLINE)
-        tls = self.context.wrap_socket(sock, server_hostname="localhost")
+        tls = tls_connect(self.server, timeout=DEADLINE)
         try:
             with suppress(OSError):
                 tls.sendall(request)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                try:
-                    more = tls.recv(65536)
-                except (ssl.SSLError, ConnectionResetError):
-                    break
-                if not more:
-                    break
-                data += more
             # A streaming 200 never ends by itself: the head is what counts,
             # plus whatever body came with it.
-            return data
+            return read_until_closed(tls, stop=b"\r\n\r\n")
         finally:
             tls.close()
 
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory, pki):
-    server = ServerProcess(pki, tmp_path_factory.mktemp("fuzz"), DEMO_CONFIG)
-    bystander = None
-    try:
-        server.start()
-        create_demo(server, "vm1")
-        create_demo(server, "sink", command="mute")
-        bystander = Bystander(server, "vm1")
-        assert server.process is not None
+    workdir = tmp_path_factory.mktemp("fuzz")
+    with demo_server(pki, workdir, DEMO_CONFIG) as (server, bystander):
         yield Fuzzed(server, bystander)
-    finally:
-        if bystander is not None:
-            bystander.close()
-        server.stop()
 
 
 @pytest.fixture
