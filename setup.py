@@ -35,7 +35,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vdsmconsole = vdsmconsole.cli:main",
-            "vdsmconsole-client = vdsmconsole.clientcli:main",
+            "vdsmconsole-client = vdsmconsole.client.cli.main:main",
         ],
     },
 )

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import abstract, fdesc
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from vdsmconsole.interfaces import SourceSink, SourceState
+from vdsmconsole.core.interfaces import SourceSink, SourceState
 
 
 def wait_until(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from vdsmconsole.authz import (
+from vdsmconsole.server.authz import (
     Authorizer,
     Permission,
     Rule,
     rpc_permission,
     stream_permission,
 )
-from vdsmconsole.tls import PeerIdentity
+from vdsmconsole.server.tls.connection import PeerIdentity
 
 ENGINE = PeerIdentity("engine")
 VIEWER = PeerIdentity("grafana", ("monitor-1.example.com",))

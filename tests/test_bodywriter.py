@@ -14,8 +14,8 @@ from types import SimpleNamespace
 from twisted.internet.testing import StringTransport
 
 from tests.test_console import FakeSource, make_console
-from vdsmconsole.console import Console
-from vdsmconsole.streams import WHOLE_CHUNK_BYTES, BodyWriter
+from vdsmconsole.core.console import Console
+from vdsmconsole.server.streams.resource import WHOLE_CHUNK_BYTES, BodyWriter
 
 
 class StandInRequest:

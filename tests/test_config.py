@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import serve_flags
-from vdsmconsole.config import (
+from vdsmconsole.pki import PkiPaths
+from vdsmconsole.server.config import (
     DEFAULT_PORT,
     FIELDS,
     Config,
@@ -21,7 +22,6 @@ from vdsmconsole.config import (
     load_config,
     parse_config,
 )
-from vdsmconsole.pki import PkiPaths
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "contrib" / "vdsmconsole.conf.example"

@@ -27,19 +27,19 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 
-from vdsmconsole import offsetmark
-from vdsmconsole.config import Config
-from vdsmconsole.console import (
+from vdsmconsole.core import offsetmark
+from vdsmconsole.core.console import (
     CONSOLE_DOWN,
     Console,
     ConsoleDown,
     make_console_factory,
 )
-from vdsmconsole.consolelog import ConsoleLog
-from vdsmconsole.interfaces import ConsoleSource, SourceSink, SourceState
-from vdsmconsole.registry import Registry
-from vdsmconsole.ring import BytesLike, OffsetBeyondEnd, Ring
-from vdsmconsole.sources import (
+from vdsmconsole.core.consolelog import ConsoleLog
+from vdsmconsole.core.interfaces import ConsoleSource, SourceSink, SourceState
+from vdsmconsole.core.registry import Registry
+from vdsmconsole.core.ring import BytesLike, OffsetBeyondEnd, Ring
+from vdsmconsole.server.config import Config
+from vdsmconsole.sources.pty import (
     PtySource,
     SourceOptions,
     SpawnSource,

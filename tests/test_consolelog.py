@@ -20,8 +20,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from vdsmconsole.consolelog import ConsoleLog, segment_name
-from vdsmconsole.ring import BytesLike, OffsetBeyondEnd, ReadResult
+from vdsmconsole.core.consolelog import ConsoleLog, segment_name
+from vdsmconsole.core.ring import BytesLike, OffsetBeyondEnd, ReadResult
 
 
 class FlakyWriter:

@@ -27,7 +27,7 @@ from vdsmconsole.pki import init_pki
 pytestmark = pytest.mark.e2e
 
 PROG = "vdsmconsole-client"
-CLIENT = [sys.executable, "-m", "vdsmconsole.clientcli"]
+CLIENT = [sys.executable, "-m", "vdsmconsole.client.cli"]
 DEMO_CONFIG = (
     "[spawn.commands]\n"
     f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]\n'

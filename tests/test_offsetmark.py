@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vdsmconsole.offsetmark import MARK_FILE, OffsetMark
+from vdsmconsole.core.offsetmark import MARK_FILE, OffsetMark
 
 
 class Clock:

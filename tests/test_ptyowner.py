@@ -30,11 +30,11 @@ from fakeguest import PtyGuest, RecordingSink, queued, wait_until
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from vdsmconsole.config import Config
-from vdsmconsole.console import Console, ConsoleDown, make_console_factory
-from vdsmconsole.interfaces import SourceState
-from vdsmconsole.registry import Registry
-from vdsmconsole.sources import (
+from vdsmconsole.core.console import Console, ConsoleDown, make_console_factory
+from vdsmconsole.core.interfaces import SourceState
+from vdsmconsole.core.registry import Registry
+from vdsmconsole.server.config import Config
+from vdsmconsole.sources.pty import (
     PtyOwner,
     PtySource,
     find_pty_owner,

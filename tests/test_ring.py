@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vdsmconsole.ring import OffsetBeyondEnd, ReadResult, Ring
+from vdsmconsole.core.ring import OffsetBeyondEnd, ReadResult, Ring
 
 
 def test_new_ring_is_empty() -> None:

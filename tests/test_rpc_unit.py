@@ -13,9 +13,9 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from vdsmconsole.config import Config
-from vdsmconsole.rpc import ConsoleRPC, dumps_response
-from vdsmconsole.server import ServerContext, build_context
+from vdsmconsole.server.config import Config
+from vdsmconsole.server.rpc import ConsoleRPC, dumps_response
+from vdsmconsole.server.service import ServerContext, build_context
 from vdsmconsole.status import success
 
 SPAWN = {"demo": ("/usr/bin/python3", "-m", "vdsmconsole.demoguest")}

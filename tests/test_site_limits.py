@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
 
-from vdsmconsole.config import Config
-from vdsmconsole.site import ConnectionDeadlines, ConsoleSite, Root
+from vdsmconsole.server.config import Config
+from vdsmconsole.server.http.site import ConnectionDeadlines, ConsoleSite, Root
 
 # -- ConnectionDeadlines: pure bookkeeping ---------------------------------------
 

@@ -27,8 +27,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from vdsmconsole.interfaces import ConsoleSource, SourceState
-from vdsmconsole.sources import (
+from vdsmconsole.core.interfaces import ConsoleSource, SourceState
+from vdsmconsole.sources.pty import (
     PtySource,
     SourceOptions,
     SpawnSource,

@@ -15,7 +15,7 @@ from fakeguest import PtyGuest, RecordingSink
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.serverproc import wait_for
-from vdsmconsole.sources import FULL_READ, PtySource, SourceOptions
+from vdsmconsole.sources.pty import FULL_READ, PtySource, SourceOptions
 
 HOLD = 0.003
 

@@ -26,10 +26,10 @@ from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
 from vdsmconsole import pki as pkimod
-from vdsmconsole.config import Config, ConfigError, parse_config
 from vdsmconsole.pki import Issued, PkiPaths
-from vdsmconsole.server import EXPIRY_CHECK_SECONDS, ConsoleService
-from vdsmconsole.tls import (
+from vdsmconsole.server.config import Config, ConfigError, parse_config
+from vdsmconsole.server.service import EXPIRY_CHECK_SECONDS, ConsoleService
+from vdsmconsole.server.tls.connection import (
     CRL_CHECK_SECONDS,
     AuditedTLSFactory,
     ServerTLS,

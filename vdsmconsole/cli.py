@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vdsmconsole import __version__
-from vdsmconsole.config import Config, ConfigError, check_values, load_config
+from vdsmconsole.server.config import Config, ConfigError, check_values, load_config
 
 EXIT_USAGE = 2
 
@@ -68,8 +68,8 @@ def run_service(config: Config, after_start: Any = None) -> int:
     """Start the server, run the reactor until SIGTERM/SIGINT, stop gracefully."""
     from twisted.internet import reactor as global_reactor
 
-    from vdsmconsole.server import ConsoleService, StartupError
-    from vdsmconsole.tls import TLSConfigError
+    from vdsmconsole.server.service import ConsoleService, StartupError
+    from vdsmconsole.server.tls.connection import TLSConfigError
 
     reactor: Any = global_reactor  # the zope interfaces confuse mypy here
     service = ConsoleService(config, reactor)

@@ -31,9 +31,13 @@ class ServiceMaker:
         from pathlib import Path
 
         from vdsmconsole.cli import config_from_args, fail, install_reload_signal
-        from vdsmconsole.config import ConfigError
-        from vdsmconsole.server import ConsoleService, StartupError, prepare_state_dir
-        from vdsmconsole.tls import TLSConfigError, server_options
+        from vdsmconsole.server.config import ConfigError
+        from vdsmconsole.server.service import (
+            ConsoleService,
+            StartupError,
+            prepare_state_dir,
+        )
+        from vdsmconsole.server.tls.connection import TLSConfigError, server_options
 
         def path(value: str | None) -> Path | None:
             return Path(value) if value else None

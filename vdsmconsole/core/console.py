@@ -16,12 +16,12 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vdsmconsole.config import Config
-from vdsmconsole.consolelog import ConsoleLog
-from vdsmconsole.interfaces import ConsoleSource, SourceState
-from vdsmconsole.offsetmark import MARK_FILE, OffsetMark
-from vdsmconsole.ring import OffsetBeyondEnd, ReadResult, Ring
-from vdsmconsole.sources import PtyOwner, SourceOptions, make_source
+from vdsmconsole.core.consolelog import ConsoleLog
+from vdsmconsole.core.interfaces import ConsoleSource, SourceState
+from vdsmconsole.core.offsetmark import MARK_FILE, OffsetMark
+from vdsmconsole.core.ring import OffsetBeyondEnd, ReadResult, Ring
+from vdsmconsole.server.config import Config
+from vdsmconsole.sources.pty import PtyOwner, SourceOptions, make_source
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.status import Code, StatusError
 

@@ -162,7 +162,7 @@ def parse_config(data: Mapping[str, Any], base: Config | None = None) -> Config:
 
 
 def _parse_authorization(table: Mapping[str, Any]) -> dict[str, str]:
-    from vdsmconsole.authz import ROLES
+    from vdsmconsole.server.authz import ROLES
 
     result = {}
     for pattern, role in table.items():

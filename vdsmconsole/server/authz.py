@@ -22,7 +22,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from vdsmconsole.tls import PeerIdentity
+from vdsmconsole.server.tls.connection import PeerIdentity
 
 
 class Permission(enum.StrEnum):

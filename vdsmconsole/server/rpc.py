@@ -25,15 +25,15 @@ from twisted.python.failure import Failure
 from twisted.web import server, xmlrpc
 
 from vdsmconsole import __version__
-from vdsmconsole.authz import rpc_permission
-from vdsmconsole.ring import OffsetBeyondEnd
-from vdsmconsole.site import MethodsMixin
+from vdsmconsole.core.ring import OffsetBeyondEnd
+from vdsmconsole.server.authz import rpc_permission
+from vdsmconsole.server.http.site import MethodsMixin
+from vdsmconsole.server.tls.connection import ANONYMOUS, PeerIdentity
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
 from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
-from vdsmconsole.tls import ANONYMOUS, PeerIdentity
 
 if TYPE_CHECKING:
-    from vdsmconsole.server import ServerContext
+    from vdsmconsole.server.service import ServerContext
 
 log = Logger(namespace="vdsmconsole.rpc")
 

@@ -26,16 +26,16 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from vdsmconsole.authz import stream_permission
-from vdsmconsole.interfaces import SourceState
-from vdsmconsole.site import MethodsMixin
+from vdsmconsole.core.interfaces import SourceState
+from vdsmconsole.server.authz import stream_permission
+from vdsmconsole.server.http.site import MethodsMixin
+from vdsmconsole.server.tls.connection import ANONYMOUS
 from vdsmconsole.spec import is_valid_vm_id
-from vdsmconsole.tls import ANONYMOUS
 
 if TYPE_CHECKING:
-    from vdsmconsole.console import Console
-    from vdsmconsole.server import ServerContext
-    from vdsmconsole.site import ConsoleRequest, ConsoleSite, Root
+    from vdsmconsole.core.console import Console
+    from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite, Root
+    from vdsmconsole.server.service import ServerContext
 
 log = Logger(namespace="vdsmconsole.streams")
 

@@ -79,7 +79,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vdsmconsole.interfaces import ConsoleSource, SourceSink, SourceState
+from vdsmconsole.core.interfaces import ConsoleSource, SourceSink, SourceState
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.transports import write_at_once
 

@@ -17,13 +17,13 @@ from twisted.application.service import Service
 from twisted.internet import defer, task, tcp
 from twisted.logger import Logger
 
-from vdsmconsole.audit import AuditLog
-from vdsmconsole.authz import Authorizer
-from vdsmconsole.config import Config
-from vdsmconsole.registry import Registry
-from vdsmconsole.rpc import ConsoleRPC
-from vdsmconsole.site import ConsoleSite, Root
-from vdsmconsole.tls import ServerTLS, TLSFiles, tls_factory
+from vdsmconsole.core.registry import Registry
+from vdsmconsole.server.audit import AuditLog
+from vdsmconsole.server.authz import Authorizer
+from vdsmconsole.server.config import Config
+from vdsmconsole.server.http.site import ConsoleSite, Root
+from vdsmconsole.server.rpc import ConsoleRPC
+from vdsmconsole.server.tls.connection import ServerTLS, TLSFiles, tls_factory
 from vdsmconsole.transports import EagerServer
 
 log = Logger(namespace="vdsmconsole.server")
@@ -58,7 +58,7 @@ def prepare_state_dir(path: Path) -> None:
 
 
 def build_context(config: Config, reactor: Any) -> ServerContext:
-    from vdsmconsole.console import make_console_factory
+    from vdsmconsole.core.console import make_console_factory
 
     prepare_state_dir(config.state_dir)
     context = ServerContext(
@@ -76,7 +76,7 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
 
 
 def build_site(context: ServerContext) -> ConsoleSite:
-    from vdsmconsole.streams import install_streams
+    from vdsmconsole.server.streams.resource import install_streams
 
     rpc = ConsoleRPC(context)
     root = Root(rpc)

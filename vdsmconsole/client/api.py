@@ -92,7 +92,7 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
-from vdsmconsole.duplex import DuplexStream, open_duplex
+from vdsmconsole.client.duplex import DuplexStream, open_duplex
 
 __all__ = [
     "DEFAULT_PORT",

@@ -46,7 +46,12 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-from vdsmconsole.ring import BytesLike, OffsetBeyondEnd, ReadResult, check_read_args
+from vdsmconsole.core.ring import (
+    BytesLike,
+    OffsetBeyondEnd,
+    ReadResult,
+    check_read_args,
+)
 
 __all__ = [
     "DIR_MODE",

@@ -36,10 +36,15 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
-from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
+from vdsmconsole.server.tls.connection import (
+    ANONYMOUS,
+    PeerIdentity,
+    peer_address,
+    peer_identity_of,
+)
 
 if TYPE_CHECKING:
-    from vdsmconsole.server import ServerContext
+    from vdsmconsole.server.service import ServerContext
 
 
 class PlainError(resource.Resource):

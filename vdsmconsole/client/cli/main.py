@@ -66,7 +66,7 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from vdsmconsole import __version__
-from vdsmconsole.client import (
+from vdsmconsole.client.api import (
     DEFAULT_PORT,
     EVERYTHING,
     ClientCredentials,

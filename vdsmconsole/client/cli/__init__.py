@@ -1,0 +1,1 @@
+"""``vdsmconsole-client``: vdsClient's command line, for vdsmconsole's port."""

@@ -1,0 +1,1 @@
+"""The HTTP side of the port: channels, deadlines, the site and its resources."""

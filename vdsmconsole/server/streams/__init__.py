@@ -1,0 +1,1 @@
+"""Console streams over HTTP: GET follows, POST types, duplex does both."""

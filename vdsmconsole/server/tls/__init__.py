@@ -1,0 +1,1 @@
+"""The TLS side of the port: contexts from files, reloads, audited connections."""
