@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from bench.payload import bulk_blocks, record, start_marker, sync_marker
 
 # The same raw mode the server puts a pty in (qemu's cfmakeraw).
-from vdsmconsole.sources.pty import make_raw
+from vdsmconsole.terminal import make_raw
 
 
 def raise_nofile(want: int) -> None:

@@ -39,14 +39,11 @@ from vdsmconsole.core.interfaces import ConsoleSource, SourceSink, SourceState
 from vdsmconsole.core.registry import Registry
 from vdsmconsole.core.ring import BytesLike, OffsetBeyondEnd, Ring
 from vdsmconsole.server.config import Config
-from vdsmconsole.sources.pty import (
-    PtySource,
-    SourceOptions,
-    SpawnSource,
-    TcpSource,
-    UnixSource,
-    make_source,
-)
+from vdsmconsole.sources.factory import make_source
+from vdsmconsole.sources.options import SourceOptions
+from vdsmconsole.sources.pty import PtySource
+from vdsmconsole.sources.sockets import TcpSource, UnixSource
+from vdsmconsole.sources.spawn import SpawnSource
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.status import Code, StatusError
 

@@ -32,17 +32,17 @@ from twisted.internet.defer import Deferred
 
 from vdsmconsole.core.console import Console, ConsoleDown, make_console_factory
 from vdsmconsole.core.interfaces import SourceState
-from vdsmconsole.core.registry import Registry
-from vdsmconsole.server.config import Config
-from vdsmconsole.sources.pty import (
+from vdsmconsole.core.ptyowner import (
     PtyOwner,
-    PtySource,
     find_pty_owner,
     master_indexes,
     owner_holds,
     process_start,
     pts_index,
 )
+from vdsmconsole.core.registry import Registry
+from vdsmconsole.server.config import Config
+from vdsmconsole.sources.pty import PtySource
 from vdsmconsole.spec import ConsoleSpec
 
 Gen = Generator[Deferred[Any], Any, None]

@@ -28,17 +28,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from vdsmconsole.core.interfaces import ConsoleSource, SourceState
-from vdsmconsole.sources.pty import (
-    PtySource,
-    SourceOptions,
-    SpawnSource,
-    TcpSource,
-    UnixSource,
-    backoff_delay,
-    make_raw,
-    make_source,
-)
+from vdsmconsole.sources.factory import make_source
+from vdsmconsole.sources.options import SourceOptions, backoff_delay
+from vdsmconsole.sources.pty import PtySource
+from vdsmconsole.sources.sockets import TcpSource, UnixSource
+from vdsmconsole.sources.spawn import SpawnSource
 from vdsmconsole.spec import ConsoleSpec
+from vdsmconsole.terminal import make_raw
 
 CONNECTED = SourceState.CONNECTED
 RECONNECTING = SourceState.RECONNECTING

@@ -15,7 +15,8 @@ from fakeguest import PtyGuest, RecordingSink
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.serverproc import wait_for
-from vdsmconsole.sources.pty import FULL_READ, PtySource, SourceOptions
+from vdsmconsole.sources.options import FULL_READ, SourceOptions
+from vdsmconsole.sources.pty import PtySource
 
 HOLD = 0.003
 

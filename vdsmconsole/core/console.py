@@ -19,9 +19,11 @@ from twisted.logger import Logger
 from vdsmconsole.core.consolelog import ConsoleLog
 from vdsmconsole.core.interfaces import ConsoleSource, SourceState
 from vdsmconsole.core.offsetmark import MARK_FILE, OffsetMark
+from vdsmconsole.core.ptyowner import PtyOwner
 from vdsmconsole.core.ring import OffsetBeyondEnd, ReadResult, Ring
 from vdsmconsole.server.config import Config
-from vdsmconsole.sources.pty import PtyOwner, SourceOptions, make_source
+from vdsmconsole.sources.factory import make_source
+from vdsmconsole.sources.options import SourceOptions
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.status import Code, StatusError
 

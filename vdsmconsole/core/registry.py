@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vdsmconsole.sources.pty import PtyOwner
+from vdsmconsole.core.ptyowner import PtyOwner
 from vdsmconsole.spec import (
     ConsoleSpec,
     SpecError,
