@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vdsmconsole.identity import PeerIdentity
 from vdsmconsole.server.authz import (
     Authorizer,
     Permission,
@@ -11,7 +12,6 @@ from vdsmconsole.server.authz import (
     rpc_permission,
     stream_permission,
 )
-from vdsmconsole.server.tls.connection import PeerIdentity
 
 ENGINE = PeerIdentity("engine")
 VIEWER = PeerIdentity("grafana", ("monitor-1.example.com",))

@@ -29,15 +29,10 @@ from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import Issued, PkiPaths
 from vdsmconsole.server.config import Config, ConfigError, parse_config
 from vdsmconsole.server.service import EXPIRY_CHECK_SECONDS, ConsoleService
-from vdsmconsole.server.tls.connection import (
-    CRL_CHECK_SECONDS,
-    AuditedTLSFactory,
-    ServerTLS,
-    TLSConfigError,
-    TLSFiles,
-    load_server_tls,
-    refusal_reason,
-)
+from vdsmconsole.server.tls.connection import AuditedTLSFactory
+from vdsmconsole.server.tls.files import TLSConfigError, TLSFiles, load_server_tls
+from vdsmconsole.server.tls.reload import CRL_CHECK_SECONDS, ServerTLS
+from vdsmconsole.server.tls.verify import refusal_reason
 
 DAY = datetime.timedelta(days=1)
 

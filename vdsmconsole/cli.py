@@ -69,7 +69,7 @@ def run_service(config: Config, after_start: Any = None) -> int:
     from twisted.internet import reactor as global_reactor
 
     from vdsmconsole.server.service import ConsoleService, StartupError
-    from vdsmconsole.server.tls.connection import TLSConfigError
+    from vdsmconsole.server.tls.files import TLSConfigError
 
     reactor: Any = global_reactor  # the zope interfaces confuse mypy here
     service = ConsoleService(config, reactor)

@@ -37,7 +37,7 @@ class ServiceMaker:
             StartupError,
             prepare_state_dir,
         )
-        from vdsmconsole.server.tls.connection import TLSConfigError, server_options
+        from vdsmconsole.server.tls.files import TLSConfigError, server_options
 
         def path(value: str | None) -> Path | None:
             return Path(value) if value else None

@@ -22,7 +22,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from vdsmconsole.server.tls.connection import PeerIdentity
+from vdsmconsole.identity import PeerIdentity
 
 
 class Permission(enum.StrEnum):

@@ -23,7 +23,9 @@ from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
 from vdsmconsole.server.http.site import ConsoleSite, Root
 from vdsmconsole.server.rpc import ConsoleRPC
-from vdsmconsole.server.tls.connection import ServerTLS, TLSFiles, tls_factory
+from vdsmconsole.server.tls.connection import tls_factory
+from vdsmconsole.server.tls.files import TLSFiles
+from vdsmconsole.server.tls.reload import ServerTLS
 from vdsmconsole.transports import EagerServer
 
 log = Logger(namespace="vdsmconsole.server")

@@ -36,12 +36,8 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
-from vdsmconsole.server.tls.connection import (
-    ANONYMOUS,
-    PeerIdentity,
-    peer_address,
-    peer_identity_of,
-)
+from vdsmconsole.identity import ANONYMOUS, PeerIdentity, peer_address
+from vdsmconsole.server.tls.connection import peer_identity_of
 
 if TYPE_CHECKING:
     from vdsmconsole.server.service import ServerContext

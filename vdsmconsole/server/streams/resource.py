@@ -27,9 +27,9 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from vdsmconsole.core.interfaces import SourceState
+from vdsmconsole.identity import ANONYMOUS
 from vdsmconsole.server.authz import stream_permission
 from vdsmconsole.server.http.site import MethodsMixin
-from vdsmconsole.server.tls.connection import ANONYMOUS
 from vdsmconsole.spec import is_valid_vm_id
 
 if TYPE_CHECKING:
