@@ -12,7 +12,9 @@ from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
 
 from vdsmconsole.server.config import Config
-from vdsmconsole.server.http.site import ConnectionDeadlines, ConsoleSite, Root
+from vdsmconsole.server.http.deadlines import ConnectionDeadlines
+from vdsmconsole.server.http.resources import Root
+from vdsmconsole.server.http.site import ConsoleSite
 
 # -- ConnectionDeadlines: pure bookkeeping ---------------------------------------
 

@@ -28,7 +28,7 @@ from vdsmconsole import __version__
 from vdsmconsole.core.ring import OffsetBeyondEnd
 from vdsmconsole.identity import ANONYMOUS, PeerIdentity
 from vdsmconsole.server.authz import rpc_permission
-from vdsmconsole.server.http.site import MethodsMixin
+from vdsmconsole.server.http.resources import MethodsMixin
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
 from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
 

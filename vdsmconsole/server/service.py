@@ -21,7 +21,8 @@ from vdsmconsole.core.registry import Registry
 from vdsmconsole.server.audit import AuditLog
 from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
-from vdsmconsole.server.http.site import ConsoleSite, Root
+from vdsmconsole.server.http.resources import Root
+from vdsmconsole.server.http.site import ConsoleSite
 from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.tls.connection import tls_factory
 from vdsmconsole.server.tls.files import TLSFiles

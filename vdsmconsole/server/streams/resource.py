@@ -29,12 +29,13 @@ from zope.interface import implementer
 from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.identity import ANONYMOUS
 from vdsmconsole.server.authz import stream_permission
-from vdsmconsole.server.http.site import MethodsMixin
+from vdsmconsole.server.http.resources import MethodsMixin
 from vdsmconsole.spec import is_valid_vm_id
 
 if TYPE_CHECKING:
     from vdsmconsole.core.console import Console
-    from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite, Root
+    from vdsmconsole.server.http.resources import Root
+    from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite
     from vdsmconsole.server.service import ServerContext
 
 log = Logger(namespace="vdsmconsole.streams")

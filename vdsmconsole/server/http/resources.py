@@ -1,0 +1,81 @@
+"""Routing and plain answers: the resources every request meets first.
+
+``/RPC2`` and ``/`` take XML-RPC POSTs; ``/consoleStream/<vmId>`` takes the
+streams.  Anything else is 404; a known path with the wrong method is 405 with
+``Allow``.  Clients never see a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.web import resource
+
+
+class PlainError(resource.Resource):
+    """A short text/plain error page; no HTML, no traceback."""
+
+    isLeaf = True
+
+    def __init__(
+        self, code: int, message: str, headers: dict[bytes, bytes] | None = None
+    ) -> None:
+        super().__init__()
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(self.code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        return self.message.encode("utf-8") + b"\n"
+
+
+NOT_FOUND = PlainError(404, "not found")
+
+
+def allowed_methods(res: resource.Resource) -> list[bytes]:
+    names = [m[7:] for m in dir(res) if m.startswith("render_") and m[7:].isupper()]
+    if "GET" not in names and "HEAD" in names:
+        names.remove("HEAD")  # Resource's default HEAD only fakes a GET
+    return sorted(n.encode("ascii") for n in names)
+
+
+class MethodsMixin:
+    """405 with Allow for every method a known path does not take.
+
+    Twisted answers 501 for methods outside GET/HEAD/POST; our contract says
+    405 with Allow for any wrong method on a known path.
+    """
+
+    def render(self, request: Any) -> Any:
+        allowed = allowed_methods(self)  # type: ignore[arg-type]
+        if request.method not in allowed:
+            return PlainError(
+                405,
+                "method not allowed",
+                {b"allow": b", ".join(allowed)},
+            ).render(request)
+        return getattr(self, "render_" + request.method.decode("ascii"))(request)
+
+
+class Root(resource.Resource):
+    def __init__(
+        self,
+        rpc: resource.Resource,
+        streams: Callable[[bytes], resource.Resource] | None = None,
+    ) -> None:
+        super().__init__()
+        self._rpc = rpc
+        self.streams = streams
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        rest = request.postpath
+        if path in (b"", b"RPC2") and not rest:
+            return self._rpc
+        if path == b"consoleStream" and self.streams is not None and len(rest) == 1:
+            return self.streams(rest[0])
+        return NOT_FOUND
