@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from tests.test_console import FakeSource, make_console
 from vdsmconsole.core.console import Console
-from vdsmconsole.server.streams.resource import WHOLE_CHUNK_BYTES, BodyWriter
+from vdsmconsole.server.streams.input import WHOLE_CHUNK_BYTES, BodyWriter
 
 
 class StandInRequest:

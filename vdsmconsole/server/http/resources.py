@@ -79,3 +79,28 @@ class Root(resource.Resource):
         if path == b"consoleStream" and self.streams is not None and len(rest) == 1:
             return self.streams(rest[0])
         return NOT_FOUND
+
+
+def answer(
+    request: Any, code: int, message: str, headers: dict[bytes, bytes] | None = None
+) -> bytes:
+    """A short text/plain answer (for render_* to return)."""
+    body = message.encode("utf-8") + b"\n"
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    return body
+
+
+def end_with(request: Any, code: int, message: str, **headers: bytes) -> None:
+    """Answer and finish a request that is already rendering asynchronously."""
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    if not request.startedWriting:
+        body = answer(
+            request, code, message, {k.encode(): v for k, v in headers.items()}
+        )
+        request.write(body)
+    request.finish()

@@ -1,0 +1,103 @@
+"""A console's output to one response, from the follower's own cursor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vdsmconsole.core.console import Console
+
+log = Logger(namespace="vdsmconsole.streams")
+
+CHUNK = 64 * 1024  # the most one write to a client carries
+
+
+@implementer(IPushProducer)
+class Follower:
+    """Streams a console's output to one response, from its own cursor."""
+
+    def __init__(
+        self, request: Any, console: Console, start: int, follow: bool
+    ) -> None:
+        self.request = request
+        self.console = console
+        self.start_offset = start
+        self.cursor = start
+        self.limit = None if follow else console.end
+        self.sent = 0
+        self.paused = False
+        self.done = False
+        self._pumping = False
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.console.subscribe(self)
+        self.pump()
+
+    # Subscriber
+    def dataAvailable(self) -> None:
+        self.pump()
+
+    def consoleClosed(self) -> None:
+        self.stop(finish=True)
+
+    # IPushProducer
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    def stopProducing(self) -> None:
+        self.stop(finish=False)
+
+    def pump(self) -> None:
+        """Write what the client has not seen, until it pushes back."""
+        if self._pumping:
+            return  # a write made the transport resume us: the loop goes on
+        self._pumping = True
+        console = self.console
+        ring = console.ring
+        try:
+            while not self.paused and not self.done:
+                end = ring.end if self.limit is None else self.limit
+                cursor = self.cursor
+                if cursor >= end:
+                    if self.limit is not None:
+                        self.stop(finish=True)
+                    return
+                want = min(CHUNK, end - cursor)
+                # The hot path (a follower keeping up) reads the ring straight;
+                # the console falls back to its log for older offsets.
+                if cursor >= ring.start:
+                    result = ring.read(cursor, want)
+                else:
+                    result = console.read(cursor, want)
+                if result.lost:
+                    # Fell behind everything retained: end; a resume is told.
+                    self.console.count_lost(result.lost)
+                    log.info(
+                        "console {vm}: a follower fell {n} bytes behind; ending it",
+                        vm=self.console.vm_id,
+                        n=result.lost,
+                    )
+                    self.stop(finish=True)
+                    return
+                self.cursor = result.offset + len(result.data)
+                self.sent += len(result.data)
+                self.request.write(result.data)
+        finally:
+            self._pumping = False
+
+    def stop(self, finish: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.console.unsubscribe(self)
+        if finish and not self.request.finished:
+            self.request.unregisterProducer()
+            self.request.finish()
