@@ -14,9 +14,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from vdsmconsole.server.config import Config
-from vdsmconsole.server.rpc import ConsoleRPC, dumps_response
+from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.service import ServerContext, build_context
 from vdsmconsole.status import success
+from vdsmconsole.xmlrpcwire import dumps_response
 
 SPAWN = {"demo": ("/usr/bin/python3", "-m", "vdsmconsole.demoguest")}
 URL = "https://localhost/RPC2"

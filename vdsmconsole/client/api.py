@@ -55,10 +55,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from xml.sax.saxutils import escape
 
 import treq
-from defusedxml.xmlrpc import DefusedExpatParser
 from OpenSSL import SSL
 from service_identity import VerificationError
 from treq.client import HTTPClient
@@ -93,6 +91,7 @@ from twisted.web.iweb import (
 from zope.interface import implementer
 
 from vdsmconsole.client.duplex import DuplexStream, open_duplex
+from vdsmconsole.xmlrpcwire import dumps_call, parse_response
 
 __all__ = [
     "DEFAULT_PORT",
@@ -128,7 +127,6 @@ DEFAULT_PORT = 54321
 VDSM_PKI = Path("/etc/pki/vdsm")
 READ_SIZE = 64 * 1024
 INPUT_BUFFER = 1024 * 1024  # what InputStream holds while the server pushes back
-INT32 = 2**31
 
 # A tail longer than anything a server retains: "everything retained".
 EVERYTHING = 2**62
@@ -459,44 +457,18 @@ def _timed(
 # -- XML-RPC -----------------------------------------------------------------
 
 
-class _WideMarshaller(xmlrpc.client.Marshaller):
-    """Marshal ints beyond 32 bits as <i8> (offsets grow past 2 GiB)."""
-
-    dispatch = dict(xmlrpc.client.Marshaller.dispatch)
-
-    def dump_long(self, value: int, write: Callable[[str], Any]) -> None:
-        tag = "int" if -INT32 <= value < INT32 else "i8"
-        write(f"<value><{tag}>{int(value)}</{tag}></value>\n")
-
-    dispatch[int] = dump_long  # type: ignore[assignment]
-
-
-def dumps_call(method: str, args: tuple[Any, ...]) -> bytes:
-    """An XML-RPC methodCall body; like ``xmlrpc.client.dumps``, with <i8>."""
-    params = _WideMarshaller("utf-8", allow_none=False).dumps(args)
-    return (
-        "<?xml version='1.0'?>\n<methodCall>\n"
-        f"<methodName>{escape(method)}</methodName>\n{params}</methodCall>\n"
-    ).encode()
-
-
 def loads_response(body: bytes) -> Any:
     """The one value of a methodResponse; Fault raises ``RPCFault``.
 
     Parsed as ``xmlrpc.client.loads`` does (base64 as ``bytes``), with DTDs
     and entity expansion refused.
     """
-    unmarshaller = xmlrpc.client.Unmarshaller(use_builtin_types=True)
-    parser = DefusedExpatParser(unmarshaller, forbid_dtd=True)
     try:
-        parser.feed(body)
-        parser.close()
-        values = unmarshaller.close()
+        return parse_response(body)
     except xmlrpc.client.Fault as fault:
         raise RPCFault(fault.faultCode, fault.faultString) from None
     except Exception as e:  # noqa: BLE001 - the server sent something else
         raise ClientError(f"unreadable XML-RPC answer: {e}") from None
-    return values[0] if len(values) == 1 else list(values)
 
 
 # -- streams -----------------------------------------------------------------

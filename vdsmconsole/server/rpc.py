@@ -18,7 +18,6 @@ import xmlrpc.client as xmlrpclib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from defusedxml.xmlrpc import DefusedExpatParser
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,73 +30,15 @@ from vdsmconsole.server.authz import rpc_permission
 from vdsmconsole.server.http.resources import MethodsMixin
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
 from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
+from vdsmconsole.xmlrpcwire import dumps_response, safe_loads
 
 if TYPE_CHECKING:
     from vdsmconsole.server.service import ServerContext
 
 log = Logger(namespace="vdsmconsole.rpc")
 
-INT32_MAX = 2**31 - 1
 DEFAULT_READ_BYTES = 64 * 1024
 MAX_READ_BYTES = 1024 * 1024
-
-
-class _WideMarshaller(xmlrpclib.Marshaller):
-    """Marshal ints beyond 32 bits as <i8> instead of failing."""
-
-    dispatch = dict(xmlrpclib.Marshaller.dispatch)
-
-    def dump_long(self, value: int, write: Callable[[str], Any]) -> None:
-        tag = "int" if -INT32_MAX - 1 <= value <= INT32_MAX else "i8"
-        write(f"<value><{tag}>{int(value)}</{tag}></value>\n")
-
-    dispatch[int] = dump_long  # type: ignore[assignment]
-
-
-def dumps_response(result: Any) -> bytes:
-    """Like ``xmlrpclib.dumps(..., methodresponse=True)``, with wide ints."""
-    marshaller = _WideMarshaller("utf-8", allow_none=False)
-    if isinstance(result, xmlrpclib.Fault):
-        body = "<fault>\n" + marshaller.dumps(result) + "</fault>\n"
-    else:
-        body = "<params>\n" + marshaller.dumps((result,)) + "</params>\n"
-    text = "<?xml version='1.0'?>\n<methodResponse>\n" + body + "</methodResponse>\n"
-    return text.encode("utf-8")
-
-
-MAX_NESTING = 32  # arrays and structs in a call; VDSM's calls nest 2 or 3 deep
-
-
-class _ShallowUnmarshaller(xmlrpclib.Unmarshaller):
-    """Refuses arrays and structs nested deeper than MAX_NESTING.
-
-    Parsing 100,000 levels is cheap, but the handlers would then hit Python's
-    recursion limit on the value (a repr in an error message, say): an
-    internal error with a traceback instead of a Fault for a bad call.
-    """
-
-    _depth = 0
-
-    def start(self, tag: str, attrs: Any) -> None:
-        if tag.rpartition(":")[2] in ("array", "struct"):
-            self._depth += 1
-            if self._depth > MAX_NESTING:
-                raise ValueError(f"arrays or structs nested over {MAX_NESTING} deep")
-        super().start(tag, attrs)
-
-    def end(self, tag: str) -> None:
-        if tag.rpartition(":")[2] in ("array", "struct"):
-            self._depth -= 1
-        super().end(tag)
-
-
-def safe_loads(data: bytes) -> tuple[tuple[Any, ...], str | None]:
-    """Parse a call with entity expansion, DTDs and external entities refused."""
-    unmarshaller = _ShallowUnmarshaller(use_datetime=False, use_builtin_types=False)
-    parser = DefusedExpatParser(unmarshaller, forbid_dtd=True)
-    parser.feed(data)
-    parser.close()
-    return unmarshaller.close(), unmarshaller.getmethodname()
 
 
 def as_offset(value: object, name: str) -> int:
