@@ -66,23 +66,19 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from vdsmconsole import __version__
-from vdsmconsole.client.api import (
-    DEFAULT_PORT,
-    EVERYTHING,
-    ClientCredentials,
+from vdsmconsole.client.api import DEFAULT_PORT, EVERYTHING, ConsoleClient
+from vdsmconsole.client.credentials import ClientCredentials
+from vdsmconsole.client.errors import (
     ClientError,
-    ConsoleClient,
     ConsoleUnavailable,
     CredentialsError,
-    FDReader,
-    InputStream,
     NoSuchConsole,
-    ResumingFollow,
     RPCFault,
-    Stream,
-    pollable,
-    stdin_producer,
 )
+from vdsmconsole.client.fdio import FDReader, pollable, stdin_producer
+from vdsmconsole.client.inputstream import InputStream
+from vdsmconsole.client.resuming import ResumingFollow
+from vdsmconsole.client.stream import Stream
 
 PROG = "vdsmconsole-client"
 EXIT_USAGE = 2
