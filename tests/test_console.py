@@ -29,16 +29,15 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from vdsmconsole.core import offsetmark
 from vdsmconsole.core.console import (
-    CONSOLE_DOWN,
     Console,
     ConsoleDown,
-    make_console_factory,
 )
 from vdsmconsole.core.consolelog import ConsoleLog
 from vdsmconsole.core.interfaces import ConsoleSource, SourceSink, SourceState
 from vdsmconsole.core.registry import Registry
 from vdsmconsole.core.ring import BytesLike, OffsetBeyondEnd, Ring
 from vdsmconsole.server.config import Config
+from vdsmconsole.server.service import make_console_factory
 from vdsmconsole.sources.factory import make_source
 from vdsmconsole.sources.options import SourceOptions
 from vdsmconsole.sources.pty import PtySource
@@ -589,7 +588,7 @@ def test_write_while_not_connected_is_refused(tmp_path: Path) -> None:
     assert console.write(b"x") is False
     with pytest.raises(ConsoleDown) as info:
         console.write_all(b"x")
-    assert info.value.code == CONSOLE_DOWN
+    assert info.value.code == Code.CONSOLE_DOWN
     assert console.bytes_out == 0 and source.written == []
 
 

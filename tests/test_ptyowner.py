@@ -30,7 +30,7 @@ from fakeguest import PtyGuest, RecordingSink, queued, wait_until
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from vdsmconsole.core.console import Console, ConsoleDown, make_console_factory
+from vdsmconsole.core.console import Console, ConsoleDown
 from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.core.ptyowner import (
     PtyOwner,
@@ -42,6 +42,7 @@ from vdsmconsole.core.ptyowner import (
 )
 from vdsmconsole.core.registry import Registry
 from vdsmconsole.server.config import Config
+from vdsmconsole.server.service import make_console_factory
 from vdsmconsole.sources.pty import PtySource
 from vdsmconsole.spec import ConsoleSpec
 

@@ -14,8 +14,9 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from vdsmconsole.server.config import Config
+from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.rpc import ConsoleRPC
-from vdsmconsole.server.service import ServerContext, build_context
+from vdsmconsole.server.service import build_context
 from vdsmconsole.status import success
 from vdsmconsole.xmlrpcwire import dumps_response
 

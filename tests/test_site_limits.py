@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from vdsmconsole.server.config import Config
 from vdsmconsole.server.http.deadlines import ConnectionDeadlines
 from vdsmconsole.server.http.resources import Root
 from vdsmconsole.server.http.site import ConsoleSite
+from vdsmconsole.server.service import site_limits
 
 # -- ConnectionDeadlines: pure bookkeeping ---------------------------------------
 
@@ -124,9 +124,8 @@ class Quick(resource.Resource):
 
 
 def make_site(clock: Clock, **config: Any) -> ConsoleSite:
-    context = SimpleNamespace(config=Config(**config), reactor=clock)
     root = Root(Quick(), lambda vm_id: Forever())
-    site = ConsoleSite(root, context)  # type: ignore[arg-type]
+    site = ConsoleSite(root, clock, site_limits(Config(**config)))
 
     def early(request: Any) -> None:
         if request.earlyMethod == b"POST" and request.earlyPath.startswith(

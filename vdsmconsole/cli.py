@@ -9,13 +9,22 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
+import signal
+import socket
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import globalLogBeginner, textFileLogObserver
+
 from vdsmconsole import __version__
+from vdsmconsole.pki import init_pki
 from vdsmconsole.server.config import Config, ConfigError, check_values, load_config
+from vdsmconsole.server.service import ConsoleService, StartupError
+from vdsmconsole.server.tls.files import TLSConfigError
+from vdsmconsole.spec import ConsoleSpec
 
 EXIT_USAGE = 2
 
@@ -50,14 +59,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         changes["port"] = args.port
     if args.state_dir is not None:
         changes["state_dir"] = args.state_dir
-    from dataclasses import replace
-
     return check_values(replace(config, **changes))
 
 
 def start_logging() -> None:
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
     globalLogBeginner.beginLoggingTo(
         [textFileLogObserver(sys.stderr)],  # type: ignore[list-item]
         redirectStandardIO=False,
@@ -67,9 +72,6 @@ def start_logging() -> None:
 def run_service(config: Config, after_start: Any = None) -> int:
     """Start the server, run the reactor until SIGTERM/SIGINT, stop gracefully."""
     from twisted.internet import reactor as global_reactor
-
-    from vdsmconsole.server.service import ConsoleService, StartupError
-    from vdsmconsole.server.tls.files import TLSConfigError
 
     reactor: Any = global_reactor  # the zope interfaces confuse mypy here
     service = ConsoleService(config, reactor)
@@ -92,7 +94,6 @@ def install_reload_signal(service: Any, reactor: Any) -> None:
     doing, so it only hands the work to the reactor; callFromThread is the
     reactor's one entry point that is safe from there, and it wakes the loop.
     """
-    import signal
 
     def on_sighup(signum: int, frame: Any) -> None:
         reactor.callFromThread(service.reload)
@@ -110,8 +111,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_pki_init(args: argparse.Namespace) -> int:
-    from vdsmconsole.pki import init_pki
-
     try:
         paths = init_pki(args.dir, hostname=args.hostname, force=args.force)
     except (FileExistsError, OSError) as e:
@@ -165,9 +164,6 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vdsmconsole.pki import init_pki
-    from vdsmconsole.spec import ConsoleSpec
-
     workdir = Path(tempfile.mkdtemp(prefix="vdsmconsole-demo-"))
     pki = workdir / "pki"
     init_pki(pki, hostname="localhost")
@@ -200,8 +196,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_port(bind: str) -> int:
     """54321 if it is free, else any free port."""
-    import socket
-
     with socket.socket() as s:
         try:
             s.bind((bind, 54321))

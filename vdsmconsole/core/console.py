@@ -11,51 +11,24 @@ anyway.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from vdsmconsole.core.consolelog import ConsoleLog
-from vdsmconsole.core.interfaces import ConsoleSource, SourceState
-from vdsmconsole.core.offsetmark import MARK_FILE, OffsetMark
-from vdsmconsole.core.ptyowner import PtyOwner
+from vdsmconsole.core.interfaces import (
+    ConsoleSource,
+    InputWriter,
+    SourceState,
+    Subscriber,
+)
+from vdsmconsole.core.offsetmark import OffsetMark
 from vdsmconsole.core.ring import OffsetBeyondEnd, ReadResult, Ring
-from vdsmconsole.server.config import Config
-from vdsmconsole.sources.factory import make_source
-from vdsmconsole.sources.options import SourceOptions
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.status import Code, StatusError
 
 log = Logger(namespace="vdsmconsole.console")
-
-CONSOLE_DOWN = Code.CONSOLE_DOWN  # input for a guest that is not connected
-
-
-class Subscriber(Protocol):
-    """A follower of the console's output (a stream, or a test)."""
-
-    def dataAvailable(self) -> None:
-        """More bytes were appended; read them from your cursor when you can."""
-
-    def consoleClosed(self) -> None:
-        """The console was destroyed or the server stops: end your stream."""
-
-
-class InputWriter(Protocol):
-    """A client sending input: paused while the guest does not take it."""
-
-    def pauseProducing(self) -> None:
-        """The guest does not take input now: hold it, stop reading the client."""
-
-    def resumeProducing(self) -> None:
-        """The guest takes input again (or its source reconnected)."""
-
-    def consoleDown(self) -> None:
-        """The guest went away for good: end the input."""
-
-    def consoleClosed(self) -> None:
-        """The console was destroyed or the server stops."""
 
 
 class ConsoleDown(StatusError):
@@ -322,33 +295,3 @@ class Console:
             "logError": self.log_error or self.mark_error,
             "reason": self.reason,
         }
-
-
-def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]:
-    options = SourceOptions(
-        reconnect_initial=config.reconnect_initial,
-        reconnect_max=config.reconnect_max,
-        spawn_commands=dict(config.spawn_commands),
-    )
-
-    def factory(
-        vm_id: str,
-        spec: ConsoleSpec,
-        *,
-        restored: bool = False,
-        owner: PtyOwner | None = None,
-    ) -> Console:
-        """``restored``/``owner``: a pty console the registry brings back."""
-        # vm_id was validated before it got here; it is safe as a path part.
-        directory = config.state_dir / "consoles" / vm_id
-        console_log = ConsoleLog(
-            directory, config.log_file_bytes, config.log_keep_files
-        )
-        mark = OffsetMark(directory / MARK_FILE)
-        # Past every offset handed out before: the log's end, or further when
-        # a crash cut the log's tail or the log could not be written.
-        ring = Ring(config.ring_bytes, start=mark.resume_offset(console_log.end))
-        source = make_source(spec, options, reactor, restored=restored, owner=owner)
-        return Console(vm_id, spec, source, ring, console_log, reactor, mark)
-
-    return factory

@@ -61,3 +61,29 @@ class ConsoleSource(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Facts for list(fullStatus): e.g. the pty path, a child's pid."""
+
+
+class Subscriber(Protocol):
+    """A follower of the console's output (a stream, or a test)."""
+
+    def dataAvailable(self) -> None:
+        """More bytes were appended; read them from your cursor when you can."""
+
+    def consoleClosed(self) -> None:
+        """The console was destroyed or the server stops: end your stream."""
+
+
+class InputWriter(Protocol):
+    """A client sending input: paused while the guest does not take it."""
+
+    def pauseProducing(self) -> None:
+        """The guest does not take input now: hold it, stop reading the client."""
+
+    def resumeProducing(self) -> None:
+        """The guest takes input again (or its source reconnected)."""
+
+    def consoleDown(self) -> None:
+        """The guest went away for good: end the input."""
+
+    def consoleClosed(self) -> None:
+        """The console was destroyed or the server stops."""

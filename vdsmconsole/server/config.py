@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vdsmconsole.server.authz import ROLES
+
 DEFAULT_PORT = 54321
 DEFAULT_PKI = "/etc/pki/vdsm"
 
@@ -162,8 +164,6 @@ def parse_config(data: Mapping[str, Any], base: Config | None = None) -> Config:
 
 
 def _parse_authorization(table: Mapping[str, Any]) -> dict[str, str]:
-    from vdsmconsole.server.authz import ROLES
-
     result = {}
     for pattern, role in table.items():
         if role not in ROLES:

@@ -16,7 +16,7 @@ import functools
 import inspect
 import xmlrpc.client as xmlrpclib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -27,13 +27,11 @@ from vdsmconsole import __version__
 from vdsmconsole.core.ring import OffsetBeyondEnd
 from vdsmconsole.identity import ANONYMOUS, PeerIdentity
 from vdsmconsole.server.authz import rpc_permission
+from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
 from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
 from vdsmconsole.xmlrpcwire import dumps_response, safe_loads
-
-if TYPE_CHECKING:
-    from vdsmconsole.server.service import ServerContext
 
 log = Logger(namespace="vdsmconsole.rpc")
 

@@ -9,7 +9,8 @@ flight finish (up to ``shutdown_timeout``), then closes what is left.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,26 @@ from twisted.application.service import Service
 from twisted.internet import defer, task, tcp
 from twisted.logger import Logger
 
+from vdsmconsole.core.console import Console
+from vdsmconsole.core.consolelog import ConsoleLog
+from vdsmconsole.core.offsetmark import MARK_FILE, OffsetMark
+from vdsmconsole.core.ptyowner import PtyOwner
 from vdsmconsole.core.registry import Registry
+from vdsmconsole.core.ring import Ring
 from vdsmconsole.server.audit import AuditLog
 from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
+from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import Root
-from vdsmconsole.server.http.site import ConsoleSite
+from vdsmconsole.server.http.site import ConsoleSite, SiteLimits
 from vdsmconsole.server.rpc import ConsoleRPC
+from vdsmconsole.server.streams.resource import install_streams
 from vdsmconsole.server.tls.connection import tls_factory
 from vdsmconsole.server.tls.files import TLSFiles
 from vdsmconsole.server.tls.reload import ServerTLS
+from vdsmconsole.sources.factory import make_source
+from vdsmconsole.sources.options import SourceOptions
+from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.transports import EagerServer
 
 log = Logger(namespace="vdsmconsole.server")
@@ -35,19 +46,6 @@ EXPIRY_CHECK_SECONDS = 24 * 3600
 
 class StartupError(Exception):
     """The server cannot start; the message says why in one line."""
-
-
-@dataclass
-class ServerContext:
-    """What the resources share: configuration, registry, audit, clock."""
-
-    config: Config
-    reactor: Any
-    registry: Registry = field(init=False)
-    audit: AuditLog = field(init=False)
-    port: int = 0
-    tls: ServerTLS | None = None
-    authz: Authorizer = field(default_factory=Authorizer)
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -60,9 +58,37 @@ def prepare_state_dir(path: Path) -> None:
         raise StartupError(f"state directory {path} is not writable")
 
 
-def build_context(config: Config, reactor: Any) -> ServerContext:
-    from vdsmconsole.core.console import make_console_factory
+def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]:
+    options = SourceOptions(
+        reconnect_initial=config.reconnect_initial,
+        reconnect_max=config.reconnect_max,
+        spawn_commands=dict(config.spawn_commands),
+    )
 
+    def factory(
+        vm_id: str,
+        spec: ConsoleSpec,
+        *,
+        restored: bool = False,
+        owner: PtyOwner | None = None,
+    ) -> Console:
+        """``restored``/``owner``: a pty console the registry brings back."""
+        # vm_id was validated before it got here; it is safe as a path part.
+        directory = config.state_dir / "consoles" / vm_id
+        console_log = ConsoleLog(
+            directory, config.log_file_bytes, config.log_keep_files
+        )
+        mark = OffsetMark(directory / MARK_FILE)
+        # Past every offset handed out before: the log's end, or further when
+        # a crash cut the log's tail or the log could not be written.
+        ring = Ring(config.ring_bytes, start=mark.resume_offset(console_log.end))
+        source = make_source(spec, options, reactor, restored=restored, owner=owner)
+        return Console(vm_id, spec, source, ring, console_log, reactor, mark)
+
+    return factory
+
+
+def build_context(config: Config, reactor: Any) -> ServerContext:
     prepare_state_dir(config.state_dir)
     context = ServerContext(
         config=config,
@@ -78,12 +104,18 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
     return context
 
 
-def build_site(context: ServerContext) -> ConsoleSite:
-    from vdsmconsole.server.streams.resource import install_streams
+def site_limits(config: Config) -> SiteLimits:
+    return SiteLimits(
+        max_body_bytes=config.rpc_max_body,
+        handshake_timeout=config.handshake_timeout,
+        header_timeout=config.header_timeout,
+    )
 
+
+def build_site(context: ServerContext) -> ConsoleSite:
     rpc = ConsoleRPC(context)
     root = Root(rpc)
-    site = ConsoleSite(root, context)
+    site = ConsoleSite(root, context.reactor, site_limits(context.config))
     install_streams(site, root, context)
     return site
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from vdsmconsole.client.api import ConsoleClient
 from vdsmconsole.client.cli.args import parse_args
@@ -92,8 +93,6 @@ def _react_main(reactor: Any, args: argparse.Namespace) -> defer.Deferred[None]:
 
 def quiet_logging() -> None:
     """Twisted's log goes nowhere (or to stderr with VDSMCONSOLE_CLIENT_DEBUG)."""
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
     observers: list[Any] = [lambda event: None]
     if os.environ.get("VDSMCONSOLE_CLIENT_DEBUG"):
         observers = [textFileLogObserver(sys.stderr)]

@@ -9,24 +9,21 @@ Routing is in ``resources.py``; limits and deadlines in ``channel.py``.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 
 from vdsmconsole.identity import ANONYMOUS, PeerIdentity
-from vdsmconsole.server.tls.connection import peer_identity_of
-
-if TYPE_CHECKING:
-    from vdsmconsole.server.service import ServerContext
 from vdsmconsole.server.http.channel import (
     _console_http_protocol,
     chunk_continues,
     connection_of,
     deadlines_of,
 )
+from vdsmconsole.server.tls.connection import peer_identity_of
 
 STREAM_PATH_PREFIX = b"/consoleStream/"
 
@@ -176,6 +173,15 @@ def _quote(value: bytes | str) -> str:
     return value.replace('"', "%22").replace(" ", "%20") if value else "-"
 
 
+@dataclass(frozen=True)
+class SiteLimits:
+    """What the site and its connections read from the configuration."""
+
+    max_body_bytes: int  # of an RPC request ([server] rpc_max_body)
+    handshake_timeout: float  # seconds ([server] handshake_timeout)
+    header_timeout: float  # seconds ([server] header_timeout)
+
+
 class ConsoleSite(server.Site):
     """The one site on the port; it knows which requests are in flight."""
 
@@ -183,16 +189,15 @@ class ConsoleSite(server.Site):
     requestFactory = ConsoleRequest
     protocol = _console_http_protocol  # type: ignore[assignment]
 
-    def __init__(self, root: resource.Resource, context: ServerContext) -> None:
-        super().__init__(root, logFormatter=access_log_line, reactor=context.reactor)
-        self.context = context
-        config = context.config
-        self.maxBodyBytes = config.rpc_max_body
-        self.handshakeTimeout = config.handshake_timeout
-        self.headerTimeout = config.header_timeout
+    def __init__(
+        self, root: resource.Resource, reactor: Any, limits: SiteLimits
+    ) -> None:
+        super().__init__(root, logFormatter=access_log_line, reactor=reactor)
+        self.maxBodyBytes = limits.max_body_bytes
+        self.handshakeTimeout = limits.handshake_timeout
+        self.headerTimeout = limits.header_timeout
         self.headersReceivedHook: Callable[[ConsoleRequest], None] | None = None
         self.inFlight: set[ConsoleRequest] = set()
-        self.started = time.monotonic()
         # connection -> [console streams open on it, its idle timeout before]
         self._idleHeld: dict[Any, list[Any]] = {}
 

@@ -3,22 +3,17 @@ to a ``Follower`` (GET), a ``BodyWriter`` (POST) or both (duplex)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.web import resource, server
 
+from vdsmconsole.core.console import Console
 from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.identity import ANONYMOUS
 from vdsmconsole.server.authz import stream_permission
-from vdsmconsole.server.http.resources import MethodsMixin
-from vdsmconsole.spec import is_valid_vm_id
-
-if TYPE_CHECKING:
-    from vdsmconsole.core.console import Console
-    from vdsmconsole.server.http.resources import Root
-    from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite
-    from vdsmconsole.server.service import ServerContext
-from vdsmconsole.server.http.resources import answer
+from vdsmconsole.server.context import ServerContext
+from vdsmconsole.server.http.resources import MethodsMixin, Root, answer
+from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite
 from vdsmconsole.server.streams.follower import Follower
 from vdsmconsole.server.streams.input import RETRY_AFTER, BodyWriter
 from vdsmconsole.server.streams.query import (
@@ -28,6 +23,7 @@ from vdsmconsole.server.streams.query import (
     parse_stream_query,
     resolve_start,
 )
+from vdsmconsole.spec import is_valid_vm_id
 
 STREAM_PREFIX = b"/consoleStream/"
 

@@ -1,0 +1,29 @@
+"""What the resources share: configuration, registry, audit, authorization, TLS.
+
+It lives below everything that uses it (rpc, streams, the service that
+assembles them), so that none of them imports the module above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vdsmconsole.core.registry import Registry
+from vdsmconsole.server.audit import AuditLog
+from vdsmconsole.server.authz import Authorizer
+from vdsmconsole.server.config import Config
+from vdsmconsole.server.tls.reload import ServerTLS
+
+
+@dataclass
+class ServerContext:
+    """What the resources share: configuration, registry, audit, clock."""
+
+    config: Config
+    reactor: Any
+    registry: Registry = field(init=False)
+    audit: AuditLog = field(init=False)
+    port: int = 0
+    tls: ServerTLS | None = None
+    authz: Authorizer = field(default_factory=Authorizer)
