@@ -39,7 +39,7 @@ def write_at_once(transport: abstract.FileDescriptor, data: bytes) -> bytes:
 class EagerServer(tcp.Server):
     """An accepted TCP connection that sends small writes at once."""
 
-    def write(self, data: bytes) -> None:  # type: ignore[override]
+    def write(self, data: bytes) -> None:
         if len(data) <= EAGER_MAX:
             data = write_at_once(self, data)
             if not data:

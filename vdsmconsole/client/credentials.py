@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import crypto
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
 )
@@ -125,7 +125,7 @@ class ClientCredentials:
         except Exception as e:  # noqa: BLE001
             raise CredentialsError(f"bad certificate {self.cert}: {e}") from None
         try:
-            key = KeyPair.load(key_pem, SSL.FILETYPE_PEM)
+            key = KeyPair.load(key_pem, crypto.FILETYPE_PEM)
         except Exception as e:  # noqa: BLE001
             raise CredentialsError(f"bad private key {self.key}: {e}") from None
         try:
@@ -156,7 +156,7 @@ class MutualTLSPolicy:
         self, hostname: bytes, port: int
     ) -> IOpenSSLClientConnectionCreator:
         name = hostname.decode("ascii").strip("[]")
-        return optionsForClientTLS(  # type: ignore[no-any-return]
+        return optionsForClientTLS(
             name,
             trustRoot=self.trust_root,
             clientCertificate=self.client_cert,

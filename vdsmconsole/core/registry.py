@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vdsmconsole.core.console import Console
 from vdsmconsole.core.ptyowner import PtyOwner
 from vdsmconsole.spec import (
     ConsoleSpec,
@@ -37,16 +38,7 @@ log = Logger(namespace="vdsmconsole.registry")
 FORMAT_VERSION = 1
 
 
-class ManagedConsole(Protocol):
-    vm_id: str
-    spec: ConsoleSpec
-
-    def start(self) -> None: ...
-
-    def stop(self) -> defer.Deferred[None]: ...
-
-
-def _owner_of(console: Any) -> PtyOwner | None:
+def _owner_of(console: Console) -> PtyOwner | None:
     """The recorded owner of a console's pty, if its source has one."""
     owner = getattr(getattr(console, "source", None), "owner", None)
     return owner if isinstance(owner, PtyOwner) else None
@@ -64,23 +56,23 @@ class Registry:
     def __init__(
         self,
         path: Path | None,
-        console_factory: Callable[..., Any],
-        spawn_commands: Any = None,
+        console_factory: Callable[..., Console],
+        spawn_commands: Mapping[str, object] | None = None,
     ) -> None:
         self._path = path
         self._factory = console_factory
         self._spawn_commands = spawn_commands or {}
-        self._consoles: dict[str, Any] = {}
+        self._consoles: dict[str, Console] = {}
 
     # -- lookups -------------------------------------------------------------
 
     def ids(self) -> list[str]:
         return sorted(self._consoles)
 
-    def find(self, vm_id: str) -> Any | None:
+    def find(self, vm_id: str) -> Console | None:
         return self._consoles.get(vm_id)
 
-    def get(self, vm_id: str) -> Any:
+    def get(self, vm_id: str) -> Console:
         console = self._consoles.get(vm_id)
         if console is None:
             raise StatusError(Code.NO_VM, f"no console for vmId {vm_id!r}")
@@ -91,7 +83,7 @@ class Registry:
 
     # -- changes --------------------------------------------------------------
 
-    def create(self, vm_id: str, spec: ConsoleSpec) -> Any:
+    def create(self, vm_id: str, spec: ConsoleSpec) -> Console:
         # The vmId becomes a directory name under the state directory: check
         # it here too, whoever the caller is, before the factory touches a path.
         try:
@@ -138,7 +130,7 @@ class Registry:
             ) from None
         return console.stop()
 
-    def stop_all(self) -> defer.Deferred[Any]:
+    def stop_all(self) -> defer.Deferred[list[None]]:
         """Stop every console (server shutdown); the registry file stays."""
         return defer.gatherResults(
             [c.stop() for c in self._consoles.values()], consumeErrors=True
@@ -162,7 +154,7 @@ class Registry:
         os.replace(tmp, self._path)
 
     @staticmethod
-    def _entry(console: Any) -> dict[str, Any]:
+    def _entry(console: Console) -> dict[str, Any]:
         entry: dict[str, Any] = console.spec.to_wire()
         owner = _owner_of(console)
         if owner is not None:

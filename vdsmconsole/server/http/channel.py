@@ -156,7 +156,7 @@ class ConsoleChannel(http.HTTPChannel):
 
 
 @implementer(IHandshakeListener)
-class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[misc]
+class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):
     """The protocol the TLS layer drives: HTTP/1.1 or HTTP/2, with deadlines.
 
     Twisted's own generic HTTP protocol (private, but the one place that sees

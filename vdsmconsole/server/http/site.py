@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
@@ -28,6 +28,16 @@ from vdsmconsole.server.tls.connection import peer_identity_of
 STREAM_PATH_PREFIX = b"/consoleStream/"
 
 
+class BodyConsumer(Protocol):
+    """Takes a request body as it arrives (``streams.input.BodyWriter``)."""
+
+    def bodyChunk(self, data: bytes, continues: bool = False) -> None:
+        """A piece of the body; ``continues``: the rest of its chunk is to come."""
+
+    def bodyEnded(self) -> None:
+        """The body is complete."""
+
+
 class ConsoleRequest(server.Request):
     """A request that knows its peer, caps RPC bodies and counts as in flight.
 
@@ -41,7 +51,7 @@ class ConsoleRequest(server.Request):
     # An HTTPChannel (HTTP/1.1) or an H2Stream (HTTP/2): their shared surface
     # is not one declared interface, so it is typed loosely here.
     channel: Any
-    bodyConsumer: Any = None  # a streams.BodyConsumer once a stream took the body
+    bodyConsumer: BodyConsumer | None = None  # set by a stream that takes the body
     # Method and path as known when the headers are in (before process()).
     earlyMethod: bytes = b""
     earlyPath: bytes = b""
@@ -187,7 +197,7 @@ class ConsoleSite(server.Site):
 
     displayTracebacks = False
     requestFactory = ConsoleRequest
-    protocol = _console_http_protocol  # type: ignore[assignment]
+    protocol = _console_http_protocol
 
     def __init__(
         self, root: resource.Resource, reactor: Any, limits: SiteLimits

@@ -43,7 +43,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
             return None
         if not is_valid_vm_id(vm_id):
             return None
-        return self.context.registry.find(vm_id)  # type: ignore[no-any-return]
+        return self.context.registry.find(vm_id)
 
     def _start(self, request: Any, console: Console, query: StreamQuery) -> int | None:
         """Headers for a stream; returns its start offset, or None after an error."""
