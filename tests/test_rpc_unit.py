@@ -17,6 +17,7 @@ from vdsmconsole.server.config import Config
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.service import build_context
+from vdsmconsole.spec import METHODS
 from vdsmconsole.status import success
 from vdsmconsole.xmlrpcwire import dumps_response
 
@@ -110,6 +111,39 @@ def test_introspection_lists_vdsm_verbs(rpc):
     )[0][0]
     for name in ("ping", "list", "create", "destroy", "consoleRead", "consoleWrite"):
         assert name in methods
+
+
+SIGNATURES = {
+    "ping": [["struct"]],
+    "getVdsCapabilities": [["struct"]],
+    "list": [["struct"], ["struct", "boolean"], ["struct", "boolean", "array"]],
+    "create": [["struct", "struct"]],
+    "destroy": [["struct", "string"]],
+    "getVmStats": [["struct", "string"]],
+    "getAllVmStats": [["struct"]],
+    "consoleRead": [
+        ["struct", "string"],
+        ["struct", "string", "int"],
+        ["struct", "string", "int", "int"],
+    ],
+    "consoleWrite": [["struct", "string", "base64"]],
+}
+
+
+@pytest.mark.parametrize("method", sorted(SIGNATURES))
+def test_method_signature_over_the_wire(rpc, method):
+    """system.methodSignature answers each method's VDSM-shaped signatures."""
+    body = xmlrpc.client.dumps((method,), "system.methodSignature").encode()
+    assert xmlrpc.client.loads(rpc.post(body))[0][0] == SIGNATURES[method]
+
+
+def test_every_server_method_is_in_the_spec_and_back(rpc):
+    """The server's methods are exactly those spec.METHODS names (the table
+    the client's command line reads its argument types from)."""
+    methods = xmlrpc.client.loads(
+        rpc.post(xmlrpc.client.dumps((), "system.listMethods").encode())
+    )[0][0]
+    assert {m for m in methods if not m.startswith("system.")} == set(METHODS)
 
 
 # -- Faults only for what cannot be parsed or found ------------------------------------

@@ -24,7 +24,7 @@ from vdsmconsole.pki import init_pki
 from vdsmconsole.server.config import Config, ConfigError, check_values, load_config
 from vdsmconsole.server.service import ConsoleService, StartupError
 from vdsmconsole.server.tls.files import TLSConfigError
-from vdsmconsole.spec import ConsoleSpec
+from vdsmconsole.spec import DEFAULT_PORT, RPC_PATH, STREAM_PATH, ConsoleSpec
 
 EXIT_USAGE = 2
 
@@ -37,7 +37,7 @@ def fail(message: str) -> None:
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="TLS port (default 54321)")
+    parser.add_argument("--port", type=int, help=f"TLS port (default {DEFAULT_PORT})")
     parser.add_argument(
         "--pki",
         type=Path,
@@ -133,13 +133,13 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
         f"c = ssl.create_default_context(cafile={str(pki / 'certs/cacert.pem')!r}); "
         f"c.load_cert_chain({str(pki / 'certs/enginecert.pem')!r}, "
         f"{str(pki / 'keys/enginekey.pem')!r}); "
-        f"print(x.ServerProxy({base + '/RPC2'!r}, context=c).list(True))"
+        f"print(x.ServerProxy({base + RPC_PATH!r}, context=c).list(True))"
     )
     return [
         (
             "XML-RPC ping with curl (HTTP/2)",
             f"curl --cacert {ca} --cert {cert} --key {key} "
-            f"-H 'Content-Type: text/xml' --data {shlex.quote(body)} {base}/RPC2",
+            f"-H 'Content-Type: text/xml' --data {shlex.quote(body)} {base}{RPC_PATH}",
         ),
         (
             "list the consoles with Python's xmlrpc.client",
@@ -148,7 +148,7 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
         (
             "follow the demo guest's console with wget",
             f"wget -q -O - --certificate={cert} --private-key={key} "
-            f"--ca-certificate={ca} '{base}/consoleStream/{vm_id}?tail=4096'",
+            f"--ca-certificate={ca} '{base}{STREAM_PATH}{vm_id}?tail=4096'",
         ),
         (
             "attach to the demo guest's console (^] leaves)",
@@ -158,7 +158,7 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
         (
             "type a command into it with curl",
             f"printf 'count 5\\n' | curl --cacert {ca} --cert {cert} --key {key} "
-            f"-T - {base}/consoleStream/{vm_id}",
+            f"-T - {base}{STREAM_PATH}{vm_id}",
         ),
     ]
 
@@ -195,13 +195,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_port(bind: str) -> int:
-    """54321 if it is free, else any free port."""
+    """The default port if it is free, else any free port."""
     with socket.socket() as s:
         try:
-            s.bind((bind, 54321))
+            s.bind((bind, DEFAULT_PORT))
         except OSError:
             return 0
-    return 54321
+    return DEFAULT_PORT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="a throwaway server with a demo guest")
     demo.add_argument("--bind", default="127.0.0.1")
-    demo.add_argument("--port", type=int, help="default 54321, or a free one")
+    demo.add_argument("--port", type=int, help=f"default {DEFAULT_PORT}, or a free one")
     demo.add_argument("-v", "--verbose", action="store_true", help="show the log")
     demo.set_defaults(func=cmd_demo)
     return parser

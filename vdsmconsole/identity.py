@@ -27,6 +27,13 @@ class PeerIdentity:
 ANONYMOUS = PeerIdentity(cn="")
 
 
+def identity_of(request: object) -> PeerIdentity:
+    """The verified peer of a request (``ConsoleRequest.peerIdentity``);
+    ``ANONYMOUS`` for anything that has none."""
+    identity = getattr(request, "peerIdentity", ANONYMOUS)
+    return identity if isinstance(identity, PeerIdentity) else ANONYMOUS
+
+
 def identity_from_certificate(cert: x509.Certificate) -> PeerIdentity:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else ""

@@ -1,7 +1,10 @@
-"""Pure validation of what arrives over the wire: vmIds and console descriptions.
+"""The wire's vocabulary, for both sides: the port and paths, the XML-RPC
+methods and their parameters, and the validation of vmIds and console
+descriptions.
 
 Nothing here does I/O.  Everything that later touches a path or starts a
-process has passed through these functions first.
+process has passed through these functions first; the server's
+introspection and the client's command line read the methods from here.
 """
 
 from __future__ import annotations
@@ -14,6 +17,51 @@ from typing import Any
 
 VM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SOURCE_TYPES = ("pty", "unix", "tcp", "spawn")
+
+DEFAULT_PORT = 54321  # VDSM's management port
+RPC_PATH = "/RPC2"
+STREAM_PATH = "/consoleStream/"  # then the vmId
+DEFAULT_READ_BYTES = 64 * 1024  # consoleRead's maxBytes when not given
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an XML-RPC method: name, XML-RPC type, default."""
+
+    name: str
+    type: str  # boolean, int, string, base64, array or struct
+    default: object = REQUIRED
+
+
+# The methods and their parameters, in wire order.  Every answer is a struct.
+METHODS: dict[str, tuple[Param, ...]] = {
+    "ping": (),
+    "getVdsCapabilities": (),
+    "list": (Param("fullStatus", "boolean", False), Param("vmList", "array", ())),
+    "create": (Param("params", "struct"),),
+    "destroy": (Param("vmId", "string"),),
+    "getVmStats": (Param("vmId", "string"),),
+    "getAllVmStats": (),
+    "consoleRead": (
+        Param("vmId", "string"),
+        Param("offset", "int", 0),
+        Param("maxBytes", "int", DEFAULT_READ_BYTES),
+    ),
+    "consoleWrite": (Param("vmId", "string"), Param("data", "base64")),
+}
+
+
+def method_signatures(method: str) -> list[list[str]]:
+    """What ``system.methodSignature`` answers for ``method``: the answer's
+    type, then the parameters, once for each number of them it accepts."""
+    params = METHODS[method]
+    required = sum(1 for p in params if p.default is REQUIRED)
+    return [
+        ["struct", *(p.type for p in params[:n])]
+        for n in range(required, len(params) + 1)
+    ]
 
 
 class SpecError(ValueError):

@@ -43,7 +43,7 @@ Failures are ``ClientError`` subclasses whose ``str()`` is one line meant for
 a user: which host could not be reached, whose certificate was refused.
 """
 
-from vdsmconsole.client.api import DEFAULT_PORT, EVERYTHING, Body, ConsoleClient
+from vdsmconsole.client.api import EVERYTHING, Body, ConsoleClient
 from vdsmconsole.client.calls import loads_response
 from vdsmconsole.client.credentials import VDSM_PKI, ClientCredentials, MutualTLSPolicy
 from vdsmconsole.client.errors import (
@@ -64,6 +64,7 @@ from vdsmconsole.client.fdio import FDBodyProducer, FDReader, stdin_producer
 from vdsmconsole.client.inputstream import InputStream
 from vdsmconsole.client.resuming import ResumingFollow
 from vdsmconsole.client.stream import Stream
+from vdsmconsole.spec import DEFAULT_PORT
 from vdsmconsole.xmlrpcwire import dumps_call
 
 __all__ = [

@@ -7,8 +7,9 @@ only our CA and verifies the server's name (``credentials.MutualTLSPolicy``).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import treq
@@ -38,9 +39,8 @@ from vdsmconsole.client.failures import _short, _timed, describe_failure
 from vdsmconsole.client.fdio import FDBodyProducer
 from vdsmconsole.client.inputstream import InputStream
 from vdsmconsole.client.stream import Stream, _StreamReceiver
+from vdsmconsole.spec import DEFAULT_PORT, RPC_PATH, STREAM_PATH
 from vdsmconsole.xmlrpcwire import dumps_call
-
-DEFAULT_PORT = 54321
 
 # A tail longer than anything a server retains: "everything retained".
 EVERYTHING = 2**62
@@ -110,13 +110,24 @@ class ConsoleClient:
         """``host:port``, as messages name the server."""
         return f"{self.host}:{self.port}"
 
+    @contextlib.contextmanager
+    def _described(self) -> Iterator[None]:
+        """Any failure but a ``ClientError`` leaves as the ``ClientError``
+        that describes it (``describe_failure``), in one line."""
+        try:
+            yield
+        except ClientError:
+            raise
+        except Exception:  # noqa: BLE001 - described, not swallowed
+            raise describe_failure(Failure(), self.where, self.credentials) from None
+
     def _fail(self, reason: Failure) -> Failure:
         return Failure(describe_failure(reason, self.where, self.credentials))
 
     def _stream_url(self, vm_id: str) -> str:
         if not vm_id or "/" in vm_id:
             raise ValueError(f"bad vmId {vm_id!r}")
-        return f"{self.base_url}/consoleStream/{vm_id}"
+        return f"{self.base_url}{STREAM_PATH}{vm_id}"
 
     async def _error_for(self, response: IResponse, vm_id: str) -> ClientError:
         body = await treq.content(response)
@@ -135,9 +146,9 @@ class ConsoleClient:
 
     async def _call(self, method: str, args: tuple[Any, ...]) -> Any:
         body = dumps_call(method, args)
-        try:
+        with self._described():
             d = self.http.post(
-                f"{self.base_url}/RPC2",
+                f"{self.base_url}{RPC_PATH}",
                 data=body,
                 headers=Headers({b"Content-Type": [b"text/xml"]}),
                 unbuffered=True,
@@ -148,10 +159,6 @@ class ConsoleClient:
             content = await _timed(
                 self.reactor, treq.content(response), self.timeout, self.where
             )
-        except ClientError:
-            raise
-        except Exception:  # noqa: BLE001 - described, not swallowed
-            raise describe_failure(Failure(), self.where, self.credentials) from None
         return loads_response(content)
 
     # -- streams
@@ -197,15 +204,11 @@ class ConsoleClient:
             params["tail"] = str(tail)
         if not follow:
             params["follow"] = "0"
-        try:
+        with self._described():
             d = self.http.get(self._stream_url(vm_id), params=params, unbuffered=True)
             response = await _timed(self.reactor, d, self.timeout, self.where)
             if response.code != 200:
                 raise await self._error_for(response, vm_id)
-        except ClientError:
-            raise
-        except Exception:  # noqa: BLE001
-            raise describe_failure(Failure(), self.where, self.credentials) from None
         stream = Stream(
             vm_id,
             _header_int(response, b"x-console-offset"),
@@ -298,7 +301,7 @@ class ConsoleClient:
 
     async def _send(self, vm_id: str, data: Body) -> int:
         timeout = self.timeout if isinstance(data, bytes) else None
-        try:
+        with self._described():
             d = self.http.post(
                 self._stream_url(vm_id),
                 data=cast(Any, data),
@@ -309,10 +312,6 @@ class ConsoleClient:
             if response.code != 200:
                 raise await self._error_for(response, vm_id)
             body = await treq.content(response)
-        except ClientError:
-            raise
-        except Exception:  # noqa: BLE001
-            raise describe_failure(Failure(), self.where, self.credentials) from None
         try:
             return int(json.loads(body)["written"])
         except (ValueError, KeyError, TypeError):

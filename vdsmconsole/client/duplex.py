@@ -21,6 +21,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 
+from vdsmconsole.spec import STREAM_PATH
+
 __all__ = ["DuplexStream", "open_duplex"]
 
 # The most a response head may take before it is refused as garbage.
@@ -225,10 +227,16 @@ def open_duplex(
     is in (with the stream), or with the error that refused it."""
     netloc = f"[{host}]" if ":" in host else host
     head = (
-        b"POST /consoleStream/%s%s HTTP/1.1\r\nHost: %s:%d\r\n"
+        b"POST %s%s%s HTTP/1.1\r\nHost: %s:%d\r\n"
         b"Transfer-Encoding: chunked\r\n"
         b"Content-Type: application/octet-stream\r\n\r\n"
-        % (vm_id.encode("ascii"), query, netloc.encode("idna"), port)
+        % (
+            STREAM_PATH.encode("ascii"),
+            vm_id.encode("ascii"),
+            query,
+            netloc.encode("idna"),
+            port,
+        )
     )
     protocol = _DuplexProtocol(head, vm_id, on_data, describe, lost)
     tcp: Any = HostnameEndpoint(reactor, host, port, timeout=timeout or 30)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from vdsmconsole.server.authz import ROLES
+from vdsmconsole.spec import DEFAULT_PORT
 
-DEFAULT_PORT = 54321
 DEFAULT_PKI = "/etc/pki/vdsm"
 
 

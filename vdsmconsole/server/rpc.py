@@ -25,17 +25,23 @@ from twisted.web import server, xmlrpc
 
 from vdsmconsole import __version__
 from vdsmconsole.core.ring import OffsetBeyondEnd
-from vdsmconsole.identity import ANONYMOUS, PeerIdentity
+from vdsmconsole.identity import identity_of
 from vdsmconsole.server.authz import rpc_permission
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin
-from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
+from vdsmconsole.spec import (
+    DEFAULT_READ_BYTES,
+    SOURCE_TYPES,
+    SpecError,
+    method_signatures,
+    parse_console_spec,
+    validate_vm_id,
+)
 from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
 from vdsmconsole.xmlrpcwire import dumps_response, safe_loads
 
 log = Logger(namespace="vdsmconsole.rpc")
 
-DEFAULT_READ_BYTES = 64 * 1024
 MAX_READ_BYTES = 1024 * 1024
 
 
@@ -61,15 +67,17 @@ def as_vm_id(value: object) -> str:
 
 
 def rpc_method(
-    signature: list[list[str]], *, with_request: bool = False
+    *, with_request: bool = False
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Turn StatusError into a status dict and anything else into code 16.
 
-    The traceback of an unexpected error goes to the server log only.
+    The traceback of an unexpected error goes to the server log only.  The
+    introspection signature comes from ``spec.METHODS``, by the wire name.
     """
 
     def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
         arguments = inspect.signature(method)
+        signature = method_signatures(method.__name__.removeprefix("xmlrpc_"))
 
         @functools.wraps(method)
         def wrapper(self: ConsoleRPC, *args: Any) -> defer.Deferred[Any]:
@@ -167,12 +175,12 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
 
     # -- methods ------------------------------------------------------------
 
-    @rpc_method([["struct"]])
+    @rpc_method()
     def xmlrpc_ping(self) -> dict[str, Any]:
         """Answer status Done: the server is up."""
         return success()
 
-    @rpc_method([["struct"]])
+    @rpc_method()
     def xmlrpc_getVdsCapabilities(self) -> dict[str, Any]:
         """Facts about this server: version, port, TLS, sources, retention."""
         config = self.context.config
@@ -196,7 +204,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         }
         return success(info=info)
 
-    @rpc_method([["struct"], ["struct", "boolean"], ["struct", "boolean", "array"]])
+    @rpc_method()
     def xmlrpc_list(
         self, fullStatus: bool = False, vmList: list[str] | None = None
     ) -> dict[str, Any]:
@@ -213,7 +221,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             entries.append(console.full_status() if fullStatus else console.summary())
         return success(vmList=entries)
 
-    @rpc_method([["struct", "struct"]], with_request=True)
+    @rpc_method(with_request=True)
     def xmlrpc_create(self, request: Any, params: object) -> Any:
         """Register a guest console: {vmId, console: {type, ...}}."""
         if not isinstance(params, dict):
@@ -231,7 +239,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         )
         return success(vmList=[console.full_status()])
 
-    @rpc_method([["struct", "string"]], with_request=True)
+    @rpc_method(with_request=True)
     def xmlrpc_destroy(self, request: Any, vmId: object) -> Any:
         """Unregister a console (a spawned guest is stopped)."""
         vm_id = as_vm_id(vmId)
@@ -239,25 +247,19 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         self.context.audit.record("destroy", identity_of(request), vmId=vm_id)
         return d.addCallback(lambda _: success())
 
-    @rpc_method([["struct", "string"]])
+    @rpc_method()
     def xmlrpc_getVmStats(self, vmId: object) -> dict[str, Any]:
         """Counters and state of one console."""
         console = self.context.registry.get(as_vm_id(vmId))
         return success(statsList=[console.stats()])
 
-    @rpc_method([["struct"]])
+    @rpc_method()
     def xmlrpc_getAllVmStats(self) -> dict[str, Any]:
         """Counters and state of every console."""
         registry = self.context.registry
         return success(statsList=[registry.get(v).stats() for v in registry.ids()])
 
-    @rpc_method(
-        [
-            ["struct", "string"],
-            ["struct", "string", "int"],
-            ["struct", "string", "int", "int"],
-        ]
-    )
+    @rpc_method()
     def xmlrpc_consoleRead(
         self, vmId: object, offset: object = 0, maxBytes: object = DEFAULT_READ_BYTES
     ) -> dict[str, Any]:
@@ -280,7 +282,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             lost=result.lost,
         )
 
-    @rpc_method([["struct", "string", "base64"]], with_request=True)
+    @rpc_method(with_request=True)
     def xmlrpc_consoleWrite(self, request: Any, vmId: object, data: object) -> Any:
         """Send input to the guest: a Binary, or a string sent as UTF-8."""
         console = self.context.registry.get(as_vm_id(vmId))
@@ -308,8 +310,3 @@ def _bad_introspection_args(function: Any, args: tuple[Any, ...]) -> str:
     if not all(isinstance(a, str) for a in args):
         return "method names must be strings"
     return ""
-
-
-def identity_of(request: Any) -> PeerIdentity:
-    identity = getattr(request, "peerIdentity", ANONYMOUS)
-    return identity if isinstance(identity, PeerIdentity) else ANONYMOUS

@@ -29,7 +29,12 @@ from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import Root
-from vdsmconsole.server.http.site import ConsoleSite, SiteLimits
+from vdsmconsole.server.http.site import (
+    STREAM_PATH_PREFIX,
+    ConsoleRequest,
+    ConsoleSite,
+    SiteLimits,
+)
 from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.streams.resource import install_streams
 from vdsmconsole.server.tls.connection import tls_factory
@@ -207,8 +212,8 @@ class ConsoleService(Service):
         return any(not _is_stream(r) for r in self.site.inFlight)
 
 
-def _is_stream(request: Any) -> bool:
-    return bool(request.earlyPath.startswith(b"/consoleStream/"))
+def _is_stream(request: ConsoleRequest) -> bool:
+    return request.earlyPath.startswith(STREAM_PATH_PREFIX)
 
 
 def _later(reactor: Any, seconds: float) -> defer.Deferred[None]:

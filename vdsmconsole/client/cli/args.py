@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vdsmconsole import __version__
-from vdsmconsole.client.api import DEFAULT_PORT
 from vdsmconsole.client.cli.output import PROG, UsageError
+from vdsmconsole.spec import DEFAULT_PORT, METHODS, REQUIRED
 
 DEFAULT_ESCAPE = "^]"
 
@@ -42,27 +42,21 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return ("localhost" if host == "0" else host), port
 
 
-REQUIRED = object()
-
-
-# Known methods: (parameter, type, default) in wire order.
-SIGNATURES: dict[str, list[tuple[str, str, object]]] = {
-    "ping": [],
-    "getVdsCapabilities": [],
-    "list": [("fullStatus", "bool", False), ("vmList", "list", [])],
-    "create": [("params", "struct", REQUIRED)],
-    "destroy": [("vmId", "str", REQUIRED)],
-    "getVmStats": [("vmId", "str", REQUIRED)],
-    "getAllVmStats": [],
-    "consoleRead": [
-        ("vmId", "str", REQUIRED),
-        ("offset", "int", 0),
-        ("maxBytes", "int", 64 * 1024),
-    ],
-    "consoleWrite": [("vmId", "str", REQUIRED), ("data", "str", REQUIRED)],
+# How a word for each XML-RPC type is read (base64 data is sent as a string,
+# which the server takes as UTF-8).
+KINDS = {
+    "boolean": "bool",
+    "int": "int",
+    "string": "str",
+    "base64": "str",
+    "array": "list",
+    "struct": "struct",
 }
-
-
+# Known methods: (parameter, kind, default) in wire order, from the server's spec.
+SIGNATURES: dict[str, list[tuple[str, str, object]]] = {
+    method: [(p.name, KINDS[p.type], p.default) for p in params]
+    for method, params in METHODS.items()
+}
 # Struct members that stay strings whatever they look like.
 STRING_KEYS = {"vmId", "path", "host", "command", "type", "data"}
 

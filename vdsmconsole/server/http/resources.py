@@ -12,6 +12,8 @@ from typing import Any
 
 from twisted.web import resource
 
+from vdsmconsole.spec import RPC_PATH, STREAM_PATH
+
 
 class PlainError(resource.Resource):
     """A short text/plain error page; no HTML, no traceback."""
@@ -62,6 +64,10 @@ class MethodsMixin:
         return getattr(self, "render_" + request.method.decode("ascii"))(request)
 
 
+RPC_SEGMENT = RPC_PATH.strip("/").encode("ascii")
+STREAM_SEGMENT = STREAM_PATH.strip("/").encode("ascii")
+
+
 class Root(resource.Resource):
     def __init__(
         self,
@@ -74,9 +80,9 @@ class Root(resource.Resource):
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
         rest = request.postpath
-        if path in (b"", b"RPC2") and not rest:
+        if path in (b"", RPC_SEGMENT) and not rest:
             return self._rpc
-        if path == b"consoleStream" and self.streams is not None and len(rest) == 1:
+        if path == STREAM_SEGMENT and self.streams is not None and len(rest) == 1:
             return self.streams(rest[0])
         return NOT_FOUND
 

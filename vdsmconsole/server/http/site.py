@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 
-from vdsmconsole.identity import ANONYMOUS, PeerIdentity
+from vdsmconsole.identity import ANONYMOUS, PeerIdentity, identity_of
 from vdsmconsole.server.http.channel import (
     _console_http_protocol,
     chunk_continues,
@@ -24,8 +24,9 @@ from vdsmconsole.server.http.channel import (
     deadlines_of,
 )
 from vdsmconsole.server.tls.connection import peer_identity_of
+from vdsmconsole.spec import STREAM_PATH
 
-STREAM_PATH_PREFIX = b"/consoleStream/"
+STREAM_PATH_PREFIX = STREAM_PATH.encode("ascii")
 
 
 class BodyConsumer(Protocol):
@@ -165,7 +166,7 @@ def access_log_line(timestamp: str, request: Any) -> str:
     )
     return line.format(
         ip=_quote(request.getClientAddress().host or b"-"),
-        user=_quote(str(getattr(request, "peerIdentity", "-")) or "-"),
+        user=_quote(str(identity_of(request)) or "-"),
         timestamp=timestamp,
         method=_quote(request.method),
         uri=_quote(request.uri),

@@ -61,22 +61,16 @@ class Follower:
             return  # a write made the transport resume us: the loop goes on
         self._pumping = True
         console = self.console
-        ring = console.ring
         try:
             while not self.paused and not self.done:
-                end = ring.end if self.limit is None else self.limit
+                end = console.end if self.limit is None else self.limit
                 cursor = self.cursor
                 if cursor >= end:
                     if self.limit is not None:
                         self.stop(finish=True)
                     return
-                want = min(CHUNK, end - cursor)
-                # The hot path (a follower keeping up) reads the ring straight;
-                # the console falls back to its log for older offsets.
-                if cursor >= ring.start:
-                    result = ring.read(cursor, want)
-                else:
-                    result = console.read(cursor, want)
+                # The console picks the ring or, for older offsets, its log.
+                result = console.read(cursor, min(CHUNK, end - cursor))
                 if result.lost:
                     # Fell behind everything retained: end; a resume is told.
                     self.console.count_lost(result.lost)

@@ -9,7 +9,7 @@ from twisted.web import resource, server
 
 from vdsmconsole.core.console import Console
 from vdsmconsole.core.interfaces import SourceState
-from vdsmconsole.identity import ANONYMOUS
+from vdsmconsole.identity import identity_of
 from vdsmconsole.server.authz import stream_permission
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin, Root, answer
@@ -23,9 +23,9 @@ from vdsmconsole.server.streams.query import (
     parse_stream_query,
     resolve_start,
 )
-from vdsmconsole.spec import is_valid_vm_id
+from vdsmconsole.spec import STREAM_PATH, is_valid_vm_id
 
-STREAM_PREFIX = b"/consoleStream/"
+STREAM_PREFIX = STREAM_PATH.encode("ascii")
 
 
 class ConsoleStreamResource(MethodsMixin, resource.Resource):
@@ -70,7 +70,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
 
     def _denied(self, request: Any) -> bytes | None:
         """403 unless the peer's role allows this method (and an audit line)."""
-        identity = getattr(request, "peerIdentity", ANONYMOUS)
+        identity = identity_of(request)
         if self.context.authz.allows(identity, stream_permission(request.method)):
             return None
         self.context.audit.record(
@@ -159,7 +159,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         follower: Follower | None,
         writer: BodyWriter | None,
     ) -> None:
-        identity = getattr(request, "peerIdentity", "-")
+        identity = identity_of(request)
         audit = self.context.audit
         fields: dict[str, Any] = {"vmId": console.vm_id, "mode": mode}
         if follower is not None:
