@@ -14,7 +14,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vdsmconsole.pki import PkiPaths, init_pki
+from vdsmconsole.testing import free_port
 
 PEERS = ("vdsmconsole", "socat", "websockify", "conserver")
 LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
@@ -73,12 +73,6 @@ def make_pki(root: Path) -> Pki:
     os.chmod(server_pem, 0o600)
     os.chmod(client_pem, 0o600)
     return Pki(paths, server_pem, client_pem)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int) -> bool:
@@ -252,7 +246,8 @@ class Socat(Peer):
     }
 
     def start(self, ptys: list[str]) -> None:
-        self.port = free_port()
+        held = free_port()  # socat's reuseaddr binds it while we hold it
+        self.port = held.port
         p = self.pki.paths
         proc = self.spawn(
             [
@@ -263,7 +258,10 @@ class Socat(Peer):
             ],
             "socat.log",
         )
-        wait_for(lambda: listening(self.port), 10, "socat to listen", proc)
+        try:
+            wait_for(lambda: listening(self.port), 10, "socat to listen", proc)
+        finally:
+            held.release()
 
     def client(self, index: int = 0) -> dict[str, Any]:
         return {
@@ -284,8 +282,10 @@ class Websockify(Peer):
     }
 
     def start(self, ptys: list[str]) -> None:
-        self.port = free_port()
-        bridge_port = free_port()
+        held = free_port()
+        self.port = held.port
+        bridge = free_port()  # the bridge's reuseaddr binds it while held
+        bridge_port = bridge.port
         self.bridge = self.spawn(
             [
                 "socat",
@@ -294,7 +294,12 @@ class Websockify(Peer):
             ],
             "bridge.log",
         )
-        wait_for(lambda: listening(bridge_port), 10, "the bridge", self.bridge)
+        try:
+            wait_for(lambda: listening(bridge_port), 10, "the bridge", self.bridge)
+        finally:
+            bridge.release()
+        # Released just before websockify binds it: it may not set SO_REUSEADDR.
+        held.release()
         p = self.pki.paths
         proc = self.spawn(
             [
@@ -326,7 +331,8 @@ class Conserver(Peer):
     name = "conserver"
 
     def start(self, ptys: list[str]) -> None:
-        self.port = free_port()
+        held = free_port()
+        self.port = held.port
         cf = self.workdir / "conserver.cf"
         consoles = "\n".join(
             f"console guest{i} {{ type device; device {path}; baud 115200; "
@@ -359,6 +365,8 @@ access * {{ trusted 127.0.0.1; }}
 }}
 """
         )
+        # Released just before conserver binds it: it may not set SO_REUSEADDR.
+        held.release()
         proc = self.spawn(
             [
                 "conserver",

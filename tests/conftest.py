@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,19 +11,6 @@ import pytest
 from tests.serverproc import ServerProcess
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import PkiPaths, init_pki
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def require_tool(name: str, package: str) -> str:
-    """The path of a tool; under CI a missing tool fails, elsewhere it skips."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} not found (apt-get install {package})"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from bench.clients import HttpFramer, Sink, WsFramer
 from bench.payload import bulk_blocks, bulk_sha256, record, start_marker, sync_marker
 from bench.report import median_of_runs, targets
 from bench.scenarios import percentile
-from tests.conftest import IN_CI, require_tool
+from tests.tools import IN_CI, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """BodyWriter: a POST body reaches the guest chunk by chunk, each chunk whole.
 
-The console is the real one on a FakeSource (tests/test_console.py) that
+The console is the real one on a FakeSource (vdsmconsole.testing) that
 records each write the guest gets; the request is a stand-in with the few
 parts BodyWriter uses (its channel's transport is Twisted's StringTransport,
 which records pauses).
@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 from twisted.internet.testing import StringTransport
 
-from tests.test_console import FakeSource, make_console
 from vdsmconsole.core.console import Console
 from vdsmconsole.server.streams.input import WHOLE_CHUNK_BYTES, BodyWriter
+from vdsmconsole.testing import FakeSource, make_console
 
 
 class StandInRequest:
@@ -47,7 +47,7 @@ def start_writer(console: Console) -> tuple[BodyWriter, StandInRequest]:
 
 def test_a_chunk_split_in_pieces_reaches_the_guest_as_one_write() -> None:
     source = FakeSource()
-    console = make_console(None, source=source)
+    console = make_console(source)
     a, _ = start_writer(console)
     b, _ = start_writer(console)
     a.bodyChunk(b"AAAA", continues=True)
@@ -60,7 +60,7 @@ def test_a_chunk_split_in_pieces_reaches_the_guest_as_one_write() -> None:
 def test_a_chunk_longer_than_the_bound_goes_on_in_pieces() -> None:
     """The server holds at most WHOLE_CHUNK_BYTES of a chunk per client."""
     source = FakeSource()
-    writer, _ = start_writer(make_console(None, source=source))
+    writer, _ = start_writer(make_console(source))
     piece = b"x" * (WHOLE_CHUNK_BYTES // 4)
     for _ in range(4 * 3):
         writer.bodyChunk(piece, continues=True)
@@ -73,7 +73,7 @@ def test_a_chunk_longer_than_the_bound_goes_on_in_pieces() -> None:
 
 def test_the_answer_counts_every_byte_written() -> None:
     source = FakeSource()
-    writer, request = start_writer(make_console(None, source=source))
+    writer, request = start_writer(make_console(source))
     writer.bodyChunk(b"hello ", continues=True)
     writer.bodyChunk(b"world")
     writer.bodyEnded()

@@ -16,8 +16,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import require_tool
 from tests.serverproc import ServerProcess
+from tests.tools import require_tool
 from vdsmconsole.pki import PkiPaths
 
 pytestmark = pytest.mark.e2e

@@ -2,37 +2,32 @@
 
 Each test starts the server as a child process (``server_factory``) with the
 demo guest as a spawn command, and talks to it with ``ConsoleClient`` on the
-test's reactor.  A few tests of the pure parts need no server.
+test's reactor.  The pure parts are tested in test_client_unit.py.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 
-from tests.fakeguest import wait_until
 from vdsmconsole.client import (
     BeyondEnd,
     ClientCredentials,
     ConnectError,
     ConsoleClient,
-    CredentialsError,
     FDBodyProducer,
     NoSuchConsole,
     ResumingFollow,
     RPCFault,
-    Stream,
     TLSError,
-    dumps_call,
-    loads_response,
 )
 from vdsmconsole.pki import PkiPaths, init_pki
+from vdsmconsole.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -114,19 +109,6 @@ async def test_call_fault_raises_rpcfault(client):
         await client.call("noSuchMethod")
     assert info.value.faultCode == 8001
     assert "\n" not in str(info.value)
-
-
-def test_wide_ints_go_out_as_i8():
-    """Offsets beyond 32 bits are marshalled as <i8>, and <i8> is read back."""
-    body = dumps_call("consoleRead", ("vm", 2**40, 5))
-    assert b"<i8>1099511627776</i8>" in body and b"<int>5</int>" in body
-    response = (
-        b"<?xml version='1.0'?><methodResponse><params><param><value><struct>"
-        b"<member><name>nextOffset</name><value><i8>8589934592</i8></value></member>"
-        b"<member><name>data</name><value><base64>aGk=</base64></value></member>"
-        b"</struct></value></param></params></methodResponse>"
-    )
-    assert loads_response(response) == {"nextOffset": 2**33, "data": b"hi"}
 
 
 # -- streams ---------------------------------------------------------------------
@@ -387,48 +369,6 @@ async def test_tls_failures_name_whose_certificate(server, pki, odd_certs, tmp_p
         await client.duplex("vm1", lambda _: None)
     assert info.value.side == "client"
     await client.close()
-
-
-def test_credentials_precedence(tmp_path):
-    """Flags, --pki, VDSMCONSOLE_CA/CERT/KEY, VDSMCONSOLE_PKI, then VDSM's files."""
-    assert ClientCredentials.resolve(environ={}) == ClientCredentials(
-        Path("/etc/pki/vdsm/certs/cacert.pem"),
-        Path("/etc/pki/vdsm/certs/vdsmcert.pem"),
-        Path("/etc/pki/vdsm/keys/vdsmkey.pem"),
-    )
-    env = {"VDSMCONSOLE_PKI": "/e", "VDSMCONSOLE_CERT": "/env-cert.pem"}
-    assert ClientCredentials.resolve(environ=env) == ClientCredentials(
-        Path("/e/certs/cacert.pem"),
-        Path("/env-cert.pem"),
-        Path("/e/keys/enginekey.pem"),
-    )
-    assert ClientCredentials.resolve(
-        pki=Path("/p"), key=Path("/flag-key.pem"), environ=env
-    ) == ClientCredentials(
-        Path("/p/certs/cacert.pem"),
-        Path("/p/certs/enginecert.pem"),
-        Path("/flag-key.pem"),
-    )
-
-
-def test_credentials_problems_are_one_line(pki, odd_certs, tmp_path):
-    """A missing file or a key that is not the certificate's: CredentialsError."""
-    mine = credentials(pki)
-    with pytest.raises(CredentialsError) as info:
-        ClientCredentials(tmp_path / "none.pem", mine.cert, mine.key).load()
-    assert str(info.value) == (
-        f"cannot read CA certificate {tmp_path / 'none.pem'}: No such file or directory"
-    )
-    _, other_key = odd_certs["other_ca"]
-    with pytest.raises(CredentialsError, match="does not match"):
-        ClientCredentials(mine.ca, mine.cert, other_key).load()
-
-
-def test_stream_offset_is_start_plus_received():
-    """Stream.offset is X-Console-Offset plus the bytes received."""
-    stream = Stream("vm", 100, 3)
-    stream.received = 20
-    assert (stream.offset, stream.lost) == (120, 3)
 
 
 @pytest_twisted.ensureDeferred

@@ -309,23 +309,27 @@ def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: s
     ],
     ids=["unknown-key", "wrong-type", "out-of-range", "not-utf8", "not-toml"],
 )
+@pytest.mark.e2e  # runs the real program
 def test_cli_bad_config_is_one_line_exit_2(tmp_path, content, needle):
     """serve --config BAD prints one line naming the key (or file) and exits 2."""
     result = run_cli("serve", "--config", str(write(tmp_path, content)))
     assert_one_line_exit_2(result, needle)
 
 
+@pytest.mark.e2e  # runs the real program
 def test_cli_nonexistent_config_is_one_line_exit_2(tmp_path):
     """serve --config with a path that does not exist: one line naming it, exit 2."""
     path = tmp_path / "absent.conf"
     assert_one_line_exit_2(run_cli("serve", "--config", str(path)), str(path))
 
 
+@pytest.mark.e2e  # runs the real program
 def test_cli_out_of_range_flag_is_one_line_exit_2():
     """--port 70000 is one line naming server.port, exit 2."""
     assert_one_line_exit_2(run_cli("serve", "--port", "70000"), "server.port")
 
 
+@pytest.mark.e2e  # runs the real program
 def test_cli_missing_certificate_is_one_line_exit_2(tmp_path, pki):
     """serve with a PKI missing the server certificate: one line naming it, exit 2."""
     root = tmp_path / "pki"

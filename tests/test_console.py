@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 
+from vdsmconsole import testing
 from vdsmconsole.core import offsetmark
 from vdsmconsole.core.console import (
     Console,
@@ -45,6 +45,7 @@ from vdsmconsole.sources.sockets import TcpSource, UnixSource
 from vdsmconsole.sources.spawn import SpawnSource
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.status import Code, StatusError
+from vdsmconsole.testing import FakeSource
 
 CONNECTED = SourceState.CONNECTED
 RECONNECTING = SourceState.RECONNECTING
@@ -54,83 +55,7 @@ UNIX = ConsoleSpec(type="unix", path="/run/vdsmconsole-test/nowhere.sock")
 MiB = 1024 * 1024
 
 
-# -- the fake guest ---------------------------------------------------------
-
-
-class FakeSource:
-    """A ConsoleSource played by the test: it is both the guest and the link.
-
-    ``emit`` is the guest printing, ``set_state`` the link coming and going,
-    ``input_full``/``input_drained`` the guest's input side pushing back.
-    ``stop`` fires after ``stop_delay`` seconds of the clock (0: at once), as
-    a spawned child that takes a while to exit would.
-    """
-
-    def __init__(self, clock: Clock | None = None, stop_delay: float = 0.0) -> None:
-        self.state = DOWN
-        self.sink: SourceSink | None = None
-        self.clock = clock or Clock()
-        self.stop_delay = stop_delay
-        self.written: list[bytes] = []
-        self.pauses = 0
-        self.resumes = 0
-        self.stopping = False
-
-    # ConsoleSource
-    def start(self, sink: SourceSink) -> None:
-        if self.sink is not None or self.stopping:
-            raise RuntimeError("started twice")
-        self.sink = sink
-        self.set_state(CONNECTED, "attached")
-
-    def write(self, data: bytes) -> bool:
-        if self.state is not CONNECTED or self.stopping:
-            return False
-        self.written.append(bytes(data))
-        return True
-
-    def pauseReading(self) -> None:
-        self.pauses += 1
-
-    def resumeReading(self) -> None:
-        self.resumes += 1
-
-    def stop(self) -> Deferred[None]:
-        if not self.stopping:
-            if self.state is not DOWN:
-                self.set_state(DOWN, "stopped")
-            self.stopping = True
-        if not self.stop_delay:
-            self.sink = None
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self.clock.callLater(self.stop_delay, d.callback, None)
-        return d
-
-    def describe(self) -> dict[str, Any]:
-        return {"type": "fake", "state": self.state.value}
-
-    # the guest's side
-    def emit(self, data: bytes) -> None:
-        assert self.sink is not None and not self.stopping
-        self.sink.sourceData(data)
-
-    def set_state(self, state: SourceState, reason: str) -> None:
-        self.state = state
-        if self.sink is not None:
-            self.sink.sourceStateChanged(state, reason)
-
-    def input_full(self) -> None:
-        assert self.sink is not None
-        self.sink.sourceInputPaused()
-
-    def input_drained(self) -> None:
-        assert self.sink is not None
-        self.sink.sourceInputResumed()
-
-
-# A typing Protocol assignment: mypy checks the fake against the interface.
-_fake_is_a_source: ConsoleSource = FakeSource()
+# A typing Protocol assignment: mypy checks the console against the interface.
 _console_is_a_sink: SourceSink = Console(
     "check", UNIX, FakeSource(), Ring(16), None, Clock()
 )
@@ -195,11 +120,9 @@ def make_console(
     log = None
     if tmp_path is not None:
         log = ConsoleLog(tmp_path / "log", log_file_bytes, keep, _write=write)
-    ring = Ring(ring_bytes, start=log.end if log else 0, block_size=block_size)
-    source = source or FakeSource()
-    console = Console("vm1", UNIX, source, ring, log, source.clock)
-    console.start()
-    return console
+    return testing.make_console(
+        source, spec=UNIX, ring_bytes=ring_bytes, log=log, block_size=block_size
+    )
 
 
 def pattern(offset: int, size: int) -> bytes:

@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.serverproc import wait_for
+from tests.tools import require_tool
 from vdsmconsole.pki import init_pki
+from vdsmconsole.testing import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -60,12 +60,6 @@ def demo_server(server_factory, *vm_ids: str):
 def retained(server, vm_id: str) -> bytes:
     result = server.rpc().consoleRead(vm_id, 0, 1024 * 1024)
     return result["data"].data
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Tmux:
@@ -376,8 +370,10 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
 
 def test_error_connection_refused(pki):
     """Nobody listening: one line naming host and port, exit status 255."""
-    port = free_port()
-    done = run_client([*CLIENT, "--pki", str(pki.root), f"127.0.0.1:{port}", "ping"])
+    with free_port() as port:  # held: nobody can listen on it meanwhile
+        done = run_client(
+            [*CLIENT, "--pki", str(pki.root), f"127.0.0.1:{port}", "ping"]
+        )
     assert done.returncode == 255
     assert one_line(done) == (
         f"{PROG}: cannot connect to 127.0.0.1:{port}: connection refused"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.serverproc import wait_for
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ import xmlrpc.client
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.serverproc import client_context, wait_for
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 

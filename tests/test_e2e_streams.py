@@ -12,7 +12,6 @@ import xmlrpc.client
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.hardening import read_until_closed
 from tests.serverproc import client_context, wait_for
 from tests.streamhelp import (
@@ -28,6 +27,7 @@ from tests.streamhelp import (
     tls_socket,
     type_into,
 )
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 

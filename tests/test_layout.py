@@ -193,3 +193,31 @@ def test_client_names_stay_where_users_import_them(public):
     assert getattr(vdsmconsole.client, public).__module__.startswith(
         "vdsmconsole.client."
     )
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_tests_import_helpers_not_other_tests():
+    """No test module imports another test module or the conftest, and the
+    helper modules are imported by one name (``tests.x``), never as a bare
+    ``x`` that would load a second copy of them."""
+    helpers = {p.stem for p in TESTS.glob("*.py")} - {"conftest", "__init__"}
+    wrong = []
+    for path in sorted(TESTS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+                if node.module == "tests":
+                    names = [f"tests.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                leaf = name.removeprefix("tests.")
+                if leaf.startswith("test_") or leaf == "conftest":
+                    wrong.append(f"{path.name} imports {name}")
+                elif name in helpers:
+                    wrong.append(f"{path.name} imports {name} (use tests.{name})")
+    assert not wrong, "\n".join(wrong)

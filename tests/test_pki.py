@@ -162,6 +162,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e  # runs the real program
 def test_cli_pki_init_prints_paths_not_keys(tmp_path):
     """`vdsmconsole pki init DIR` prints where the files are, never key material."""
     root = tmp_path / "pki"
@@ -179,6 +180,7 @@ def test_cli_pki_init_prints_paths_not_keys(tmp_path):
     assert "h.example" in sans(load(paths.server_cert))
 
 
+@pytest.mark.e2e  # runs the real program
 def test_cli_pki_init_refuses_existing_dir(tmp_path):
     """A second `pki init` on the same DIR exits 2 with one line and no traceback."""
     assert run_cli("pki", "init", str(tmp_path), "--hostname", "h").returncode == 0

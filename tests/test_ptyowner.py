@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from fakeguest import PtyGuest, RecordingSink, queued, wait_until
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
@@ -45,6 +44,7 @@ from vdsmconsole.server.config import Config
 from vdsmconsole.server.service import make_console_factory
 from vdsmconsole.sources.pty import PtySource
 from vdsmconsole.spec import ConsoleSpec
+from vdsmconsole.testing import PtyGuest, RecordingSink, queued, wait_until
 
 Gen = Generator[Deferred[Any], Any, None]
 
@@ -447,8 +447,7 @@ def test_e2e_restart_reattaches_live_qemu_and_not_a_dead_one(
     server_factory: Any, qemu_guests: Any
 ) -> None:
     """Real server and qemu: restarted while qemu runs, reattached; qemu gone, down."""
-    from tests.qemuguest import require_qemu
-    from tests.test_e2e_consoles import (
+    from tests.consolehelp import (
         ConsoleReader,
         attach_paused_guest,
         config,
@@ -457,6 +456,7 @@ def test_e2e_restart_reattaches_live_qemu_and_not_a_dead_one(
         qemu_marker,
         stats,
     )
+    from tests.qemuguest import require_qemu
 
     require_qemu()
     server = server_factory(config())

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import qemuguest
-from qemuguest import (
+
+from tests import qemuguest
+from tests.qemuguest import (
     BANNER,
     PROMPT,
     QemuGuest,

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from fakeguest import PtyGuest, RecordingSink, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
@@ -35,6 +34,7 @@ from vdsmconsole.sources.sockets import TcpSource, UnixSource
 from vdsmconsole.sources.spawn import SpawnSource
 from vdsmconsole.spec import ConsoleSpec
 from vdsmconsole.terminal import make_raw
+from vdsmconsole.testing import PtyGuest, RecordingSink, wait_until
 
 CONNECTED = SourceState.CONNECTED
 RECONNECTING = SourceState.RECONNECTING

@@ -11,12 +11,12 @@ import os
 from collections.abc import Generator
 
 import pytest
-from fakeguest import PtyGuest, RecordingSink
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.serverproc import wait_for
 from vdsmconsole.sources.options import FULL_READ, SourceOptions
 from vdsmconsole.sources.pty import PtySource
+from vdsmconsole.testing import PtyGuest, RecordingSink
 
 HOLD = 0.003
 
