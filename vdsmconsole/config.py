@@ -17,6 +17,22 @@ from typing import Any
 
 DEFAULT_PORT = 54321
 DEFAULT_PKI = "/etc/pki/vdsm"
+# [sources]: what a console may point at (vdsmconsole/policy.py enforces it,
+# docs/security.rst explains it).  Sockets: where libvirt and qemu put guests'
+# chardevs, and oVirt's serial console sockets; not /run/libvirt itself, where
+# libvirt's own control sockets live.
+DEFAULT_UNIX_PATHS = (
+    "/var/lib/libvirt/qemu/**",
+    "/run/libvirt/qemu/**",
+    "/var/run/libvirt/qemu/**",
+    "/run/ovirt-vmconsole-console/**",
+    "/var/run/ovirt-vmconsole-console/**",
+)
+# Within those: a guest's QMP/HMP monitor (control of qemu; "migrate exec:"
+# runs a command) and its guest agent (guest-exec).
+DEFAULT_UNIX_DENIED = ("**/monitor.sock", "**/*.monitor", "**/org.qemu.guest_agent.*")
+DEFAULT_TCP_ENDPOINTS = ("127.0.0.0/8:*", "[::1]:*", "localhost:*")
+DEFAULT_PTY_OWNERS = ("qemu-system-*", "qemu-kvm")
 
 
 class ConfigError(ValueError):
@@ -46,6 +62,10 @@ class Config:
     reconnect_max: float = 30.0
     client_buffer_bytes: int = 256 * 1024
     spawn_commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    unix_paths: tuple[str, ...] = DEFAULT_UNIX_PATHS
+    unix_denied: tuple[str, ...] = DEFAULT_UNIX_DENIED
+    tcp_endpoints: tuple[str, ...] = DEFAULT_TCP_ENDPOINTS
+    pty_owners: tuple[str, ...] = DEFAULT_PTY_OWNERS
     # identity pattern -> role, in file order; None: every certificate is admin
     authorization: Mapping[str, str] | None = None
 
@@ -85,6 +105,10 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("console", "reconnect_initial"): ("reconnect_initial", float),
     ("console", "reconnect_max"): ("reconnect_max", float),
     ("console", "client_buffer_bytes"): ("client_buffer_bytes", int),
+    ("sources", "unix_paths"): ("unix_paths", tuple),
+    ("sources", "unix_denied"): ("unix_denied", tuple),
+    ("sources", "tcp_endpoints"): ("tcp_endpoints", tuple),
+    ("sources", "pty_owners"): ("pty_owners", tuple),
 }
 # Keys that must be positive when set.
 POSITIVE = {
@@ -105,6 +129,13 @@ def _convert(name: str, kind: type, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name}: expected a path string, got {value!r}")
         return Path(value)
+    if kind is tuple:
+        # A list of patterns; a lone string is a likely slip for a list of one.
+        if not isinstance(value, list) or not all(
+            isinstance(item, str) and item for item in value
+        ):
+            raise ConfigError(f"{name}: expected a list of non-empty strings")
+        return tuple(value)
     if kind is bool:
         # Only TOML's true and false: 0, 1 or "yes" are more likely typos.
         if not isinstance(value, bool):
@@ -134,7 +165,20 @@ def check_values(config: Config) -> Config:
         # nan and inf are valid TOML floats but never a sane size or time.
         if attr in POSITIVE and not (0 < value < math.inf):
             raise ConfigError(f"{section}.{key}: must be positive and finite")
+    _check_sources(config)
     return config
+
+
+def _check_sources(config: Config) -> None:
+    """Each [sources] pattern compiles (policy.SourcePolicy says why not)."""
+    from vdsmconsole.policy import SourcePolicy
+
+    for key in ("unix_paths", "unix_denied", "tcp_endpoints", "pty_owners"):
+        try:
+            # One key at a time, so that the error names the key.
+            SourcePolicy(**{key: getattr(config, key)})
+        except ValueError as e:
+            raise ConfigError(f"sources.{key}: {e}") from None
 
 
 def parse_config(data: Mapping[str, Any], base: Config | None = None) -> Config:

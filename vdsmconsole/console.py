@@ -20,6 +20,7 @@ from vdsmconsole.config import Config
 from vdsmconsole.consolelog import ConsoleLog
 from vdsmconsole.interfaces import ConsoleSource, SourceState
 from vdsmconsole.offsetmark import MARK_FILE, OffsetMark
+from vdsmconsole.policy import RefusedSource
 from vdsmconsole.ring import OffsetBeyondEnd, ReadResult, Ring
 from vdsmconsole.sources import PtyOwner, SourceOptions, make_source
 from vdsmconsole.spec import ConsoleSpec
@@ -335,8 +336,10 @@ def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]
         *,
         restored: bool = False,
         owner: PtyOwner | None = None,
+        refused: str = "",
     ) -> Console:
-        """``restored``/``owner``: a pty console the registry brings back."""
+        """``restored``/``owner``: a pty console the registry brings back;
+        ``refused``: why its target is no longer allowed (it stays down)."""
         # vm_id was validated before it got here; it is safe as a path part.
         directory = config.state_dir / "consoles" / vm_id
         console_log = ConsoleLog(
@@ -346,7 +349,10 @@ def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]
         # Past every offset handed out before: the log's end, or further when
         # a crash cut the log's tail or the log could not be written.
         ring = Ring(config.ring_bytes, start=mark.resume_offset(console_log.end))
-        source = make_source(spec, options, reactor, restored=restored, owner=owner)
+        if refused:
+            source: ConsoleSource = RefusedSource(spec, refused, owner)
+        else:
+            source = make_source(spec, options, reactor, restored=restored, owner=owner)
         return Console(vm_id, spec, source, ring, console_log, reactor, mark)
 
     return factory

@@ -10,6 +10,13 @@ Each entry is the console's description as ``create`` takes it
 was first attached: after a restart the pty is reopened only if that very
 process still holds it (see ``PtySource``).  Files without it still load; a
 restored ``pty`` console without an owner stays down.
+
+With a ``SourcePolicy`` (the server always gives one), ``load`` checks every
+entry against the configuration as ``create`` did: an entry it no longer
+allows (``[sources]`` narrowed since) is restored ``down``, its reason and
+``lastError`` saying why, and never opened or connected.  It stays in the
+file, so that widening the configuration again brings it back; ``destroy``
+removes it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vdsmconsole.policy import NotAllowed, SourcePolicy
 from vdsmconsole.sources import PtyOwner
 from vdsmconsole.spec import (
     ConsoleSpec,
@@ -58,7 +66,8 @@ class Registry:
     ``console_factory(vm_id, spec)`` builds a console that is not started
     yet.  For a ``pty`` console restored by ``load`` it is also given
     ``restored=True, owner=<PtyOwner or None>`` (what ``make_console_factory``
-    passes on to the source).
+    passes on to the source), and ``refused=<why>`` for an entry ``policy``
+    no longer allows.
     """
 
     def __init__(
@@ -66,10 +75,12 @@ class Registry:
         path: Path | None,
         console_factory: Callable[..., Any],
         spawn_commands: Any = None,
+        policy: SourcePolicy | None = None,
     ) -> None:
         self._path = path
         self._factory = console_factory
         self._spawn_commands = spawn_commands or {}
+        self.policy = policy
         self._consoles: dict[str, Any] = {}
 
     # -- lookups -------------------------------------------------------------
@@ -89,9 +100,27 @@ class Registry:
     def __len__(self) -> int:
         return len(self._consoles)
 
+    def spawned_pids(self) -> set[int]:
+        """Pids of the children that spawn consoles run now."""
+        pids = set()
+        for console in self._consoles.values():
+            facts = console.source.describe()
+            if facts["type"] == "spawn" and facts.get("running") and facts.get("pid"):
+                pids.add(facts["pid"])
+        return pids
+
     # -- changes --------------------------------------------------------------
 
-    def create(self, vm_id: str, spec: ConsoleSpec) -> Any:
+    def create(
+        self, vm_id: str, spec: ConsoleSpec, owner: PtyOwner | None = None
+    ) -> Any:
+        """Register and start a console.
+
+        ``owner``: the process the policy found holding a pty's master.  The
+        pty is then opened only if that very process still holds it, as for a
+        restored console, so the number cannot pass to another terminal
+        between the check and the open.
+        """
         # The vmId becomes a directory name under the state directory: check
         # it here too, whoever the caller is, before the factory touches a path.
         try:
@@ -100,7 +129,10 @@ class Registry:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
         if vm_id in self._consoles:
             raise StatusError(Code.EXIST, f"vmId {vm_id!r} is already registered")
-        console = self._factory(vm_id, spec)
+        if owner is not None:
+            console = self._factory(vm_id, spec, restored=True, owner=owner)
+        else:
+            console = self._factory(vm_id, spec)
         self._consoles[vm_id] = console
         try:
             self.save()
@@ -183,13 +215,28 @@ class Registry:
                 # E.g. a spawn command removed from the configuration since.
                 log.error("not restoring console {vm}: {why}", vm=vm_id, why=e)
                 continue
+            owner = None
             if spec.type == "pty":
                 recorded = desc.get("owner") if isinstance(desc, dict) else None
-                console = self._factory(
-                    vm_id, spec, restored=True, owner=PtyOwner.from_json(recorded)
-                )
+                owner = PtyOwner.from_json(recorded)
+            refused = self._refusal(spec, owner)
+            if refused:
+                log.error("console {vm} stays down: {why}", vm=vm_id, why=refused)
+                console = self._factory(vm_id, spec, refused=refused, owner=owner)
+            elif spec.type == "pty":
+                console = self._factory(vm_id, spec, restored=True, owner=owner)
             else:
                 console = self._factory(vm_id, spec)
             self._consoles[vm_id] = console
             console.start()
         log.info("restored {n} console(s)", n=len(self._consoles))
+
+    def _refusal(self, spec: ConsoleSpec, owner: PtyOwner | None) -> str:
+        """Why the policy no longer allows a restored entry ("" if it does)."""
+        if self.policy is None:
+            return ""
+        try:
+            self.policy.check_restored(spec, owner)
+        except NotAllowed as e:
+            return f"not allowed by the configuration: {e}"
+        return ""

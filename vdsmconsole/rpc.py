@@ -26,6 +26,7 @@ from twisted.web import server, xmlrpc
 
 from vdsmconsole import __version__
 from vdsmconsole.authz import rpc_permission
+from vdsmconsole.policy import NoSuchSource, NotAllowed
 from vdsmconsole.ring import OffsetBeyondEnd
 from vdsmconsole.site import MethodsMixin
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
@@ -286,7 +287,21 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             )
         except SpecError as e:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
-        console = self.context.registry.create(vm_id, spec)
+        registry = self.context.registry
+        try:
+            owner = self.context.policy.check(spec, registry.spawned_pids())
+        except (NotAllowed, NoSuchSource) as e:
+            self.context.audit.record(
+                "refused",
+                identity_of(request),
+                method="create",
+                vmId=vm_id,
+                console=spec.to_wire(),
+                reason=str(e),
+            )
+            kind = Code.NOT_ALLOWED if isinstance(e, NotAllowed) else Code.MISS_PARAM
+            raise StatusError(kind, str(e)) from None
+        console = registry.create(vm_id, spec, owner=owner)
         self.context.audit.record(
             "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
         )

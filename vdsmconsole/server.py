@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from vdsmconsole.audit import AuditLog
 from vdsmconsole.authz import Authorizer
 from vdsmconsole.config import Config
+from vdsmconsole.policy import SourcePolicy
 from vdsmconsole.registry import Registry
 from vdsmconsole.rpc import ConsoleRPC
 from vdsmconsole.site import ConsoleSite, Root
@@ -36,7 +37,8 @@ class StartupError(Exception):
 
 @dataclass
 class ServerContext:
-    """What the resources share: configuration, registry, audit, clock."""
+    """What the resources share: configuration, registry, audit, clock, and
+    what consoles may point at."""
 
     config: Config
     reactor: Any
@@ -45,6 +47,7 @@ class ServerContext:
     port: int = 0
     tls: ServerTLS | None = None
     authz: Authorizer = field(default_factory=Authorizer)
+    policy: SourcePolicy = field(default_factory=SourcePolicy)
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -65,12 +68,14 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
         config=config,
         reactor=reactor,
         authz=Authorizer.from_mapping(config.authorization),
+        policy=SourcePolicy.from_config(config),
     )
     context.audit = AuditLog(config.state_dir / "audit.log")
     context.registry = Registry(
         config.state_dir / "registry.json",
         make_console_factory(config, reactor),
         config.spawn_commands,
+        context.policy,
     )
     return context
 

@@ -21,6 +21,7 @@ class Code(enum.IntEnum):
     CONSOLE_DOWN = 100
     DENIED = 101
     CONSOLE_BUSY = 102
+    NOT_ALLOWED = 103
 
 
 MESSAGES = {
@@ -33,6 +34,7 @@ MESSAGES = {
     Code.CONSOLE_DOWN: "Console is not connected",
     Code.DENIED: "Permission denied",
     Code.CONSOLE_BUSY: "Guest is not taking input; retry later",
+    Code.NOT_ALLOWED: "Console target not allowed by the server's configuration",
 }
 
 
