@@ -10,6 +10,7 @@ the relay needs (websockify's TCP bridge to the pty).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -40,6 +41,22 @@ VDSMCONSOLE_CONFIG = """\
 [console]
 log_file_bytes = 67108864
 """
+# The fake guest (bench.guest) is a Python process holding the ptys' masters:
+# [sources] allows ptys held by this interpreter, beside qemu's defaults.  A
+# --variant checkout older than [sources] (no vdsmconsole/policy.py) gets the
+# file without it, which it would refuse as an unknown section.
+_OWNERS = ["qemu-system-*", "qemu-kvm", os.path.realpath(sys.executable)]
+SOURCES_CONFIG = f"""
+[sources]
+pty_owners = {json.dumps(_OWNERS)}
+"""
+
+
+def server_config(root: Path | None) -> str:
+    """The configuration file for the server of checkout ``root`` (None: this one)."""
+    if root is not None and not (root / "vdsmconsole" / "policy.py").exists():
+        return VDSMCONSOLE_CONFIG
+    return VDSMCONSOLE_CONFIG + SOURCES_CONFIG
 
 
 @dataclass
@@ -182,7 +199,7 @@ class VdsmConsole(Peer):
         else:
             argv += ["vdsmconsole"]
         config = self.workdir / "vdsmconsole.conf"
-        config.write_text(VDSMCONSOLE_CONFIG)
+        config.write_text(server_config(self.root))
         argv += [
             "serve",
             "--config",
