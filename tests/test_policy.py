@@ -277,7 +277,7 @@ def test_pty_held_by_an_allowed_executable_is_allowed(pty: str) -> None:
 
 def test_pty_held_by_another_executable_is_refused(pty: str) -> None:
     """The same pty under the default policy (qemu only): refused, naming the holder."""
-    with pytest.raises(NotAllowed, match=f"held by pid {os.getpid()} \\({PYTHON}\\)"):
+    with pytest.raises(NotAllowed, match=f"held by pid {os.getpid()} \\('{PYTHON}'\\)"):
         DEFAULT.check_pty(pty)
 
 

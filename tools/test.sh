@@ -18,6 +18,7 @@ declare -A NEEDS=(
     [tmux]=tmux
     [socat]=socat
     [openssl]=openssl
+    [script]=bsdutils
 )
 missing=()
 for tool in "${!NEEDS[@]}"; do

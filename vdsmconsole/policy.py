@@ -313,8 +313,10 @@ class SourcePolicy:
             return
         if spawned and _descends_from(owner.pid, set(spawned), self.proc):
             return
+        # repr: an executable's name is anyone's choice, newlines included.
+        holder = repr(exe) if exe else "executable unknown"
         raise NotAllowed(
-            f"{path} is held by pid {owner.pid} ({exe or 'executable unknown'}), "
+            f"{path} is held by pid {owner.pid} ({holder}), "
             "which is not in [sources] pty_owners nor started by a spawn console"
         )
 
