@@ -184,12 +184,15 @@ def _address(
 # -- the policy --------------------------------------------------------------------
 
 
-def _owner_globs(patterns: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+def _owner_globs(
+    patterns: Iterable[str],
+) -> tuple[tuple[bool, re.Pattern[str]], ...]:
+    """(whole path?, glob) each: a pattern with a slash matches the path."""
     compiled = []
     for pattern in patterns:
         if not pattern or pattern.endswith("/"):
             raise ValueError(f"{pattern!r} is not an executable name or path glob")
-        compiled.append(glob_regex(pattern))
+        compiled.append(("/" in pattern, glob_regex(pattern)))
     return tuple(compiled)
 
 
@@ -207,7 +210,7 @@ class SourcePolicy:
     _allowed: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
     _denied: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
     _endpoints: tuple[Endpoint, ...] = field(init=False, repr=False)
-    _owners: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
+    _owners: tuple[tuple[bool, re.Pattern[str]], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         compiled = {
@@ -323,8 +326,7 @@ class SourcePolicy:
     def _owner_allowed(self, exe: str) -> bool:
         name = os.path.basename(exe)
         return any(
-            glob.fullmatch(exe if glob.pattern.startswith("/") else name)
-            for glob in self._owners
+            glob.fullmatch(exe if whole else name) for whole, glob in self._owners
         )
 
     # -- restore ------------------------------------------------------------
