@@ -206,7 +206,7 @@ def installed_command(script: str, module: str) -> str:
     source tree), the interpreter runs the module, with the tree on its path.
     """
     beside = Path(sys.executable).parent / script
-    if os.access(beside, os.X_OK):
+    if beside.is_file() and os.access(beside, os.X_OK):
         return shlex.quote(str(beside.absolute()))
     found = shutil.which(script)
     if found:
