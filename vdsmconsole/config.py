@@ -9,6 +9,8 @@ which the command line turns into one line and exit status 2.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -236,8 +238,21 @@ def _parse_spawn(table: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
             raise ConfigError(
                 f"spawn.commands.{name}: expected a non-empty list of strings"
             )
-        result[name] = tuple(argv)
+        result[name] = (installed_program(argv[0]), *argv[1:])
     return result
+
+
+def installed_program(name: str) -> str:
+    """A bare program name found beside the server's interpreter, made absolute.
+
+    pip installs console scripts (``vdsmconsole-demoguest``) and the venv's
+    ``python3`` beside the interpreter, in a directory a service manager's
+    PATH lacks; any other bare name is left for PATH, as exec does.
+    """
+    beside = Path(sys.executable).parent / name
+    if "/" not in name and beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside.absolute())
+    return name
 
 
 def load_config(path: Path | None, base: Config | None = None) -> Config:

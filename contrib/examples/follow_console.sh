@@ -11,6 +11,8 @@ set -eu
 VMID=${1:?usage: $0 VMID [HOST[:PORT]]}
 SERVER=${2:-localhost}
 case $SERVER in *:*) ;; *) SERVER=$SERVER:54321 ;; esac
+# 0 is this host, as for vdsmconsole-client (the certificate names localhost).
+case $SERVER in 0:*) SERVER=localhost${SERVER#0} ;; esac
 PKI=${PKI:-/etc/pki/vdsm}
 CLIENT=${CLIENT:-engine}
 
