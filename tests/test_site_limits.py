@@ -13,6 +13,7 @@ from twisted.web import resource, server
 
 from vdsmconsole.config import Config
 from vdsmconsole.site import ConnectionDeadlines, ConsoleSite, Root
+from vdsmconsole.streams import headers_received
 
 # -- ConnectionDeadlines: pure bookkeeping ---------------------------------------
 
@@ -125,14 +126,7 @@ def make_site(clock: Clock, **config: Any) -> ConsoleSite:
     context = SimpleNamespace(config=Config(**config), reactor=clock)
     root = Root(Quick(), lambda vm_id: Forever())
     site = ConsoleSite(root, context)  # type: ignore[arg-type]
-
-    def early(request: Any) -> None:
-        if request.earlyMethod == b"POST" and request.earlyPath.startswith(
-            b"/consoleStream/"
-        ):
-            request.dispatchEarly()
-
-    site.headersReceivedHook = early
+    site.headersReceivedHook = headers_received  # stream POSTs render early
     return site
 
 
@@ -267,6 +261,26 @@ def test_open_post_stream_is_not_idle_timed_out():
     clock.advance(3600)
     assert not transport.disconnecting
     assert len(site.inFlight) == 1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /%63onsoleStream/vm1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /%63onsoleStream/vm1?duplex=1 HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+    ],
+    ids=["GET", "POST"],
+)
+def test_encoded_stream_path_is_a_stream_too(head):
+    """/%63onsoleStream/ is the stream: dispatched early and held from idle timeout."""
+    clock = Clock()
+    site = make_site(clock)
+    protocol, transport = connect(site)
+    protocol.dataReceived(head)
+    assert status_line(transport) == b"HTTP/1.1 200 OK"
+    clock.advance(3600)
+    assert not transport.disconnecting
 
 
 def test_idle_keep_alive_connection_still_times_out():

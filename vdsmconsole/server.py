@@ -21,6 +21,7 @@ from vdsmconsole.audit import AuditLog
 from vdsmconsole.authz import Authorizer
 from vdsmconsole.config import Config
 from vdsmconsole.registry import Registry
+from vdsmconsole.routes import is_stream_target
 from vdsmconsole.rpc import ConsoleRPC
 from vdsmconsole.site import ConsoleSite, Root
 from vdsmconsole.tls import ServerTLS, TLSFiles, tls_factory
@@ -173,7 +174,7 @@ class ConsoleService(Service):
 
 
 def _is_stream(request: Any) -> bool:
-    return bool(request.earlyPath.startswith(b"/consoleStream/"))
+    return is_stream_target(request.earlyPath)
 
 
 def _later(reactor: Any, seconds: float) -> defer.Deferred[None]:

@@ -36,6 +36,7 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
+from vdsmconsole.routes import is_stream_target, stream_vm_id
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
 
 if TYPE_CHECKING:
@@ -64,7 +65,6 @@ class PlainError(resource.Resource):
 
 
 NOT_FOUND = PlainError(404, "not found")
-STREAM_PATH_PREFIX = b"/consoleStream/"
 log = Logger(namespace="vdsmconsole.site")
 
 
@@ -491,8 +491,9 @@ class Root(resource.Resource):
         rest = request.postpath
         if path in (b"", b"RPC2") and not rest:
             return self._rpc
-        if path == b"consoleStream" and self.streams is not None and len(rest) == 1:
-            return self.streams(rest[0])
+        vm_id = stream_vm_id([path, *rest])
+        if vm_id is not None and self.streams is not None:
+            return self.streams(vm_id)
         return NOT_FOUND
 
 
@@ -547,7 +548,7 @@ class ConsoleSite(server.Site):
     def requestStarted(self, request: ConsoleRequest) -> None:
         self.inFlight.add(request)
         request.notifyFinish().addBoth(self._requestDone, request)
-        if request.earlyPath.startswith(STREAM_PATH_PREFIX):
+        if is_stream_target(request.earlyPath):
             self._holdIdleTimeout(request)
 
     def _requestDone(self, result: object, request: ConsoleRequest) -> None:
