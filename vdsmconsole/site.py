@@ -36,6 +36,7 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
+from vdsmconsole.httprules import header_refusal
 from vdsmconsole.routes import is_stream_target, stream_vm_id
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
 
@@ -367,6 +368,26 @@ class ConsoleChannel(http.HTTPChannel):
             self.refuse(431, "request header fields too large")
             return
         super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        # Before Twisted's own handling: that is where a stream POST renders
+        # and where "100 Continue" goes out.
+        this: Any = self  # Twisted types its request-line fields loosely
+        cap = None if is_stream_target(this._path) else this.site.maxBodyBytes
+        headers = self.requests[-1].requestHeaders
+        refusal = header_refusal(this._version, headers, self.length, cap)
+        if refusal is not None:
+            self.refuse(*refusal)
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if not self._refused:  # a request refused at its headers is not served
+            super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """A malformed request: 400 and close, as Twisted does; but when the
