@@ -37,6 +37,7 @@ from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
 from vdsmconsole.httprules import header_refusal
+from vdsmconsole.identity import log_safe
 from vdsmconsole.routes import is_stream_target, stream_vm_id
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
 
@@ -528,7 +529,8 @@ def access_log_line(timestamp: str, request: Any) -> str:
     )
     return line.format(
         ip=_quote(request.getClientAddress().host or b"-"),
-        user=_quote(str(getattr(request, "peerIdentity", "-")) or "-"),
+        # str(identity) is escaped already (identity.py), as in every log.
+        user=_quote(str(getattr(request, "peerIdentity", "-")), escaped=True),
         timestamp=timestamp,
         method=_quote(request.method),
         uri=_quote(request.uri),
@@ -540,9 +542,12 @@ def access_log_line(timestamp: str, request: Any) -> str:
     )
 
 
-def _quote(value: bytes | str) -> str:
+def _quote(value: bytes | str, escaped: bool = False) -> str:
+    """One field of the line: control characters escaped, no quote or space."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
+    if not escaped:
+        value = log_safe(value)
     return value.replace('"', "%22").replace(" ", "%20") if value else "-"
 
 
