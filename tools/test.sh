@@ -18,6 +18,7 @@ declare -A NEEDS=(
     [tmux]=tmux
     [socat]=socat
     [openssl]=openssl
+    [prlimit]=util-linux
 )
 missing=()
 for tool in "${!NEEDS[@]}"; do

@@ -440,6 +440,11 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
     """
 
     deadlines: ConnectionDeadlines | None = None
+    dataSeen = False  # a byte of a request came (connlimits.py closes silence)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.dataSeen = True
+        super().dataReceived(data)
 
     def makeConnection(self, transport: Any) -> None:
         site = self._site
