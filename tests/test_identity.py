@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from vdsmconsole.accesslog import access_log_line
 from vdsmconsole.authz import Authorizer
 from vdsmconsole.identity import PeerIdentity, identity_from_certificate, log_safe
 
@@ -107,3 +109,23 @@ def test_log_safe_escapes_what_could_forge_a_line(raw, logged):
 def test_a_long_name_is_cut_in_logs():
     """A name is shown up to 256 characters, then '...'."""
     assert str(PeerIdentity("a" * 1000)) == "a" * 256 + "..."
+
+
+def test_access_log_line_escapes_every_field():
+    """Name, path and headers with control characters stay on one line."""
+    headers = {b"referer": b"r\nx", b"user-agent": b'ua "\x1b[2J'}
+    request = SimpleNamespace(
+        getHeader=headers.get,
+        getClientAddress=lambda: SimpleNamespace(host="192.0.2.1"),
+        peerIdentity=PeerIdentity("ops\nFORGED line"),
+        method=b"GET",
+        uri=b"/RPC2?\r\nx",
+        clientproto=b"HTTP/2",
+        code=200,
+        sentLength=5,
+    )
+    line = access_log_line("[ts]", request)
+    assert line == (
+        '"192.0.2.1" - ops\\nFORGED%20line [ts] "GET /RPC2?\\r\\nx HTTP/2" 200 5 '
+        '"r\\nx" "ua%20%22\\x1b[2J"'
+    )

@@ -36,8 +36,8 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
+from vdsmconsole.accesslog import access_log_line
 from vdsmconsole.httprules import header_refusal
-from vdsmconsole.identity import log_safe
 from vdsmconsole.routes import is_stream_target, stream_vm_id
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
 
@@ -386,10 +386,6 @@ class ConsoleChannel(http.HTTPChannel):
         if not self._refused:  # a request refused at its headers is not served
             super().allContentReceived()
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if not self._refused:
-            super().rawDataReceived(data)
-
     def _respondToBadRequestAndDisconnect(self) -> None:
         """A malformed request: 400 and close, as Twisted does; but when the
         response is already under way (a duplex stream whose body turned
@@ -522,38 +518,6 @@ class Root(resource.Resource):
         if vm_id is not None and self.streams is not None:
             return self.streams(vm_id)
         return NOT_FOUND
-
-
-def access_log_line(timestamp: str, request: Any) -> str:
-    """Combined log format, with the peer's certificate name as the user."""
-    referrer = _quote(request.getHeader(b"referer") or b"-")
-    agent = _quote(request.getHeader(b"user-agent") or b"-")
-    line = (
-        '"{ip}" - {user} {timestamp} "{method} {uri} {protocol}" '
-        '{code} {length} "{referrer}" "{agent}"'
-    )
-    return line.format(
-        ip=_quote(request.getClientAddress().host or b"-"),
-        # str(identity) is escaped already (identity.py), as in every log.
-        user=_quote(str(getattr(request, "peerIdentity", "-")), escaped=True),
-        timestamp=timestamp,
-        method=_quote(request.method),
-        uri=_quote(request.uri),
-        protocol=_quote(request.clientproto),
-        code=request.code,
-        length=request.sentLength or "-",
-        referrer=referrer,
-        agent=agent,
-    )
-
-
-def _quote(value: bytes | str, escaped: bool = False) -> str:
-    """One field of the line: control characters escaped, no quote or space."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if not escaped:
-        value = log_safe(value)
-    return value.replace('"', "%22").replace(" ", "%20") if value else "-"
 
 
 class ConsoleSite(server.Site):
