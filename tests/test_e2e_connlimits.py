@@ -158,12 +158,25 @@ def test_idle_flood_from_one_address_does_not_lock_others_out(
     limited_server, issue_client
 ):
     """1100 idle TLS connections from one address: another client's ping < 2 s."""
-    server = limited_server()
+    server = limited_server()  # the defaults
     second = issue_client("second-client", "second-client")
-    flood = flood_and_ping(server, second)
-    assert flood.refused > 0  # the per-address cap refused some at once
-    assert "per-address limit" in server.log()
+    flood_and_ping(server, second)
     assert "Traceback" not in server.log()
+
+
+def test_per_address_cap_refuses_at_accept(limited_server, issue_client):
+    """With max_connections_per_address = 200 the flood holds 200, no more."""
+    server = limited_server("[server]\nmax_connections_per_address = 200\n")
+    second = issue_client("second-client", "second-client")
+    flood = IdleFlood(server)
+    try:
+        flood.open(300)
+        assert len(flood.held) == 200
+        assert flood.refused == 100  # closed at accept: the handshake fails
+        assert_pings_get_through(server, second)
+    finally:
+        flood.close()
+    assert "(the per-address limit)" in server.log()
 
 
 def test_idle_flood_without_address_cap_hits_the_reserve(limited_server, issue_client):

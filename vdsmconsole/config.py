@@ -40,8 +40,8 @@ class Config:
     handshake_timeout: float = 10.0
     header_timeout: float = 30.0
     first_request_timeout: float = 10.0
-    max_connections_per_address: int = 512
-    max_connections_per_identity: int = 1024
+    max_connections_per_address: int = 1024
+    max_connections_per_identity: int = 2048
     descriptor_reserve: int = 128
     ring_bytes: int = 1024 * 1024
     log_file_bytes: int = 8 * 1024 * 1024
