@@ -30,7 +30,9 @@ from vdsmconsole.pki import PkiPaths, init_pki
 PEERS = ("vdsmconsole", "socat", "websockify", "conserver")
 LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
 
-# The server's configuration in every run.  The defaults but one: the console
+# The server's configuration in every run.  The connection caps are out of the
+# way (the scale scenario's followers all come from one address and one
+# certificate); otherwise the defaults but one: the console
 # log keeps 4 x 64 MiB instead of 4 x 8 MiB, more than a 50 MB flood, so that
 # a client the machine's load stalls for a moment catches up from the log.
 # With the defaults a flood can outrun everything retained while the client
@@ -40,6 +42,9 @@ LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
 VDSMCONSOLE_CONFIG = """\
 [console]
 log_file_bytes = 67108864
+[server]
+max_connections_per_address = 100000
+max_connections_per_identity = 100000
 """
 # The fake guest (bench.guest) is a Python process holding the ptys' masters:
 # [sources] allows ptys held by this interpreter, beside qemu's defaults.  A

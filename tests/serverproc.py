@@ -99,6 +99,8 @@ class ServerProcess:
     workdir: Path
     config_text: str = ""
     extra_args: list[str] = field(default_factory=list)
+    # (soft, hard) RLIMIT_NOFILE for the server, as systemd would set it.
+    nofile: tuple[int, int] | None = None
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -114,7 +116,11 @@ class ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "vdsmconsole.conf"
         config.write_text(with_test_sources(self.config_text))
+        limits = []
+        if self.nofile is not None:
+            limits = ["prlimit", "--nofile={}:{}".format(*self.nofile), "--"]
         args = [
+            *limits,
             sys.executable,
             "-m",
             "vdsmconsole",

@@ -19,6 +19,7 @@ declare -A NEEDS=(
     [socat]=socat
     [openssl]=openssl
     [script]=bsdutils
+    [prlimit]=util-linux
 )
 # Perl module -> Debian package: Perl's RPC::XML is the strict XML-RPC client
 # of another language that tests/test_e2e_wire.py reads the server with.

@@ -57,6 +57,10 @@ class Config:
     shutdown_timeout: float = 5.0
     handshake_timeout: float = 10.0
     header_timeout: float = 30.0
+    first_request_timeout: float = 10.0
+    max_connections_per_address: int = 1024
+    max_connections_per_identity: int = 2048
+    descriptor_reserve: int = 128
     ring_bytes: int = 1024 * 1024
     log_file_bytes: int = 8 * 1024 * 1024
     log_keep_files: int = 3
@@ -95,6 +99,10 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("server", "shutdown_timeout"): ("shutdown_timeout", float),
     ("server", "handshake_timeout"): ("handshake_timeout", float),
     ("server", "header_timeout"): ("header_timeout", float),
+    ("server", "first_request_timeout"): ("first_request_timeout", float),
+    ("server", "max_connections_per_address"): ("max_connections_per_address", int),
+    ("server", "max_connections_per_identity"): ("max_connections_per_identity", int),
+    ("server", "descriptor_reserve"): ("descriptor_reserve", int),
     ("tls", "ca"): ("ca_file", Path),
     ("tls", "cert"): ("cert_file", Path),
     ("tls", "key"): ("key_file", Path),
@@ -118,6 +126,10 @@ POSITIVE = {
     "shutdown_timeout",
     "handshake_timeout",
     "header_timeout",
+    "first_request_timeout",
+    "max_connections_per_address",
+    "max_connections_per_identity",
+    "descriptor_reserve",
     "ring_bytes",
     "log_file_bytes",
     "reconnect_initial",

@@ -42,6 +42,9 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 DEFAULT_READ_BYTES = 64 * 1024
 MAX_READ_BYTES = 1024 * 1024
+# The most vmIds one list() may name: an answer is then at most the
+# registry's size, whatever the request repeats (duplicates collapse).
+MAX_LIST_IDS = 4096
 
 
 class _WideMarshaller(xmlrpclib.Marshaller):
@@ -273,7 +276,13 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         registry = self.context.registry
         if vmList is not None and not isinstance(vmList, list):
             raise StatusError(Code.MISS_PARAM, "vmList must be an array of vmIds")
-        wanted = registry.ids() if not vmList else [as_vm_id(v) for v in vmList]
+        if vmList and len(vmList) > MAX_LIST_IDS:
+            raise StatusError(
+                Code.MISS_PARAM,
+                f"vmList may name at most {MAX_LIST_IDS} vmIds, not {len(vmList)}",
+            )
+        # Each console once, in the order first asked for.
+        wanted = registry.ids() if not vmList else dict.fromkeys(map(as_vm_id, vmList))
         entries = []
         for vm_id in wanted:
             console = registry.find(vm_id)

@@ -20,11 +20,17 @@ from twisted.logger import Logger
 from vdsmconsole.audit import AuditLog
 from vdsmconsole.authz import Authorizer
 from vdsmconsole.config import Config
+from vdsmconsole.connlimits import (
+    ConnectionLimits,
+    LimitedTLSFactory,
+    raise_open_file_limit,
+)
 from vdsmconsole.policy import SourcePolicy
 from vdsmconsole.registry import Registry
+from vdsmconsole.routes import is_stream_target
 from vdsmconsole.rpc import ConsoleRPC
 from vdsmconsole.site import ConsoleSite, Root
-from vdsmconsole.tls import ServerTLS, TLSFiles, tls_factory
+from vdsmconsole.tls import ServerTLS, TLSFiles
 from vdsmconsole.transports import EagerServer
 
 log = Logger(namespace="vdsmconsole.server")
@@ -119,11 +125,12 @@ class ConsoleService(Service):
         self.context = build_context(self.config, self.reactor)
         self.context.tls = self.tls
         self.site = build_site(self.context)
+        factory = LimitedTLSFactory(
+            self.tls, self.site, connection_limits(config, self.reactor), self.reactor
+        )
         try:
             self.listening = self.reactor.listenTCP(
-                self.config.port,
-                tls_factory(self.tls, self.site),  # type: ignore[arg-type]
-                interface=self.config.bind,
+                self.config.port, factory, interface=self.config.bind
             )
         except Exception as e:  # noqa: BLE001 - CannotListenError and friends
             raise StartupError(
@@ -177,8 +184,29 @@ class ConsoleService(Service):
         return any(not _is_stream(r) for r in self.site.inFlight)
 
 
+def connection_limits(config: Config, reactor: Any) -> ConnectionLimits:
+    """The caps of the port, under the soft descriptor limit, raised first."""
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info(
+            "open file limit raised from {before} to {after}",
+            before=before,
+            after=after,
+        )
+    else:
+        log.info("open file limit: {limit}", limit=after)
+    return ConnectionLimits(
+        reactor,
+        per_address=config.max_connections_per_address,
+        per_identity=config.max_connections_per_identity,
+        reserve=config.descriptor_reserve,
+        first_request_timeout=config.first_request_timeout,
+        open_files=after,
+    )
+
+
 def _is_stream(request: Any) -> bool:
-    return bool(request.earlyPath.startswith(b"/consoleStream/"))
+    return is_stream_target(request.earlyPath)
 
 
 def _later(reactor: Any, seconds: float) -> defer.Deferred[None]:

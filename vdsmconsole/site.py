@@ -36,6 +36,9 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
+from vdsmconsole.accesslog import access_log_line
+from vdsmconsole.httprules import header_refusal
+from vdsmconsole.routes import is_stream_target, stream_vm_id
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
 
 if TYPE_CHECKING:
@@ -64,7 +67,6 @@ class PlainError(resource.Resource):
 
 
 NOT_FOUND = PlainError(404, "not found")
-STREAM_PATH_PREFIX = b"/consoleStream/"
 log = Logger(namespace="vdsmconsole.site")
 
 
@@ -368,6 +370,22 @@ class ConsoleChannel(http.HTTPChannel):
             return
         super().lineReceived(line)
 
+    def allHeadersReceived(self) -> None:
+        # Before Twisted's own handling: that is where a stream POST renders
+        # and where "100 Continue" goes out.
+        this: Any = self  # Twisted types its request-line fields loosely
+        cap = None if is_stream_target(this._path) else this.site.maxBodyBytes
+        headers = self.requests[-1].requestHeaders
+        refusal = header_refusal(this._version, headers, self.length, cap)
+        if refusal is not None:
+            self.refuse(*refusal)
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if not self._refused:  # a request refused at its headers is not served
+            super().allContentReceived()
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         """A malformed request: 400 and close, as Twisted does; but when the
         response is already under way (a duplex stream whose body turned
@@ -418,6 +436,11 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
     """
 
     deadlines: ConnectionDeadlines | None = None
+    dataSeen = False  # a byte of a request came (connlimits.py closes silence)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.dataSeen = True
+        super().dataReceived(data)
 
     def makeConnection(self, transport: Any) -> None:
         site = self._site
@@ -491,37 +514,10 @@ class Root(resource.Resource):
         rest = request.postpath
         if path in (b"", b"RPC2") and not rest:
             return self._rpc
-        if path == b"consoleStream" and self.streams is not None and len(rest) == 1:
-            return self.streams(rest[0])
+        vm_id = stream_vm_id([path, *rest])
+        if vm_id is not None and self.streams is not None:
+            return self.streams(vm_id)
         return NOT_FOUND
-
-
-def access_log_line(timestamp: str, request: Any) -> str:
-    """Combined log format, with the peer's certificate name as the user."""
-    referrer = _quote(request.getHeader(b"referer") or b"-")
-    agent = _quote(request.getHeader(b"user-agent") or b"-")
-    line = (
-        '"{ip}" - {user} {timestamp} "{method} {uri} {protocol}" '
-        '{code} {length} "{referrer}" "{agent}"'
-    )
-    return line.format(
-        ip=_quote(request.getClientAddress().host or b"-"),
-        user=_quote(str(getattr(request, "peerIdentity", "-")) or "-"),
-        timestamp=timestamp,
-        method=_quote(request.method),
-        uri=_quote(request.uri),
-        protocol=_quote(request.clientproto),
-        code=request.code,
-        length=request.sentLength or "-",
-        referrer=referrer,
-        agent=agent,
-    )
-
-
-def _quote(value: bytes | str) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return value.replace('"', "%22").replace(" ", "%20") if value else "-"
 
 
 class ConsoleSite(server.Site):
@@ -547,7 +543,7 @@ class ConsoleSite(server.Site):
     def requestStarted(self, request: ConsoleRequest) -> None:
         self.inFlight.add(request)
         request.notifyFinish().addBoth(self._requestDone, request)
-        if request.earlyPath.startswith(STREAM_PATH_PREFIX):
+        if is_stream_target(request.earlyPath):
             self._holdIdleTimeout(request)
 
     def _requestDone(self, result: object, request: ConsoleRequest) -> None:

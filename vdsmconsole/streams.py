@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from vdsmconsole.authz import stream_permission
 from vdsmconsole.interfaces import SourceState
+from vdsmconsole.routes import is_stream_target
 from vdsmconsole.site import MethodsMixin
 from vdsmconsole.spec import is_valid_vm_id
 from vdsmconsole.tls import ANONYMOUS
@@ -43,7 +44,6 @@ CHUNK = 64 * 1024  # the most one write to a client carries
 RETRY_AFTER = b"5"
 # The longest input chunk kept whole (see BodyWriter.bodyChunk).
 WHOLE_CHUNK_BYTES = 64 * 1024
-STREAM_PREFIX = b"/consoleStream/"
 
 
 # -- the query: pure -----------------------------------------------------------
@@ -524,9 +524,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
 
 def headers_received(request: ConsoleRequest) -> None:
     """A POST to a stream renders now: its body flows to the guest as it comes."""
-    if request.earlyMethod in (b"POST", b"PUT") and request.earlyPath.startswith(
-        STREAM_PREFIX
-    ):
+    if request.earlyMethod in (b"POST", b"PUT") and is_stream_target(request.earlyPath):
         request.dispatchEarly()
 
 
