@@ -83,6 +83,8 @@ from vdsmconsole.client import (
     pollable,
     stdin_producer,
 )
+from vdsmconsole.status import no_vm_message
+from vdsmconsole.streamend import StreamEnd
 
 PROG = "vdsmconsole-client"
 EXIT_USAGE = 2
@@ -557,6 +559,8 @@ async def run_tail(reactor: Any, client: ConsoleClient, sub: argparse.Namespace)
         )
         _report_start(stream, sys.stderr)
         await stream.done
+        if stream.end is StreamEnd.DESTROYED:
+            raise NoSuchConsole(404, no_vm_message(sub.vm_id))
         return 0
     finished: defer.Deferred[int] = defer.Deferred()
 

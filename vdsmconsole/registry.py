@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vdsmconsole.console import DESTROYED, SERVER_STOPPING
 from vdsmconsole.sources import PtyOwner
 from vdsmconsole.spec import (
     ConsoleSpec,
@@ -30,7 +31,7 @@ from vdsmconsole.spec import (
     parse_console_spec,
     validate_vm_id,
 )
-from vdsmconsole.status import Code, StatusError
+from vdsmconsole.status import Code, StatusError, no_vm_message
 
 log = Logger(namespace="vdsmconsole.registry")
 
@@ -43,7 +44,7 @@ class ManagedConsole(Protocol):
 
     def start(self) -> None: ...
 
-    def stop(self) -> defer.Deferred[None]: ...
+    def stop(self, why: str = ...) -> defer.Deferred[None]: ...
 
 
 def _owner_of(console: Any) -> PtyOwner | None:
@@ -56,9 +57,15 @@ class Registry:
     """vmId -> console.
 
     ``console_factory(vm_id, spec)`` builds a console that is not started
-    yet.  For a ``pty`` console restored by ``load`` it is also given
-    ``restored=True, owner=<PtyOwner or None>`` (what ``make_console_factory``
-    passes on to the source).
+    yet: with ``fresh=True`` for ``create``; for a ``pty`` console restored by
+    ``load`` with ``restored=True, owner=<PtyOwner or None>`` (what
+    ``make_console_factory`` passes on to the source).
+
+    A destroyed console leaves the registry at once (lookups say noVM), but
+    its vmId is free again only once it has stopped (a spawned guest may take
+    seconds): until then ``create`` refuses it (``exist``) and
+    ``when_free`` tells when it may be created again.  Two consoles of one
+    vmId never run at once: they share a state directory and an offset mark.
     """
 
     def __init__(
@@ -71,6 +78,8 @@ class Registry:
         self._factory = console_factory
         self._spawn_commands = spawn_commands or {}
         self._consoles: dict[str, Any] = {}
+        # vmId -> what waits for its destroyed console to have stopped.
+        self._stopping: dict[str, list[defer.Deferred[None]]] = {}
 
     # -- lookups -------------------------------------------------------------
 
@@ -83,7 +92,7 @@ class Registry:
     def get(self, vm_id: str) -> Any:
         console = self._consoles.get(vm_id)
         if console is None:
-            raise StatusError(Code.NO_VM, f"no console for vmId {vm_id!r}")
+            raise StatusError(Code.NO_VM, no_vm_message(vm_id))
         return console
 
     def __len__(self) -> int:
@@ -100,7 +109,11 @@ class Registry:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
         if vm_id in self._consoles:
             raise StatusError(Code.EXIST, f"vmId {vm_id!r} is already registered")
-        console = self._factory(vm_id, spec)
+        if vm_id in self._stopping:
+            raise StatusError(
+                Code.EXIST, f"vmId {vm_id!r} is still being destroyed; retry"
+            )
+        console = self._factory(vm_id, spec, fresh=True)
         self._consoles[vm_id] = console
         try:
             self.save()
@@ -136,13 +149,34 @@ class Registry:
             raise StatusError(
                 Code.UNEXPECTED, f"cannot persist the registry: {e.strerror}"
             ) from None
-        return console.stop()
+        waiters = self._stopping[vm_id] = []
+
+        def stopped(result: object) -> object:
+            del self._stopping[vm_id]
+            for waiter in waiters:
+                waiter.callback(None)
+            return result
+
+        return console.stop(DESTROYED).addBoth(stopped)
+
+    def when_free(self, vm_id: str) -> defer.Deferred[None]:
+        """Fires once no destroyed console of ``vm_id`` is still stopping."""
+        waiters = self._stopping.get(vm_id)
+        if waiters is None:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        waiters.append(waiter)
+        return waiter
 
     def stop_all(self) -> defer.Deferred[Any]:
-        """Stop every console (server shutdown); the registry file stays."""
-        return defer.gatherResults(
-            [c.stop() for c in self._consoles.values()], consumeErrors=True
-        )
+        """Stop every console (server shutdown); the registry file stays.
+
+        Their streams are cut, not ended (the consoles come back with the
+        server); consoles still stopping after a destroy are waited for.
+        """
+        stops = [c.stop(SERVER_STOPPING) for c in self._consoles.values()]
+        stops += [self.when_free(v) for v in list(self._stopping)]
+        return defer.gatherResults(stops, consumeErrors=True)
 
     # -- persistence ----------------------------------------------------------
 

@@ -286,11 +286,18 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             )
         except SpecError as e:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
-        console = self.context.registry.create(vm_id, spec)
-        self.context.audit.record(
-            "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
-        )
-        return success(vmList=[console.full_status()])
+        registry = self.context.registry
+
+        def create(_: object) -> dict[str, Any]:
+            console = registry.create(vm_id, spec)
+            self.context.audit.record(
+                "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
+            )
+            return success(vmList=[console.full_status()])
+
+        # A console of this vmId that a destroy is still stopping must be
+        # gone first (they would share its log and offsets): wait for it.
+        return registry.when_free(vm_id).addCallback(create)
 
     @rpc_method([["struct", "string"]], with_request=True)
     def xmlrpc_destroy(self, request: Any, vmId: object) -> Any:
