@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import ServerProcess
+from tests.streamhelp import Reader
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import PkiPaths, init_pki
 
@@ -80,3 +81,18 @@ def server_factory(tmp_path: Path, pki: PkiPaths) -> Iterator:
 @pytest.fixture
 def server(server_factory) -> ServerProcess:
     return server_factory()
+
+
+@pytest.fixture
+def readers() -> Iterator:
+    """Start background readers (streamhelp.Reader); each is killed at the end."""
+    started: list[Reader] = []
+
+    def start(argv, out, shell=False) -> Reader:
+        reader = Reader(argv, out, shell=shell)
+        started.append(reader)
+        return reader
+
+    yield start
+    for reader in started:
+        reader.stop()
