@@ -172,6 +172,7 @@ def test_server_stop_cuts_a_follower(server_factory, readers, tmp_path, tool):
     assert server.wait(15) == 0
     assert finished(follower) != 0
     assert end_trailer(head) is None
+    assert "Traceback" not in server.log()
 
 
 # -- while the server stops ------------------------------------------------------
@@ -248,6 +249,7 @@ def test_http11_requests_while_stopping(server_factory):
     body = streamed.split(b"\r\n\r\n", 1)[1]
     assert PROMPT in body and not chunks_complete(body)
     assert server.wait(15) == 0
+    assert "Traceback" not in server.log()
 
 
 class RawH2:
@@ -352,3 +354,4 @@ def test_http2_requests_while_stopping(server_factory):
     while (frame := client.frame()) is not None:
         assert not isinstance(frame, DataFrame | HeadersFrame), frame
     assert server.wait(15) == 0
+    assert "Traceback" not in server.log()
