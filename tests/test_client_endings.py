@@ -46,7 +46,8 @@ def resuming(client: ConsoleClient, got: bytearray, events: list) -> ResumingFol
 
 @pytest_twisted.ensureDeferred
 async def test_stream_end_says_why(server_factory, pki):
-    """Stream.end: complete for follow=False, destroyed, down (guest exited)."""
+    """Stream.end: complete for follow=False, destroyed (for a duplex too),
+    down (the guest exited)."""
     server = server_factory(DEMO_CONFIG)
     client = ConsoleClient("127.0.0.1", server.port, credentials(pki), reactor)
     try:
@@ -55,9 +56,11 @@ async def test_stream_end_says_why(server_factory, pki):
         await whole.done
         assert whole.end is StreamEnd.COMPLETE
         live = await client.follow("vm1", lambda data: None)
+        both = await client.duplex("vm1", lambda data: None)
         await client.call("destroy", "vm1")
         await live.done
-        assert live.end is StreamEnd.DESTROYED
+        await both.done
+        assert live.end is both.end is StreamEnd.DESTROYED
 
         await create(client, "vm1")
         live = await client.follow("vm1", lambda data: None)
