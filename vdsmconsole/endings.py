@@ -52,11 +52,17 @@ __all__ = [
     "StreamEnd",
     "abort_stream",
     "begin_shutdown",
+    "down_headers",
     "end_stream",
     "refuse_while_stopping",
 ]
 
 RETRY_AFTER = b"5"
+
+
+def down_headers() -> dict[bytes, bytes]:
+    """What a 503 to input for a console whose guest is down carries."""
+    return {b"retry-after": RETRY_AFTER, END_HEADER: StreamEnd.DOWN.encode()}
 
 
 def _gone(request: Any) -> bool:
@@ -145,9 +151,10 @@ def _cut_h2(conn: Any) -> None:
     if transport is None:
         return
     h2conn = conn.conn
-    with contextlib.suppress(H2Error):
-        for stream_id in list(conn.streams):
+    for stream_id in list(conn.streams):
+        with contextlib.suppress(H2Error):  # one that h2 has closed already
             h2conn.reset_stream(stream_id, error_code=ErrorCodes.CANCEL)
+    with contextlib.suppress(H2Error):
         h2conn.close_connection(error_code=ErrorCodes.NO_ERROR)
     transport.write(h2conn.data_to_send())
     transport.loseConnection()

@@ -30,9 +30,9 @@ from vdsmconsole.authz import stream_permission
 from vdsmconsole.console import SERVER_STOPPING
 from vdsmconsole.endings import (
     END_HEADER,
-    RETRY_AFTER,
     StreamEnd,
     abort_stream,
+    down_headers,
     end_stream,
 )
 from vdsmconsole.interfaces import SourceState
@@ -154,11 +154,6 @@ def end_with(
     if not request.startedWriting:
         request.write(answer(request, code, message, headers))
     request.finish()
-
-
-def down_headers() -> dict[bytes, bytes]:
-    """What a 503 for input to a console whose guest is down carries."""
-    return {b"retry-after": RETRY_AFTER, END_HEADER: StreamEnd.DOWN.encode()}
 
 
 # -- following ---------------------------------------------------------------
