@@ -100,16 +100,23 @@ def test_rpc_create_waits_for_the_old_console_to_stop(tmp_path: Path) -> None:
 
 
 def test_stop_all_waits_for_consoles_still_stopping() -> None:
-    """A server stopping right after a destroy waits for that console too."""
+    """A server stopping right after a destroy waits for that console too, and
+    a create that was waiting for it starts no console nothing would stop."""
     clock = Clock()
-    registry = Registry(None, SlowToStop(clock))
+    factory = SlowToStop(clock)
+    registry = Registry(None, factory)
     registry.create("vm-1", UNIX)
     registry.create("vm-2", UNIX)
     registry.destroy("vm-1")
+    created: list = []
+    registry.when_free("vm-1").addCallback(
+        lambda _: registry.create("vm-1", UNIX)
+    ).addErrback(lambda f: created.append(f.value))
     clock.advance(1)
     stopped = registry.stop_all()
     clock.advance(STOP_SECONDS - 1)
     assert not stopped.called  # vm-2 began to stop a second later
+    assert isinstance(created[0], StatusError) and len(factory.made) == 2
     clock.advance(1)
     assert stopped.called
 

@@ -80,6 +80,7 @@ class Registry:
         self._consoles: dict[str, Any] = {}
         # vmId -> what waits for its destroyed console to have stopped.
         self._stopping: dict[str, list[defer.Deferred[None]]] = {}
+        self._closed = False  # stop_all was called: the server stops
 
     # -- lookups -------------------------------------------------------------
 
@@ -113,6 +114,10 @@ class Registry:
             raise StatusError(
                 Code.EXIST, f"vmId {vm_id!r} is still being destroyed; retry"
             )
+        if self._closed:
+            # A create that waited for a destroy must not start a console
+            # that nothing would stop.
+            raise StatusError(Code.UNEXPECTED, "the server is stopping")
         console = self._factory(vm_id, spec, fresh=True)
         self._consoles[vm_id] = console
         try:
@@ -174,6 +179,7 @@ class Registry:
         Their streams are cut, not ended (the consoles come back with the
         server); consoles still stopping after a destroy are waited for.
         """
+        self._closed = True
         stops = [c.stop(SERVER_STOPPING) for c in self._consoles.values()]
         stops += [self.when_free(v) for v in list(self._stopping)]
         return defer.gatherResults(stops, consumeErrors=True)
