@@ -135,3 +135,26 @@ def test_console_after_destroy_says_only_that_the_vm_is_gone(
     assert tmux.run_marked("echo rc=$?") == ["rc=1"]
     assert not [line for line in tmux.lines() if re.search("lost|reconnect", line)]
     assert tmux.run_marked("stty -a") == before
+
+
+def test_console_through_a_server_stop_never_says_the_guest_is_down(
+    server_factory,
+    pki,
+    tmux,  # noqa: F811 - the fixture
+):
+    """SIGTERM under an interactive console: "connection lost; reconnecting",
+    never "the guest is down"; once the server is back, typing works again."""
+    server = demo_server(server_factory, "vm1")
+    tmux.type(console_command(server, pki, "vm1"))
+    tmux.wait_line(r"Escape character is \^\]")
+    end = len(retained(server, "vm1"))
+    server.signal(signal.SIGTERM)
+    assert server.wait(15) == 0
+    tmux.wait_line(rf".*\[{PROG}: connection to 127\.0\.0\.1:\d+ lost; reconnecting.*")
+    server.start(port=server.port)
+    tmux.wait_line(rf".*reconnected at offset {end}, no bytes lost\]")
+    tmux.type("echo after-the-stop")
+    tmux.wait_line("after-the-stop")
+    assert not [line for line in tmux.lines() if "is down" in line]
+    tmux.key("C-]")
+    assert tmux.run_marked("echo rc=$?") == ["rc=0"]
