@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.serverproc import ServerProcess
+from tests.streamhelp import Reader
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import PkiPaths, init_pki
 
@@ -127,3 +128,18 @@ def server_factory(tmp_path: Path, pki: PkiPaths) -> Iterator:
 @pytest.fixture
 def server(server_factory) -> ServerProcess:
     return server_factory()
+
+
+@pytest.fixture
+def readers() -> Iterator:
+    """Start background readers (streamhelp.Reader); each is killed at the end."""
+    started: list[Reader] = []
+
+    def start(argv, out, shell=False) -> Reader:
+        reader = Reader(argv, out, shell=shell)
+        started.append(reader)
+        return reader
+
+    yield start
+    for reader in started:
+        reader.stop()

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vdsmconsole.console import DESTROYED, SERVER_STOPPING
 from vdsmconsole.policy import NotAllowed, SourcePolicy
 from vdsmconsole.sources import PtyOwner
 from vdsmconsole.spec import (
@@ -38,7 +39,7 @@ from vdsmconsole.spec import (
     parse_console_spec,
     validate_vm_id,
 )
-from vdsmconsole.status import Code, StatusError
+from vdsmconsole.status import Code, StatusError, no_vm_message
 
 log = Logger(namespace="vdsmconsole.registry")
 
@@ -51,7 +52,7 @@ class ManagedConsole(Protocol):
 
     def start(self) -> None: ...
 
-    def stop(self) -> defer.Deferred[None]: ...
+    def stop(self, why: str = ...) -> defer.Deferred[None]: ...
 
 
 def _owner_of(console: Any) -> PtyOwner | None:
@@ -64,10 +65,17 @@ class Registry:
     """vmId -> console.
 
     ``console_factory(vm_id, spec)`` builds a console that is not started
-    yet.  For a ``pty`` console restored by ``load`` it is also given
+    yet: with ``fresh=True`` for ``create``.  For a ``pty`` console restored
+    by ``load`` (or checked by the policy at ``create``) it is also given
     ``restored=True, owner=<PtyOwner or None>`` (what ``make_console_factory``
     passes on to the source), and ``refused=<why>`` for an entry ``policy``
     no longer allows.
+
+    A destroyed console leaves the registry at once (lookups say noVM), but
+    its vmId is free again only once it has stopped (a spawned guest may take
+    seconds): until then ``create`` refuses it (``exist``) and
+    ``when_free`` tells when it may be created again.  Two consoles of one
+    vmId never run at once: they share a state directory and an offset mark.
     """
 
     def __init__(
@@ -82,6 +90,9 @@ class Registry:
         self._spawn_commands = spawn_commands or {}
         self.policy = policy
         self._consoles: dict[str, Any] = {}
+        # vmId -> what waits for its destroyed console to have stopped.
+        self._stopping: dict[str, list[defer.Deferred[None]]] = {}
+        self._closed = False  # stop_all was called: the server stops
 
     # -- lookups -------------------------------------------------------------
 
@@ -94,7 +105,7 @@ class Registry:
     def get(self, vm_id: str) -> Any:
         console = self._consoles.get(vm_id)
         if console is None:
-            raise StatusError(Code.NO_VM, f"no console for vmId {vm_id!r}")
+            raise StatusError(Code.NO_VM, no_vm_message(vm_id))
         return console
 
     def __len__(self) -> int:
@@ -129,10 +140,18 @@ class Registry:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
         if vm_id in self._consoles:
             raise StatusError(Code.EXIST, f"vmId {vm_id!r} is already registered")
+        if vm_id in self._stopping:
+            raise StatusError(
+                Code.EXIST, f"vmId {vm_id!r} is still being destroyed; retry"
+            )
+        if self._closed:
+            # A create that waited for a destroy must not start a console
+            # that nothing would stop.
+            raise StatusError(Code.UNEXPECTED, "the server is stopping")
         if owner is not None:
-            console = self._factory(vm_id, spec, restored=True, owner=owner)
+            console = self._factory(vm_id, spec, fresh=True, restored=True, owner=owner)
         else:
-            console = self._factory(vm_id, spec)
+            console = self._factory(vm_id, spec, fresh=True)
         self._consoles[vm_id] = console
         try:
             self.save()
@@ -168,13 +187,35 @@ class Registry:
             raise StatusError(
                 Code.UNEXPECTED, f"cannot persist the registry: {e.strerror}"
             ) from None
-        return console.stop()
+        waiters = self._stopping[vm_id] = []
+
+        def stopped(result: object) -> object:
+            del self._stopping[vm_id]
+            for waiter in waiters:
+                waiter.callback(None)
+            return result
+
+        return console.stop(DESTROYED).addBoth(stopped)
+
+    def when_free(self, vm_id: str) -> defer.Deferred[None]:
+        """Fires once no destroyed console of ``vm_id`` is still stopping."""
+        waiters = self._stopping.get(vm_id)
+        if waiters is None:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        waiters.append(waiter)
+        return waiter
 
     def stop_all(self) -> defer.Deferred[Any]:
-        """Stop every console (server shutdown); the registry file stays."""
-        return defer.gatherResults(
-            [c.stop() for c in self._consoles.values()], consumeErrors=True
-        )
+        """Stop every console (server shutdown); the registry file stays.
+
+        Their streams are cut, not ended (the consoles come back with the
+        server); consoles still stopping after a destroy are waited for.
+        """
+        self._closed = True
+        stops = [c.stop(SERVER_STOPPING) for c in self._consoles.values()]
+        stops += [self.when_free(v) for v in list(self._stopping)]
+        return defer.gatherResults(stops, consumeErrors=True)
 
     # -- persistence ----------------------------------------------------------
 

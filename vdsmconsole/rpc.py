@@ -317,11 +317,17 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             )
             kind = Code.NOT_ALLOWED if isinstance(e, NotAllowed) else Code.MISS_PARAM
             raise StatusError(kind, str(e)) from None
-        console = registry.create(vm_id, spec, owner=owner)
-        self.context.audit.record(
-            "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
-        )
-        return success(vmList=[console.full_status()])
+
+        def create(_: object) -> dict[str, Any]:
+            console = registry.create(vm_id, spec, owner=owner)
+            self.context.audit.record(
+                "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
+            )
+            return success(vmList=[console.full_status()])
+
+        # A console of this vmId that a destroy is still stopping must be
+        # gone first (they would share its log and offsets): wait for it.
+        return registry.when_free(vm_id).addCallback(create)
 
     @rpc_method([["struct", "string"]], with_request=True)
     def xmlrpc_destroy(self, request: Any, vmId: object) -> Any:

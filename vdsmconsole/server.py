@@ -25,6 +25,7 @@ from vdsmconsole.connlimits import (
     LimitedTLSFactory,
     raise_open_file_limit,
 )
+from vdsmconsole.endings import begin_shutdown
 from vdsmconsole.policy import SourcePolicy
 from vdsmconsole.registry import Registry
 from vdsmconsole.routes import is_stream_target
@@ -168,11 +169,16 @@ class ConsoleService(Service):
         super().stopService()
         if self._expiry_check is not None and self._expiry_check.running:
             self._expiry_check.stop()
+        assert self.site is not None and self.context is not None
+        # From now on no new request: those on open connections get 503
+        # (HTTP/1.1, then closed) or a GOAWAY (HTTP/2), so that no client
+        # attaches to a console that is about to stop (see endings.py).
+        begin_shutdown(self.site)
         if self.listening is not None:
             yield self.listening.stopListening()
-        assert self.site is not None and self.context is not None
         deadline = self.reactor.seconds() + self.config.shutdown_timeout * 0.8
-        # Let RPC calls in flight finish; endless streams are cut below.
+        # Let RPC calls in flight finish; endless streams are cut below (not
+        # ended: their consoles come back with the server).
         while self._rpc_in_flight() and self.reactor.seconds() < deadline:
             yield _later(self.reactor, 0.05)
         yield self.context.registry.stop_all()

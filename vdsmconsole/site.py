@@ -37,6 +37,7 @@ from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
 from vdsmconsole.accesslog import access_log_line
+from vdsmconsole.endings import refuse_while_stopping
 from vdsmconsole.httprules import header_refusal
 from vdsmconsole.routes import is_stream_target, stream_vm_id
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
@@ -112,6 +113,8 @@ class ConsoleRequest(server.Request):
     # Method and path as known when the headers are in (before process()).
     earlyMethod: bytes = b""
     earlyPath: bytes = b""
+    # Its headers came once the server was stopping: it is refused (503).
+    cameWhileStopping = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -136,6 +139,7 @@ class ConsoleRequest(server.Request):
         self.earlyMethod = getattr(channel, "_command", None) or channel.command
         self.earlyPath = getattr(channel, "_path", None) or channel.path
         site = channel.site
+        self.cameWhileStopping = site.stopping
         deadlines = deadlines_of(channel)
         if deadlines is not None:
             deadlines.headersDone()
@@ -202,6 +206,8 @@ class ConsoleRequest(server.Request):
         super().finish()
 
     def process(self) -> None:
+        if self.channel.site.stopping and refuse_while_stopping(self):
+            return
         if self._body_too_large:
             self.setResponseCode(http.REQUEST_ENTITY_TOO_LARGE)
             self.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -536,6 +542,7 @@ class ConsoleSite(server.Site):
         self.headerTimeout = config.header_timeout
         self.headersReceivedHook: Callable[[ConsoleRequest], None] | None = None
         self.inFlight: set[ConsoleRequest] = set()
+        self.stopping = False  # see endings.begin_shutdown
         self.started = time.monotonic()
         # connection -> [console streams open on it, its idle timeout before]
         self._idleHeld: dict[Any, list[Any]] = {}

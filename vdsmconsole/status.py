@@ -47,6 +47,12 @@ class StatusError(Exception):
         super().__init__(f"{int(code)}: {self.message}")
 
 
+def no_vm_message(vm_id: str = "") -> str:
+    """The one wording for a vmId that no console has (RPC status, stream 404,
+    the client's message): VDSM's, with the vmId when there is one."""
+    return f"{MESSAGES[Code.NO_VM]}: {vm_id}" if vm_id else MESSAGES[Code.NO_VM]
+
+
 def status(code: Code = Code.DONE, message: str | None = None) -> dict[str, Any]:
     return {"status": {"code": int(code), "message": message or MESSAGES[code]}}
 

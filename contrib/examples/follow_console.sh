@@ -4,7 +4,9 @@
 #   follow_console.sh VMID [HOST[:PORT]]
 #
 # Prints the last $TAIL bytes the server retains (default 4096), then streams
-# the guest's output live until interrupted.  PKI is a directory in VDSM's
+# the guest's output live until interrupted.  Exit status 0 when the console
+# is destroyed or its guest is gone for good; non-zero when the server stops
+# (retry then).  PKI is a directory in VDSM's
 # layout (default /etc/pki/vdsm); CLIENT picks the certificate pair in it
 # (default engine: certs/enginecert.pem, keys/enginekey.pem).
 set -eu
