@@ -8,13 +8,13 @@ test's reactor.  The pure parts are tested in test_client_unit.py.
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 
+from tests.clienthelp import DEMO_CONFIG, create, credentials, read_all
 from vdsmconsole.client import (
     BeyondEnd,
     ClientCredentials,
@@ -26,23 +26,16 @@ from vdsmconsole.client import (
     RPCFault,
     TLSError,
 )
-from vdsmconsole.pki import PkiPaths, init_pki
+from vdsmconsole.pki import init_pki
+from vdsmconsole.streamend import StreamEnd
 from vdsmconsole.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 
-DEMO_CONFIG = (
-    "[spawn.commands]\n"
-    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]\n'
-)
 # Small retention, so that a flood pushes old bytes out of the log.
 SMALL_CONFIG = DEMO_CONFIG + (
     "[console]\nring_bytes = 4096\nlog_file_bytes = 4096\nlog_keep_files = 0\n"
 )
-
-
-def credentials(pki: PkiPaths) -> ClientCredentials:
-    return ClientCredentials.from_pki_dir(pki.root)
 
 
 @pytest.fixture
@@ -55,34 +48,6 @@ async def client(demo, pki):
     c = ConsoleClient("127.0.0.1", demo.port, credentials(pki), reactor, timeout=10)
     yield c
     await c.close()
-
-
-async def create(client: ConsoleClient, vm_id: str) -> None:
-    spec = {"vmId": vm_id, "console": {"type": "spawn", "command": "demo"}}
-    result = await client.call("create", spec)
-    assert result["status"]["code"] == 0, result
-    # The prompt: the guest is up and reads its input.
-    await wait_until(
-        lambda: read_all(client, vm_id).addCallback(lambda d: b"demo# " in d),
-        "the demo prompt",
-        timeout=10,
-    )
-
-
-def read_all(client: ConsoleClient, vm_id: str):
-    """Everything retained, by XML-RPC (a different path than the streams)."""
-
-    async def read() -> bytes:
-        data, offset = b"", 0
-        while True:
-            result = await client.call("consoleRead", vm_id, offset, 1024 * 1024)
-            assert result["status"]["code"] == 0, result
-            if not result["data"]:
-                return data
-            data += result["data"]
-            offset = result["nextOffset"]
-
-    return ensureDeferred(read())
 
 
 async def end_of(client: ConsoleClient, vm_id: str) -> int:
@@ -401,6 +366,7 @@ async def test_resuming_follow_reports_bytes_lost_while_behind(server_factory, p
         await wait_until(lambda: resumed, "the resume", timeout=30)
         start, lost = resumed[0]
         assert lost > 0
+        assert stream.end is StreamEnd.BEHIND  # the server said why it ended
         assert start == stream.offset + lost
         assert follower.lost == lost
     finally:

@@ -1,4 +1,4 @@
-"""Tests for vdsmconsole.consolelog: segments, rotation, gaps, restarts."""
+"""Tests for vdsmconsole.core.consolelog: segments, rotation, gaps, restarts."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from vdsmconsole.client.duplex import MAX_HEAD, DuplexStream, _DuplexProtocol
+from vdsmconsole.streamend import StreamEnd
 
 HEAD = b"POST /consoleStream/vm1?duplex=1 HTTP/1.1\r\nHost: h:1\r\n\r\n"
 OK = (
@@ -40,7 +41,7 @@ class Exchange:
             HEAD,
             "vm1",
             self.output.extend,
-            describe=lambda code, body: Refused(code, body),
+            describe=lambda code, body, end: Refused(code, body, end),
             lost=lambda reason: Lost(reason.getErrorMessage()),
         )
         self.transport = StringTransport()
@@ -114,7 +115,7 @@ def test_a_refusal_with_a_body_is_described(piece):
         % (len(body), body),
         piece,
     )
-    assert exchange.failure().args == (404, body)
+    assert exchange.failure().args == (404, body, None)
     assert exchange.transport.disconnecting
 
 
@@ -124,7 +125,7 @@ def test_a_refusal_without_a_length_is_described_when_the_connection_ends():
     exchange.feed(b"HTTP/1.1 503 Service Unavailable\r\n\r\ndown", 1000)
     assert exchange.started == []
     exchange.protocol.connectionLost(Failure(ConnectionError("closed")))
-    assert exchange.failure().args == (503, b"down")
+    assert exchange.failure().args == (503, b"down", None)
 
 
 @pytest.mark.parametrize(
@@ -169,3 +170,18 @@ def test_close_leaves_and_the_stream_ends_cleanly():
     assert exchange.output == b""
     exchange.protocol.connectionLost(Failure(ConnectionError("closed")))
     assert done == [stream]
+
+
+def test_the_end_reason_comes_from_the_trailer_or_the_refusal():
+    """A clean end's X-Console-End trailer sets stream.end; a 503's
+    X-Console-End header reaches describe()."""
+    exchange = Exchange()
+    exchange.feed(OK + b"2\r\nhi\r\n0\r\nX-Console-End: destroyed\r\n\r\n", 5)
+    assert exchange.stream.end is StreamEnd.DESTROYED
+    refused = Exchange()
+    refused.feed(
+        b"HTTP/1.1 503 Service Unavailable\r\nX-Console-End: stopping\r\n"
+        b"Content-Length: 0\r\n\r\n",
+        1000,
+    )
+    assert refused.failure().args == (503, b"", StreamEnd.STOPPING)

@@ -13,153 +13,26 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
+from tests.clihelp import (
+    CLIENT,
+    PROG,
+    client_args,
+    console_command,
+    demo_server,
+    retained,
+    run_client,
+)
 from tests.serverproc import wait_for
-from tests.tools import require_tool
 from vdsmconsole.pki import init_pki
 from vdsmconsole.testing import free_port
 
 pytestmark = pytest.mark.e2e
 
-PROG = "vdsmconsole-client"
-CLIENT = [sys.executable, "-m", "vdsmconsole.client.cli"]
-DEMO_CONFIG = (
-    "[spawn.commands]\n"
-    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]\n'
-)
-
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def client_args(server, pki, *args: str) -> list[str]:
-    return [*CLIENT, "--pki", str(pki.root), f"127.0.0.1:{server.port}", *args]
-
-
-def run_client(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("text", True)
-    return subprocess.run(argv, capture_output=True, timeout=60, check=False, **kwargs)
-
-
-def demo_server(server_factory, *vm_ids: str):
-    server = server_factory(DEMO_CONFIG)
-    proxy = server.rpc()
-    for vm_id in vm_ids:
-        spec = {"vmId": vm_id, "console": {"type": "spawn", "command": "demo"}}
-        assert proxy.create(spec)["status"]["code"] == 0
-    for vm_id in vm_ids:
-        wait_for(lambda v=vm_id: b"demo# " in retained(server, v), 10, "a prompt")
-    return server
-
-
-def retained(server, vm_id: str) -> bytes:
-    result = server.rpc().consoleRead(vm_id, 0, 1024 * 1024)
-    return result["data"].data
-
-
-class Tmux:
-    """One tmux server on its own socket, one 200x50 window running bash."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.tmux = require_tool("tmux", "tmux")
-        self.socket = f"vdsmconsole-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.workdir = workdir
-        self.started = False
-
-    def _run(self, *args: str) -> str:
-        done = subprocess.run(
-            [self.tmux, "-L", self.socket, "-f", os.devnull, *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return done.stdout
-
-    def start(self) -> None:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.workdir),
-            "TERM": "xterm",
-            "PS1": "$ ",
-        }
-        if "PYTHONPATH" in os.environ:  # the client imports what the test does
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        shell = "env -i " + " ".join(
-            f"{name}={shlex.quote(value)}" for name, value in env.items()
-        )
-        shell += " bash --norc --noprofile"
-        self._run("new-session", "-d", "-x", "200", "-y", "50", "-s", "t", shell)
-        self.started = True
-        wait_for(lambda: self.screen().rstrip().endswith("$"), 10, "the shell")
-
-    def type(self, text: str, enter: bool = True) -> None:
-        self._run("send-keys", "-t", "t", "-l", text)
-        if enter:
-            self._run("send-keys", "-t", "t", "Enter")
-
-    def key(self, name: str) -> None:
-        self._run("send-keys", "-t", "t", name)
-
-    def screen(self) -> str:
-        """The whole pane with its history, wrapped lines joined."""
-        return self._run("capture-pane", "-p", "-J", "-t", "t", "-S", "-")
-
-    def lines(self) -> list[str]:
-        return [line.rstrip() for line in self.screen().splitlines()]
-
-    def wait_line(self, pattern: str, timeout: float = 15.0) -> str:
-        """The first pane line that matches ``pattern`` (a full-line regex)."""
-        regex = re.compile(pattern)
-
-        def found() -> str | None:
-            return next((x for x in self.lines() if regex.fullmatch(x)), None)
-
-        return wait_for(found, timeout, f"a line matching {pattern!r}")
-
-    def wait_prompt(self) -> None:
-        """Until the shell's prompt is the last line: the client has exited."""
-        wait_for(lambda: [x for x in self.lines() if x][-1:] == ["$"], 15, "the prompt")
-
-    def run_marked(self, command: str) -> list[str]:
-        """Run a shell command; its output lines (between command and marker)."""
-        marker = uuid.uuid4().hex[:8]
-        # The marker as typed is not the marker as printed: $((...)) expands.
-        self.wait_prompt()
-        self.type(f"{command}; echo end-{marker}-$((1+1))")
-        self.wait_line(f"end-{marker}-2")
-        lines = self.lines()
-        start = max(i for i, x in enumerate(lines) if f"end-{marker}-$((1+1))" in x)
-        end = lines.index(f"end-{marker}-2")
-        return lines[start + 1 : end]
-
-    def kill(self) -> None:
-        if self.started:
-            subprocess.run(
-                [self.tmux, "-L", self.socket, "kill-server"],
-                capture_output=True,
-                timeout=10,
-                check=False,
-            )
-
-
-@pytest.fixture
-def tmux(tmp_path):
-    terminal = Tmux(tmp_path)
-    try:
-        terminal.start()
-        yield terminal
-    finally:
-        terminal.kill()
-
-
-def console_command(server, pki, vm_id: str, *extra: str) -> str:
-    return shlex.join(client_args(server, pki, "console", vm_id, *extra))
 
 
 # -- console ---------------------------------------------------------------------
@@ -413,7 +286,10 @@ def test_error_client_certificate_refused(server, pki, odd_certs):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["getVmStats", "nope"], "getVmStats: no console for vmId 'nope' (status 1)"),
+        (
+            ["getVmStats", "nope"],
+            "getVmStats: Virtual machine does not exist: nope (status 1)",
+        ),
         (["tail", "nope"], "Virtual machine does not exist: nope"),
         (["console", "nope"], "Virtual machine does not exist: nope"),
         (["send", "nope", "hello"], "Virtual machine does not exist: nope"),

@@ -12,15 +12,10 @@ import xmlrpc.client
 
 import pytest
 
-from tests.serverproc import client_context, wait_for
+from tests.serverproc import PING_BODY, client_context, refuses_connections, wait_for
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
-
-PING_BODY = (
-    b"<?xml version='1.0'?><methodCall><methodName>ping</methodName>"
-    b"<params></params></methodCall>"
-)
 
 
 def https(server, pki, **kw) -> http.client.HTTPSConnection:
@@ -191,21 +186,13 @@ def test_sigterm_lets_call_in_flight_finish(server, pki):
     started = time.monotonic()
     server.signal(signal.SIGTERM)
     # Give the server a moment to have begun stopping (it stops listening first).
-    wait_for(lambda: _refuses_connections(server.port), 5, "the port to close")
+    wait_for(lambda: refuses_connections(server.port), 5, "the port to close")
     sock.sendall(PING_BODY[20:])
     reply = _read_http_response(sock)
     assert b" 200 " in reply.split(b"\r\n", 1)[0]
     assert b"<name>code</name>" in reply
     assert server.wait(5) == 0
     assert time.monotonic() - started < 5
-
-
-def _refuses_connections(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return True
-    return False
 
 
 def _read_http_response(sock) -> bytes:

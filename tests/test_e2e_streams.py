@@ -16,7 +16,6 @@ from tests.hardening import read_until_closed
 from tests.serverproc import client_context, wait_for
 from tests.streamhelp import (
     DEMO_CONFIG,
-    Reader,
     at_prompt,
     console_bytes,
     create_demo,
@@ -38,20 +37,6 @@ ring_bytes = 4194304
 log_file_bytes = 16777216
 log_keep_files = 3
 """
-
-
-@pytest.fixture
-def readers():
-    started: list[Reader] = []
-
-    def start(argv, out, shell=False) -> Reader:
-        reader = Reader(argv, out, shell=shell)
-        started.append(reader)
-        return reader
-
-    yield start
-    for reader in started:
-        reader.stop()
 
 
 @pytest.fixture

@@ -17,13 +17,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vdsmconsole"
 MAX_LINES = 500
 
 # What each part may not import.  Top-level modules that both sides share
-# (status, spec, identity, xmlrpcwire, terminal, transports, pki) import none
+# (status, spec, identity, xmlrpcwire, streamend, terminal, transports, pki)
+# import none
 # of the four packages; the entry points (cli, demoguest, testing) may.
 SHARED = (
     "vdsmconsole.status",
     "vdsmconsole.spec",
     "vdsmconsole.identity",
     "vdsmconsole.xmlrpcwire",
+    "vdsmconsole.streamend",
     "vdsmconsole.terminal",
     "vdsmconsole.transports",
     "vdsmconsole.pki",

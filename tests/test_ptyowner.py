@@ -29,6 +29,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+from tests.fakeproc import fake_process
 from vdsmconsole.core.console import Console, ConsoleDown
 from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.core.ptyowner import (
@@ -49,28 +50,6 @@ from vdsmconsole.testing import PtyGuest, RecordingSink, queued, wait_until
 Gen = Generator[Deferred[Any], Any, None]
 
 # -- a fake /proc ------------------------------------------------------------
-
-
-def fake_process(
-    proc: Path,
-    pid: int,
-    start: int,
-    fds: dict[int, tuple[str, int | None]],
-    comm: str = "qemu-kvm",
-) -> None:
-    """``<proc>/<pid>`` with a stat file and fds: fd -> (link target, tty-index)."""
-    root = proc / str(pid)
-    (root / "fd").mkdir(parents=True)
-    (root / "fdinfo").mkdir()
-    # Field 3 (the state) follows the command name; field 22 is the start.
-    fields = ["S"] + ["0"] * 18 + [str(start)] + ["0"] * 30
-    (root / "stat").write_text(f"{pid} ({comm}) {' '.join(fields)}\n")
-    for fd, (target, index) in fds.items():
-        os.symlink(target, root / "fd" / str(fd))
-        info = "pos:\t0\nflags:\t02\nmnt_id:\t24\n"
-        if index is not None:
-            info += f"tty-index:\t{index}\n"
-        (root / "fdinfo" / str(fd)).write_text(info)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for vdsmconsole.ring: offsets, loss accounting and memory use."""
+"""Tests for vdsmconsole.core.ring: offsets, loss accounting and memory use."""
 
 from __future__ import annotations
 

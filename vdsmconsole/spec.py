@@ -68,6 +68,14 @@ class SpecError(ValueError):
     """A vmId or console description is missing or malformed."""
 
 
+class NotAllowed(ValueError):
+    """The configuration does not let a console point there."""
+
+
+class NoSuchSource(ValueError):
+    """The console's target does not exist, or is not what its type says."""
+
+
 def is_valid_vm_id(value: object) -> bool:
     """True for 1-64 letters, digits, '.', '_', '-', starting alphanumeric."""
     return isinstance(value, str) and VM_ID_PATTERN.fullmatch(value) is not None

@@ -38,9 +38,11 @@ __all__ = [
     "FakeSource",
     "HeldPort",
     "PtyGuest",
+    "UNIX_SPEC",
     "RecordingSink",
     "free_port",
     "make_console",
+    "pattern",
     "queued",
     "wait_until",
 ]
@@ -161,6 +163,14 @@ class FakeSource:
 _fake_is_a_source: ConsoleSource = FakeSource()
 
 
+UNIX_SPEC = ConsoleSpec(type="unix", path="/run/vdsmconsole-test/nowhere.sock")
+
+
+def pattern(offset: int, size: int) -> bytes:
+    """Bytes that say where they belong, so a misplaced read is caught."""
+    return bytes((offset + i) * 7 % 251 for i in range(size))
+
+
 def make_console(
     source: FakeSource | None = None,
     *,
@@ -173,7 +183,7 @@ def make_console(
     """A started console on ``source`` (a new ``FakeSource`` by default), a
     real ring and, if given, a real console log."""
     source = source or FakeSource()
-    spec = spec or ConsoleSpec(type="unix", path="/run/vdsmconsole-test/none.sock")
+    spec = spec or UNIX_SPEC
     ring = Ring(ring_bytes, start=log.end if log else 0, block_size=block_size)
     console = Console(vm_id, spec, source, ring, log, source.clock)
     console.start()

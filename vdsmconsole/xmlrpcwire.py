@@ -17,14 +17,17 @@ from xml.sax.saxutils import escape
 from defusedxml.xmlrpc import DefusedExpatParser
 
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 class _WideMarshaller(xmlrpclib.Marshaller):
-    """Marshal ints beyond 32 bits as <i8> instead of failing."""
+    """Marshal ints beyond 32 bits as <i8> instead of failing (not beyond 64)."""
 
     dispatch = dict(xmlrpclib.Marshaller.dispatch)
 
     def dump_long(self, value: int, write: Callable[[str], Any]) -> None:
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise OverflowError("int exceeds XML-RPC's <i8>")
         tag = "int" if -INT32_MAX - 1 <= value <= INT32_MAX else "i8"
         write(f"<value><{tag}>{int(value)}</{tag}></value>\n")
 
@@ -32,12 +35,16 @@ class _WideMarshaller(xmlrpclib.Marshaller):
 
 
 def dumps_response(result: Any) -> bytes:
-    """Like ``xmlrpclib.dumps(..., methodresponse=True)``, with wide ints."""
+    """Like ``xmlrpclib.dumps(..., methodresponse=True)``, with wide ints.
+
+    ``Marshaller.dumps`` already writes the ``<params>`` or ``<fault>``
+    element: wrapping it again breaks strict clients (Python's is lenient).
+    """
     marshaller = _WideMarshaller("utf-8", allow_none=False)
     if isinstance(result, xmlrpclib.Fault):
-        body = "<fault>\n" + marshaller.dumps(result) + "</fault>\n"
+        body = marshaller.dumps(result)
     else:
-        body = "<params>\n" + marshaller.dumps((result,)) + "</params>\n"
+        body = marshaller.dumps((result,))
     text = "<?xml version='1.0'?>\n<methodResponse>\n" + body + "</methodResponse>\n"
     return text.encode("utf-8")
 

@@ -56,6 +56,7 @@ from vdsmconsole.client.errors import (
     HTTPError,
     NoSuchConsole,
     RPCFault,
+    ServerStopping,
     Timeout,
     TLSError,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "NoSuchConsole",
     "RPCFault",
     "ResumingFollow",
+    "ServerStopping",
     "Stream",
     "TLSError",
     "Timeout",

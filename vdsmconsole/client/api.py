@@ -34,12 +34,15 @@ from vdsmconsole.client.errors import (
     ConsoleUnavailable,
     HTTPError,
     NoSuchConsole,
+    ServerStopping,
 )
 from vdsmconsole.client.failures import _short, _timed, describe_failure
 from vdsmconsole.client.fdio import FDBodyProducer
 from vdsmconsole.client.inputstream import InputStream
 from vdsmconsole.client.stream import Stream, _StreamReceiver
 from vdsmconsole.spec import DEFAULT_PORT, RPC_PATH, STREAM_PATH
+from vdsmconsole.status import no_vm_message
+from vdsmconsole.streamend import END_HEADER, StreamEnd, parse_end
 from vdsmconsole.xmlrpcwire import dumps_call
 
 # A tail longer than anything a server retains: "everything retained".
@@ -131,7 +134,10 @@ class ConsoleClient:
 
     async def _error_for(self, response: IResponse, vm_id: str) -> ClientError:
         body = await treq.content(response)
-        return self._refusal(response.code, body, vm_id, response.phrase)
+        ends = response.headers.getRawHeaders(END_HEADER) or [b""]
+        return self._refusal(
+            response.code, body, vm_id, response.phrase, parse_end(ends[-1])
+        )
 
     # -- XML-RPC
 
@@ -254,7 +260,7 @@ class ConsoleClient:
             vm_id,
             ("?duplex=1" + "".join(params)).encode("ascii"),
             on_data,
-            describe=lambda code, body: self._refusal(code, body, vm_id),
+            describe=lambda code, body, end: self._refusal(code, body, vm_id, end=end),
             lost=lambda reason: ConnectionLost(
                 f"console stream from {self.where} lost: {_short(reason)}"
             ),
@@ -269,14 +275,22 @@ class ConsoleClient:
         return self._fail(reason)
 
     def _refusal(
-        self, code: int, body: bytes, vm_id: str, phrase: bytes = b""
+        self,
+        code: int,
+        body: bytes,
+        vm_id: str,
+        phrase: bytes = b"",
+        end: StreamEnd | None = None,
     ) -> ClientError:
-        """The error for a stream request answered ``code`` with ``body``."""
+        """The error for a request answered ``code`` with ``body`` (and
+        ``X-Console-End: end``)."""
         text = body.decode("utf-8", "replace").strip()
         if code == 404:
-            return NoSuchConsole(code, f"Virtual machine does not exist: {vm_id}")
+            return NoSuchConsole(code, no_vm_message(vm_id))
         if code == 416:
             return BeyondEnd(code, text or "offset beyond the end")
+        if code == 503 and end is StreamEnd.STOPPING:
+            return ServerStopping(code, f"the server at {self.where} is stopping")
         if code == 503:
             return ConsoleUnavailable(code, text or f"console {vm_id} is down")
         detail = text.splitlines()[0] if text else phrase.decode() or str(code)

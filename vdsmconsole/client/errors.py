@@ -55,7 +55,11 @@ class BeyondEnd(HTTPError):
 
 
 class ConsoleUnavailable(HTTPError):
-    """503: the console's guest is down; input cannot be delivered."""
+    """503, or a stream's end: the console's guest is down (for good)."""
+
+
+class ServerStopping(HTTPError):
+    """503: the server is stopping; ask again (it comes back with the consoles)."""
 
 
 class RPCFault(ClientError):

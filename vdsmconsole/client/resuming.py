@@ -21,6 +21,8 @@ from vdsmconsole.client.errors import (
     TLSError,
 )
 from vdsmconsole.client.stream import Stream
+from vdsmconsole.status import no_vm_message
+from vdsmconsole.streamend import StreamEnd
 
 
 class ResumingFollow:
@@ -31,9 +33,11 @@ class ResumingFollow:
     re-requested with backoff (``initial_delay`` doubling to ``max_delay``)
     from the last offset received, so nothing still retained is missed and
     what is no longer retained is counted: ``on_lost(error)`` is called once
-    when the connection goes, ``on_resumed(stream, lost)`` when it is back.
-    ``done`` fires when ``stop()`` is called, or fails with the error that
-    makes resuming pointless (the console was destroyed, TLS refused).
+    when the connection goes (or the server stops), ``on_resumed(stream,
+    lost)`` when it is back.  ``done`` fires when ``stop()`` is called, or
+    fails with the error that makes resuming pointless: ``NoSuchConsole``
+    (the console was destroyed), ``ConsoleUnavailable`` (its guest is gone
+    for good and everything retained was received), TLS refused.
     """
 
     RETRIED = (ConnectError, ConnectionLost, ConsoleUnavailable, HTTPError)
@@ -114,6 +118,13 @@ class ResumingFollow:
         self.stream = None
         if self.stopped:
             return
+        final = self._final_error(stream) if not isinstance(result, Failure) else None
+        if final is not None:
+            # The server said the console is gone: no resuming, no "lost".
+            self.stopped = True
+            if not self.done.called:
+                self.done.errback(final)
+            return
         reason = (
             result.value
             if isinstance(result, Failure) and isinstance(result.value, ClientError)
@@ -122,6 +133,14 @@ class ResumingFollow:
         if self.on_lost is not None:
             self.on_lost(reason)
         self._schedule(0.0)
+
+    def _final_error(self, stream: Stream) -> ClientError | None:
+        """The error a cleanly ended stream leaves to report, if it is final."""
+        if stream.end is StreamEnd.DESTROYED:
+            return NoSuchConsole(404, no_vm_message(self.vm_id))
+        if stream.end is StreamEnd.DOWN:
+            return ConsoleUnavailable(503, f"console {self.vm_id} is down")
+        return None
 
     def _schedule(self, delay: float) -> None:
         self._retry = self.client.reactor.callLater(delay, self._reattach)

@@ -8,11 +8,13 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from vdsmconsole.client.errors import ConnectionLost
 from vdsmconsole.client.failures import _short
+from vdsmconsole.streamend import StreamEnd, end_of
 
 
 class Stream:
@@ -22,7 +24,10 @@ class Stream:
     how many requested bytes were no longer retained; ``offset`` is the
     absolute offset of the next byte to come.  ``done`` fires with this
     stream when the response ends (the server finished it, or ``close()``),
-    or fails with ``ConnectionLost`` if the connection broke.
+    or fails with ``ConnectionLost`` if the connection broke (the server
+    stopping cuts its streams so).  ``end`` then says why the server ended
+    it (its ``X-Console-End`` trailer): a ``StreamEnd`` (``destroyed``,
+    ``down``, ``complete``, ``behind``), or None if it did not say.
     """
 
     def __init__(self, vm_id: str, start_offset: int, lost: int) -> None:
@@ -31,6 +36,7 @@ class Stream:
         self.lost = lost
         self.received = 0
         self.closed = False
+        self.end: StreamEnd | None = None
         self.done: defer.Deferred[Stream] = defer.Deferred()
         self._transport: Any = None
 
@@ -47,6 +53,25 @@ class Stream:
             self._transport.stopProducing()
 
 
+def _chunk_decoder(transport: Any) -> Any:
+    """Twisted's decoder of the chunked response body now being delivered.
+
+    Twisted's ``Agent`` parses a response's trailers but hands them to no
+    one; the decoder keeps them (``_trailerHeaders``).  It is reached from
+    the body's transport: the connection's ``TransportProxyProducer``, the
+    TLS protocol, the HTTP/1.1 client protocol, its parser.  None when any
+    step is missing (the end's reason is then unknown, as from an old server).
+    """
+    tls = getattr(transport, "_producer", None)
+    parser = getattr(getattr(tls, "wrappedProtocol", None), "_parser", None)
+    decoder = getattr(parser, "bodyDecoder", None)
+    if isinstance(decoder, http._ChunkedTransferDecoder) and isinstance(
+        getattr(decoder, "_trailerHeaders", None), list
+    ):
+        return decoder
+    return None
+
+
 class _StreamReceiver(Protocol):
     def __init__(
         self, stream: Stream, on_data: Callable[[bytes], object], where: str
@@ -54,9 +79,11 @@ class _StreamReceiver(Protocol):
         self.stream = stream
         self.on_data = on_data
         self.where = where
+        self._decoder: Any = None
 
     def connectionMade(self) -> None:
         self.stream._transport = self.transport
+        self._decoder = _chunk_decoder(self.transport)
         if self.stream.closed:
             self.transport.stopProducing()  # type: ignore[union-attr]
 
@@ -71,6 +98,8 @@ class _StreamReceiver(Protocol):
         if done.called:
             return
         if self.stream.closed or reason.check(ResponseDone, PotentialDataLoss):
+            if reason.check(ResponseDone) and self._decoder is not None:
+                self.stream.end = end_of(self._decoder._trailerHeaders)
             done.callback(self.stream)
         else:
             done.errback(

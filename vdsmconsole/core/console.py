@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from vdsmconsole.core.consolelog import ConsoleLog
 from vdsmconsole.core.interfaces import (
+    DESTROYED,
     ConsoleSource,
     InputWriter,
     SourceState,
@@ -74,14 +75,17 @@ class Console:
     def start(self) -> None:
         self.source.start(self)
 
-    def stop(self) -> defer.Deferred[None]:
-        """Stop reading the guest, end every stream, close the log."""
+    def stop(self, why: str = DESTROYED) -> defer.Deferred[None]:
+        """Stop reading the guest, end every stream, close the log.
+
+        ``why``: ``DESTROYED`` or ``SERVER_STOPPING``, passed on to the streams.
+        """
         self.closed = True
         for subscriber in list(self._subscribers):
-            subscriber.consoleClosed()
+            subscriber.consoleClosed(why)
         self._subscribers.clear()
         for writer in list(self._writers):
-            writer.consoleClosed()
+            writer.consoleClosed(why)
         self._writers.clear()
         d = self.source.stop()
 
@@ -171,9 +175,12 @@ class Console:
                 writer.resumeProducing()
         elif state is SourceState.DOWN:
             # The guest is gone for good (a pty or a spawned child never comes
-            # back): end the writers rather than leave them waiting.
+            # back): end the writers rather than leave them waiting, and the
+            # followers once they have what is retained.
             for writer in list(self._writers):
                 writer.consoleDown()
+            for subscriber in list(self._subscribers):
+                subscriber.consoleDown()
 
     def sourceInputPaused(self) -> None:
         self.input_paused = True

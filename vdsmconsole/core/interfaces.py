@@ -9,6 +9,9 @@ from twisted.internet.defer import Deferred
 
 
 class SourceState(enum.StrEnum):
+    # A unix or tcp source before its first connection: ``reconnecting`` is
+    # for one that was connected and lost its guest.
+    CONNECTING = "connecting"
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     DOWN = "down"
@@ -21,7 +24,7 @@ class SourceSink(Protocol):
         """Bytes the guest wrote, in order, as they were read."""
 
     def sourceStateChanged(self, state: SourceState, reason: str) -> None:
-        """The source became connected, reconnecting or down (why, in words)."""
+        """The source changed state (see SourceState); ``reason`` says why."""
 
     def sourceInputPaused(self) -> None:
         """The guest is not taking input: stop writing until resumed."""
@@ -63,14 +66,24 @@ class ConsoleSource(Protocol):
         """Facts for list(fullStatus): e.g. the pty path, a child's pid."""
 
 
+# Why a console stops (``Console.stop``), for those who follow it: a stream
+# ends cleanly for a destroyed console, and is cut when the server stops (the
+# console comes back with the server: its clients should resume).
+DESTROYED = "destroyed"
+SERVER_STOPPING = "stopping"
+
+
 class Subscriber(Protocol):
     """A follower of the console's output (a stream, or a test)."""
 
     def dataAvailable(self) -> None:
         """More bytes were appended; read them from your cursor when you can."""
 
-    def consoleClosed(self) -> None:
-        """The console was destroyed or the server stops: end your stream."""
+    def consoleDown(self) -> None:
+        """The guest is gone for good: nothing will be appended any more."""
+
+    def consoleClosed(self, why: str) -> None:
+        """The console stops (``DESTROYED`` or ``SERVER_STOPPING``): end."""
 
 
 class InputWriter(Protocol):
@@ -85,5 +98,5 @@ class InputWriter(Protocol):
     def consoleDown(self) -> None:
         """The guest went away for good: end the input."""
 
-    def consoleClosed(self) -> None:
-        """The console was destroyed or the server stops."""
+    def consoleClosed(self, why: str) -> None:
+        """The console stops (``DESTROYED`` or ``SERVER_STOPPING``)."""

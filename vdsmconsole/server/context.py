@@ -13,12 +13,14 @@ from vdsmconsole.core.registry import Registry
 from vdsmconsole.server.audit import AuditLog
 from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
+from vdsmconsole.server.policy import SourcePolicy
 from vdsmconsole.server.tls.reload import ServerTLS
 
 
 @dataclass
 class ServerContext:
-    """What the resources share: configuration, registry, audit, clock."""
+    """What the resources share: configuration, registry, audit, clock, and
+    what consoles may point at."""
 
     config: Config
     reactor: Any
@@ -27,3 +29,4 @@ class ServerContext:
     port: int = 0
     tls: ServerTLS | None = None
     authz: Authorizer = field(default_factory=Authorizer)
+    policy: SourcePolicy = field(default_factory=SourcePolicy)

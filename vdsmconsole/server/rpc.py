@@ -32,6 +32,8 @@ from vdsmconsole.server.http.resources import MethodsMixin
 from vdsmconsole.spec import (
     DEFAULT_READ_BYTES,
     SOURCE_TYPES,
+    NoSuchSource,
+    NotAllowed,
     SpecError,
     method_signatures,
     parse_console_spec,
@@ -43,6 +45,9 @@ from vdsmconsole.xmlrpcwire import dumps_response, safe_loads
 log = Logger(namespace="vdsmconsole.rpc")
 
 MAX_READ_BYTES = 1024 * 1024
+# The most vmIds one list() may name: an answer is then at most the
+# registry's size, whatever the request repeats (duplicates collapse).
+MAX_LIST_IDS = 4096
 
 
 def as_offset(value: object, name: str) -> int:
@@ -212,7 +217,13 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         registry = self.context.registry
         if vmList is not None and not isinstance(vmList, list):
             raise StatusError(Code.MISS_PARAM, "vmList must be an array of vmIds")
-        wanted = registry.ids() if not vmList else [as_vm_id(v) for v in vmList]
+        if vmList and len(vmList) > MAX_LIST_IDS:
+            raise StatusError(
+                Code.MISS_PARAM,
+                f"vmList may name at most {MAX_LIST_IDS} vmIds, not {len(vmList)}",
+            )
+        # Each console once, in the order first asked for.
+        wanted = registry.ids() if not vmList else dict.fromkeys(map(as_vm_id, vmList))
         entries = []
         for vm_id in wanted:
             console = registry.find(vm_id)
@@ -233,11 +244,31 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             )
         except SpecError as e:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
-        console = self.context.registry.create(vm_id, spec)
-        self.context.audit.record(
-            "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
-        )
-        return success(vmList=[console.full_status()])
+        registry = self.context.registry
+        try:
+            owner = self.context.policy.check(spec, registry.spawned_pids())
+        except (NotAllowed, NoSuchSource) as e:
+            self.context.audit.record(
+                "refused",
+                identity_of(request),
+                method="create",
+                vmId=vm_id,
+                console=spec.to_wire(),
+                reason=str(e),
+            )
+            kind = Code.NOT_ALLOWED if isinstance(e, NotAllowed) else Code.MISS_PARAM
+            raise StatusError(kind, str(e)) from None
+
+        def create(_: object) -> dict[str, Any]:
+            console = registry.create(vm_id, spec, owner=owner)
+            self.context.audit.record(
+                "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
+            )
+            return success(vmList=[console.full_status()])
+
+        # A console of this vmId that a destroy is still stopping must be
+        # gone first (they would share its log and offsets): wait for it.
+        return registry.when_free(vm_id).addCallback(create)
 
     @rpc_method(with_request=True)
     def xmlrpc_destroy(self, request: Any, vmId: object) -> Any:

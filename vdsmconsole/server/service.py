@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from vdsmconsole.core.console import Console
 from vdsmconsole.core.consolelog import ConsoleLog
+from vdsmconsole.core.interfaces import ConsoleSource
 from vdsmconsole.core.offsetmark import MARK_FILE, OffsetMark
 from vdsmconsole.core.ptyowner import PtyOwner
 from vdsmconsole.core.registry import Registry
@@ -27,17 +28,19 @@ from vdsmconsole.core.ring import Ring
 from vdsmconsole.server.audit import AuditLog
 from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
-from vdsmconsole.server.context import ServerContext
-from vdsmconsole.server.http.resources import Root
-from vdsmconsole.server.http.site import (
-    STREAM_PATH_PREFIX,
-    ConsoleRequest,
-    ConsoleSite,
-    SiteLimits,
+from vdsmconsole.server.connlimits import (
+    ConnectionLimits,
+    LimitedTLSFactory,
+    raise_open_file_limit,
 )
+from vdsmconsole.server.context import ServerContext
+from vdsmconsole.server.http.endings import begin_shutdown
+from vdsmconsole.server.http.resources import Root
+from vdsmconsole.server.http.routes import is_stream_target
+from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite, SiteLimits
+from vdsmconsole.server.policy import RefusedSource, SourcePolicy
 from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.streams.resource import install_streams
-from vdsmconsole.server.tls.connection import tls_factory
 from vdsmconsole.server.tls.files import TLSFiles
 from vdsmconsole.server.tls.reload import ServerTLS
 from vdsmconsole.sources.factory import make_source
@@ -76,18 +79,35 @@ def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]
         *,
         restored: bool = False,
         owner: PtyOwner | None = None,
+        refused: str = "",
+        fresh: bool = False,
     ) -> Console:
-        """``restored``/``owner``: a pty console the registry brings back."""
+        """``restored``/``owner``: a pty console the registry brings back;
+        ``refused``: why its target is no longer allowed (it stays down).
+
+        ``fresh``: a new console (``create``), not one a restart brings back:
+        it shows only its own guest's output, so the log a previous console
+        of this vmId left is deleted; its offsets carry on above every offset
+        that one handed out, so that none is ever reused for the vmId.
+        """
         # vm_id was validated before it got here; it is safe as a path part.
         directory = config.state_dir / "consoles" / vm_id
         console_log = ConsoleLog(
             directory, config.log_file_bytes, config.log_keep_files
         )
         mark = OffsetMark(directory / MARK_FILE)
-        # Past every offset handed out before: the log's end, or further when
-        # a crash cut the log's tail or the log could not be written.
-        ring = Ring(config.ring_bytes, start=mark.resume_offset(console_log.end))
-        source = make_source(spec, options, reactor, restored=restored, owner=owner)
+        if fresh:
+            start = max(console_log.end, mark.saved)
+            console_log.discard()
+        else:
+            # Past every offset handed out before: the log's end, or further
+            # when a crash cut the log's tail or the log could not be written.
+            start = mark.resume_offset(console_log.end)
+        ring = Ring(config.ring_bytes, start=start)
+        if refused:
+            source: ConsoleSource = RefusedSource(spec, refused, owner)
+        else:
+            source = make_source(spec, options, reactor, restored=restored, owner=owner)
         return Console(vm_id, spec, source, ring, console_log, reactor, mark)
 
     return factory
@@ -99,12 +119,14 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
         config=config,
         reactor=reactor,
         authz=Authorizer.from_mapping(config.authorization),
+        policy=SourcePolicy.from_config(config),
     )
     context.audit = AuditLog(config.state_dir / "audit.log")
     context.registry = Registry(
         config.state_dir / "registry.json",
         make_console_factory(config, reactor),
         config.spawn_commands,
+        context.policy,
     )
     return context
 
@@ -154,11 +176,12 @@ class ConsoleService(Service):
         self.context = build_context(self.config, self.reactor)
         self.context.tls = self.tls
         self.site = build_site(self.context)
+        factory = LimitedTLSFactory(
+            self.tls, self.site, connection_limits(config, self.reactor), self.reactor
+        )
         try:
             self.listening = self.reactor.listenTCP(
-                self.config.port,
-                tls_factory(self.tls, self.site),  # type: ignore[arg-type]
-                interface=self.config.bind,
+                self.config.port, factory, interface=self.config.bind
             )
         except Exception as e:  # noqa: BLE001 - CannotListenError and friends
             raise StartupError(
@@ -196,11 +219,16 @@ class ConsoleService(Service):
         super().stopService()
         if self._expiry_check is not None and self._expiry_check.running:
             self._expiry_check.stop()
+        assert self.site is not None and self.context is not None
+        # From now on no new request: those on open connections get 503
+        # (HTTP/1.1, then closed) or a GOAWAY (HTTP/2), so that no client
+        # attaches to a console that is about to stop (see endings.py).
+        begin_shutdown(self.site)
         if self.listening is not None:
             yield self.listening.stopListening()
-        assert self.site is not None and self.context is not None
         deadline = self.reactor.seconds() + self.config.shutdown_timeout * 0.8
-        # Let RPC calls in flight finish; endless streams are cut below.
+        # Let RPC calls in flight finish; endless streams are cut below (not
+        # ended: their consoles come back with the server).
         while self._rpc_in_flight() and self.reactor.seconds() < deadline:
             yield _later(self.reactor, 0.05)
         yield self.context.registry.stop_all()
@@ -212,8 +240,29 @@ class ConsoleService(Service):
         return any(not _is_stream(r) for r in self.site.inFlight)
 
 
+def connection_limits(config: Config, reactor: Any) -> ConnectionLimits:
+    """The caps of the port, under the soft descriptor limit, raised first."""
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info(
+            "open file limit raised from {before} to {after}",
+            before=before,
+            after=after,
+        )
+    else:
+        log.info("open file limit: {limit}", limit=after)
+    return ConnectionLimits(
+        reactor,
+        per_address=config.max_connections_per_address,
+        per_identity=config.max_connections_per_identity,
+        reserve=config.descriptor_reserve,
+        first_request_timeout=config.first_request_timeout,
+        open_files=after,
+    )
+
+
 def _is_stream(request: ConsoleRequest) -> bool:
-    return request.earlyPath.startswith(STREAM_PATH_PREFIX)
+    return is_stream_target(request.earlyPath)
 
 
 def _later(reactor: Any, seconds: float) -> defer.Deferred[None]:

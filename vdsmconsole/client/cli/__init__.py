@@ -11,12 +11,14 @@
     nextOffset, readers, writers.
 ``console VMID [-e CHAR] [--read-only] [--offset N | --tail N]``
     interactive, like ``virsh console``: the terminal in raw mode, ``^]``
-    (or ``-e CHAR``, e.g. ``-e '^A'``) leaves.  A lost connection is
-    re-established with backoff and output resumes from the last offset;
-    one line says how many bytes were lost meanwhile, if any.
+    (or ``-e CHAR``, e.g. ``-e '^A'``) leaves.  A lost connection (or the
+    server stopping) is re-established with backoff and output resumes from
+    the last offset; one line says how many bytes were lost meanwhile, if
+    any.  A destroyed console ends it (exit 1), so does a guest gone for
+    good (exit 100), without a reconnection.
 ``tail VMID [-f] [--offset N | --tail N]``
     what is retained (from the oldest byte, or the given start); ``-f``
-    keeps following (and reconnects like ``console``).
+    keeps following (and reconnects and ends like ``console``).
 ``send VMID TEXT...`` / ``send VMID -``
     TEXT and a newline (``-n``: no newline), or standard input streamed as
     one POST, each read sent as it comes.

@@ -25,10 +25,13 @@ from vdsmconsole.client.cli.session import ConsoleSession
 from vdsmconsole.client.cli.signals import stop_on_signals
 from vdsmconsole.client.errors import (
     ClientError,
+    NoSuchConsole,
 )
 from vdsmconsole.client.fdio import stdin_producer
 from vdsmconsole.client.resuming import ResumingFollow
 from vdsmconsole.client.stream import Stream
+from vdsmconsole.status import no_vm_message
+from vdsmconsole.streamend import StreamEnd
 
 
 async def call_checked(
@@ -106,6 +109,8 @@ async def run_tail(reactor: Any, client: ConsoleClient, sub: argparse.Namespace)
         )
         _report_start(stream, sys.stderr)
         await stream.done
+        if stream.end is StreamEnd.DESTROYED:
+            raise NoSuchConsole(404, no_vm_message(sub.vm_id))
         return 0
     finished: defer.Deferred[int] = defer.Deferred()
 

@@ -30,6 +30,8 @@ from zope.interface import implementer
 
 from vdsmconsole.identity import peer_address
 from vdsmconsole.server.http.deadlines import ConnectionDeadlines, HandshakeTimeout
+from vdsmconsole.server.http.httprules import header_refusal
+from vdsmconsole.server.http.routes import is_stream_target
 
 log = Logger(namespace="vdsmconsole.site")
 
@@ -115,6 +117,22 @@ class ConsoleChannel(http.HTTPChannel):
             return
         super().lineReceived(line)
 
+    def allHeadersReceived(self) -> None:
+        # Before Twisted's own handling: that is where a stream POST renders
+        # and where "100 Continue" goes out.
+        this: Any = self  # Twisted types its request-line fields loosely
+        cap = None if is_stream_target(this._path) else this.site.maxBodyBytes
+        headers = self.requests[-1].requestHeaders
+        refusal = header_refusal(this._version, headers, self.length, cap)
+        if refusal is not None:
+            self.refuse(*refusal)
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if not self._refused:  # a request refused at its headers is not served
+            super().allContentReceived()
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         """A malformed request: 400 and close, as Twisted does; but when the
         response is already under way (a duplex stream whose body turned
@@ -165,6 +183,11 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):
     """
 
     deadlines: ConnectionDeadlines | None = None
+    dataSeen = False  # a byte of a request came (connlimits.py closes silence)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.dataSeen = True
+        super().dataReceived(data)
 
     def makeConnection(self, transport: Any) -> None:
         site = self._site

@@ -12,7 +12,8 @@ from typing import Any
 
 from twisted.web import resource
 
-from vdsmconsole.spec import RPC_PATH, STREAM_PATH
+from vdsmconsole.server.http.routes import stream_vm_id
+from vdsmconsole.spec import RPC_PATH
 
 
 class PlainError(resource.Resource):
@@ -65,7 +66,6 @@ class MethodsMixin:
 
 
 RPC_SEGMENT = RPC_PATH.strip("/").encode("ascii")
-STREAM_SEGMENT = STREAM_PATH.strip("/").encode("ascii")
 
 
 class Root(resource.Resource):
@@ -82,8 +82,9 @@ class Root(resource.Resource):
         rest = request.postpath
         if path in (b"", RPC_SEGMENT) and not rest:
             return self._rpc
-        if path == STREAM_SEGMENT and self.streams is not None and len(rest) == 1:
-            return self.streams(rest[0])
+        vm_id = stream_vm_id([path, *rest])
+        if vm_id is not None and self.streams is not None:
+            return self.streams(vm_id)
         return NOT_FOUND
 
 
@@ -100,13 +101,12 @@ def answer(
     return body
 
 
-def end_with(request: Any, code: int, message: str, **headers: bytes) -> None:
+def end_with(
+    request: Any, code: int, message: str, headers: dict[bytes, bytes] | None = None
+) -> None:
     """Answer and finish a request that is already rendering asynchronously."""
     if request.finished or getattr(request, "_disconnected", False):
         return
     if not request.startedWriting:
-        body = answer(
-            request, code, message, {k.encode(): v for k, v in headers.items()}
-        )
-        request.write(body)
+        request.write(answer(request, code, message, headers))
     request.finish()

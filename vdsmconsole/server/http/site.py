@@ -1,4 +1,4 @@
-"""The request class, the access log and the site: the HTTP side of the port.
+"""The request class and the site: the HTTP side of the port.
 
 ``ConsoleRequest`` knows its peer, caps RPC bodies, counts as in flight, and
 lets a streaming resource take its body as it arrives; ``ConsoleSite`` holds
@@ -16,17 +16,17 @@ from typing import Any, Protocol
 from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 
-from vdsmconsole.identity import ANONYMOUS, PeerIdentity, identity_of
+from vdsmconsole.identity import ANONYMOUS, PeerIdentity
+from vdsmconsole.server.http.accesslog import access_log_line
 from vdsmconsole.server.http.channel import (
     _console_http_protocol,
     chunk_continues,
     connection_of,
     deadlines_of,
 )
+from vdsmconsole.server.http.endings import refuse_while_stopping
+from vdsmconsole.server.http.routes import is_stream_target
 from vdsmconsole.server.tls.connection import peer_identity_of
-from vdsmconsole.spec import STREAM_PATH
-
-STREAM_PATH_PREFIX = STREAM_PATH.encode("ascii")
 
 
 class BodyConsumer(Protocol):
@@ -56,6 +56,8 @@ class ConsoleRequest(server.Request):
     # Method and path as known when the headers are in (before process()).
     earlyMethod: bytes = b""
     earlyPath: bytes = b""
+    # Its headers came once the server was stopping: it is refused (503).
+    cameWhileStopping = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -80,6 +82,7 @@ class ConsoleRequest(server.Request):
         self.earlyMethod = getattr(channel, "_command", None) or channel.command
         self.earlyPath = getattr(channel, "_path", None) or channel.path
         site = channel.site
+        self.cameWhileStopping = site.stopping
         deadlines = deadlines_of(channel)
         if deadlines is not None:
             deadlines.headersDone()
@@ -146,6 +149,8 @@ class ConsoleRequest(server.Request):
         super().finish()
 
     def process(self) -> None:
+        if self.channel.site.stopping and refuse_while_stopping(self):
+            return
         if self._body_too_large:
             self.setResponseCode(http.REQUEST_ENTITY_TOO_LARGE)
             self.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -154,34 +159,6 @@ class ConsoleRequest(server.Request):
             self.finish()
             return
         super().process()
-
-
-def access_log_line(timestamp: str, request: Any) -> str:
-    """Combined log format, with the peer's certificate name as the user."""
-    referrer = _quote(request.getHeader(b"referer") or b"-")
-    agent = _quote(request.getHeader(b"user-agent") or b"-")
-    line = (
-        '"{ip}" - {user} {timestamp} "{method} {uri} {protocol}" '
-        '{code} {length} "{referrer}" "{agent}"'
-    )
-    return line.format(
-        ip=_quote(request.getClientAddress().host or b"-"),
-        user=_quote(str(identity_of(request)) or "-"),
-        timestamp=timestamp,
-        method=_quote(request.method),
-        uri=_quote(request.uri),
-        protocol=_quote(request.clientproto),
-        code=request.code,
-        length=request.sentLength or "-",
-        referrer=referrer,
-        agent=agent,
-    )
-
-
-def _quote(value: bytes | str) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return value.replace('"', "%22").replace(" ", "%20") if value else "-"
 
 
 @dataclass(frozen=True)
@@ -209,13 +186,14 @@ class ConsoleSite(server.Site):
         self.headerTimeout = limits.header_timeout
         self.headersReceivedHook: Callable[[ConsoleRequest], None] | None = None
         self.inFlight: set[ConsoleRequest] = set()
+        self.stopping = False  # see endings.begin_shutdown
         # connection -> [console streams open on it, its idle timeout before]
         self._idleHeld: dict[Any, list[Any]] = {}
 
     def requestStarted(self, request: ConsoleRequest) -> None:
         self.inFlight.add(request)
         request.notifyFinish().addBoth(self._requestDone, request)
-        if request.earlyPath.startswith(STREAM_PATH_PREFIX):
+        if is_stream_target(request.earlyPath):
             self._holdIdleTimeout(request)
 
     def _requestDone(self, result: object, request: ConsoleRequest) -> None:

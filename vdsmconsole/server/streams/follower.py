@@ -9,6 +9,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vdsmconsole.core.console import Console
+from vdsmconsole.core.interfaces import SERVER_STOPPING, SourceState
+from vdsmconsole.server.http.endings import StreamEnd, abort_stream, end_stream
 
 log = Logger(namespace="vdsmconsole.streams")
 
@@ -41,8 +43,15 @@ class Follower:
     def dataAvailable(self) -> None:
         self.pump()
 
-    def consoleClosed(self) -> None:
-        self.stop(finish=True)
+    def consoleDown(self) -> None:
+        self.pump()  # ends the response once the client has what is retained
+
+    def consoleClosed(self, why: str) -> None:
+        if why == SERVER_STOPPING:
+            self.stop()
+            abort_stream(self.request)
+        else:
+            self.end(StreamEnd.DESTROYED)
 
     # IPushProducer
     def pauseProducing(self) -> None:
@@ -53,7 +62,7 @@ class Follower:
         self.pump()
 
     def stopProducing(self) -> None:
-        self.stop(finish=False)
+        self.stop()
 
     def pump(self) -> None:
         """Write what the client has not seen, until it pushes back."""
@@ -67,7 +76,9 @@ class Follower:
                 cursor = self.cursor
                 if cursor >= end:
                     if self.limit is not None:
-                        self.stop(finish=True)
+                        self.end(StreamEnd.COMPLETE)
+                    elif console.state == SourceState.DOWN and not console.closed:
+                        self.end(StreamEnd.DOWN)  # nothing more will come
                     return
                 # The console picks the ring or, for older offsets, its log.
                 result = console.read(cursor, min(CHUNK, end - cursor))
@@ -79,7 +90,7 @@ class Follower:
                         vm=self.console.vm_id,
                         n=result.lost,
                     )
-                    self.stop(finish=True)
+                    self.end(StreamEnd.BEHIND)
                     return
                 self.cursor = result.offset + len(result.data)
                 self.sent += len(result.data)
@@ -87,11 +98,15 @@ class Follower:
         finally:
             self._pumping = False
 
-    def stop(self, finish: bool) -> None:
+    def end(self, why: StreamEnd) -> None:
+        """End the response cleanly, saying why (see endings.py)."""
+        if not self.done:
+            self.stop()
+            end_stream(self.request, why)
+
+    def stop(self) -> None:
+        """Send no more; the response is left as it is."""
         if self.done:
             return
         self.done = True
         self.console.unsubscribe(self)
-        if finish and not self.request.finished:
-            self.request.unregisterProducer()
-            self.request.finish()

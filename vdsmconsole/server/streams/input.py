@@ -10,13 +10,12 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from vdsmconsole.core.console import Console
-from vdsmconsole.core.interfaces import SourceState
+from vdsmconsole.core.interfaces import SERVER_STOPPING, SourceState
+from vdsmconsole.server.http.endings import StreamEnd, abort_stream, down_headers
 from vdsmconsole.server.http.resources import end_with
 from vdsmconsole.server.http.site import ConsoleRequest
 from vdsmconsole.server.streams.follower import Follower
-
-RETRY_AFTER = b"5"
-
+from vdsmconsole.status import no_vm_message
 
 # The longest input chunk kept whole (see BodyWriter.bodyChunk).
 WHOLE_CHUNK_BYTES = 64 * 1024
@@ -102,16 +101,21 @@ class BodyWriter:
         self.stop()
 
     def consoleDown(self) -> None:
-        self._guest_gone()
+        self._guest_gone(StreamEnd.DOWN)
 
-    def consoleClosed(self) -> None:
-        self._guest_gone()
+    def consoleClosed(self, why: str) -> None:
+        if why == SERVER_STOPPING:
+            self.stop()
+            abort_stream(self.request)
+        else:
+            self._guest_gone(StreamEnd.DESTROYED)
 
     def _flush(self) -> None:
         console = self.console
         while self.pending and not self.blocked and not self.done:
             if console.closed or console.source.state is SourceState.DOWN:
-                self._guest_gone()
+                gone = StreamEnd.DESTROYED if console.closed else StreamEnd.DOWN
+                self._guest_gone(gone)
                 return
             if not console.write(self.pending[0]):
                 break  # reconnecting: resumeProducing comes when it is back
@@ -140,19 +144,21 @@ class BodyWriter:
             self.request.write(body)
             self.request.finish()
 
-    def _guest_gone(self) -> None:
+    def _guest_gone(self, why: StreamEnd) -> None:
         if self.done:
             return
         self.stop()
-        if self.duplex and self.follower is not None:
-            self.follower.stop(finish=True)
+        vm_id = self.console.vm_id
+        if self.follower is not None:
+            # A duplex: its output ends the response (a down guest's once the
+            # client has what is retained).
+            if why is StreamEnd.DESTROYED:
+                self.follower.end(why)
             return
-        end_with(
-            self.request,
-            503,
-            f"console {self.console.vm_id} is {self.console.state}",
-            **{"retry-after": RETRY_AFTER},
-        )
+        if why is StreamEnd.DESTROYED:
+            end_with(self.request, 404, no_vm_message(vm_id))
+        else:
+            end_with(self.request, 503, f"console {vm_id} is down", down_headers())
 
     def stop(self) -> None:
         if self.done:

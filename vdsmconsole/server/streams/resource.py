@@ -12,10 +12,12 @@ from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.identity import identity_of
 from vdsmconsole.server.authz import stream_permission
 from vdsmconsole.server.context import ServerContext
+from vdsmconsole.server.http.endings import END_HEADER, down_headers
 from vdsmconsole.server.http.resources import MethodsMixin, Root, answer
+from vdsmconsole.server.http.routes import is_stream_target
 from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite
 from vdsmconsole.server.streams.follower import Follower
-from vdsmconsole.server.streams.input import RETRY_AFTER, BodyWriter
+from vdsmconsole.server.streams.input import BodyWriter
 from vdsmconsole.server.streams.query import (
     BeyondEnd,
     QueryError,
@@ -23,9 +25,8 @@ from vdsmconsole.server.streams.query import (
     parse_stream_query,
     resolve_start,
 )
-from vdsmconsole.spec import STREAM_PATH, is_valid_vm_id
-
-STREAM_PREFIX = STREAM_PATH.encode("ascii")
+from vdsmconsole.spec import is_valid_vm_id
+from vdsmconsole.status import no_vm_message
 
 
 class ConsoleStreamResource(MethodsMixin, resource.Resource):
@@ -58,6 +59,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-console-offset", b"%d" % start)
+        request.setHeader(b"trailer", END_HEADER)
         if lost:
             request.setHeader(b"x-console-lost", b"%d" % lost)
         return start
@@ -88,7 +90,10 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
             return denied
         console = self._console()
         if console is None:
-            return answer(request, 404, "no such console")
+            vm_id = self.raw_vm_id.decode("utf-8", "replace")
+            return answer(
+                request, 404, no_vm_message(vm_id if is_valid_vm_id(vm_id) else "")
+            )
         query = self._query(request)
         if isinstance(query, bytes):
             return query
@@ -127,10 +132,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         console, query = admitted
         if console.closed or console.state == SourceState.DOWN:
             return answer(
-                request,
-                503,
-                f"console {console.vm_id} is {console.state}",
-                {b"retry-after": RETRY_AFTER},
+                request, 503, f"console {console.vm_id} is down", down_headers()
             )
         follower = None
         if query.duplex:
@@ -168,7 +170,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
 
         def detached(result: object) -> None:
             if follower is not None:
-                follower.stop(finish=False)
+                follower.stop()
                 fields["endOffset"] = follower.cursor
                 fields["bytesSent"] = follower.sent
             if writer is not None:
@@ -181,9 +183,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
 
 def headers_received(request: ConsoleRequest) -> None:
     """A POST to a stream renders now: its body flows to the guest as it comes."""
-    if request.earlyMethod in (b"POST", b"PUT") and request.earlyPath.startswith(
-        STREAM_PREFIX
-    ):
+    if request.earlyMethod in (b"POST", b"PUT") and is_stream_target(request.earlyPath):
         request.dispatchEarly()
 
 

@@ -69,7 +69,7 @@ class LoadedTLS:
     def summary(self) -> str:
         cert = self.certificate
         text = (
-            f"certificate {printable(str(identity_from_certificate(cert)))}"
+            f"certificate {printable(identity_from_certificate(cert).name)}"
             f" serial {cert.serial_number:x} valid until {utc_text(self.not_after)}"
         )
         if self.revoked is not None:

@@ -61,7 +61,7 @@ def refusal_reason(cert: x509.Certificate, errnum: int, depth: int) -> str:
         why = "cannot be checked: the CRL is not valid yet"
     else:
         why = f"failed verification (OpenSSL X509_V_ERR {errnum})"
-    who = printable(str(identity_from_certificate(cert)))
+    who = printable(identity_from_certificate(cert).name)
     if depth == 0:
         return f"client certificate {who} {why}"
     return f"certificate {who} (depth {depth} of the client's chain) {why}"
