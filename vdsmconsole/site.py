@@ -36,6 +36,7 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
+from vdsmconsole.h2channel import bound_send_buffer, start_http2, when_set_up
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ class ConsoleRequest(server.Request):
         site.requestStarted(self)
         hook = site.headersReceivedHook
         if hook is not None:
-            hook(self)
+            when_set_up(channel, hook, self)
 
     def dispatchEarly(self) -> None:
         """Render now, with the body still to come (a streaming POST).
@@ -430,9 +431,14 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
             )
             channel: Any = self._channel
             channel.deadlines = self.deadlines
+            bound_send_buffer(transport, site.context.config.client_buffer_bytes)
         super().makeConnection(transport)
         if self.deadlines is not None:
             self.deadlines.start(tls=isinstance(transport, TLSMemoryBIOProtocol))
+
+    def dataReceived(self, data: bytes) -> None:
+        start_http2(self)  # ours where ALPN picked h2, in place of Twisted's
+        super().dataReceived(data)
 
     def handshakeCompleted(self) -> None:
         if self.deadlines is not None:
