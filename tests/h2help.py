@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import time
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,15 @@ def frames_until_closed(client: H2Client) -> list[Frame]:
 
 
 def stalled_client(
-    server: ServerProcess, path: str, streams: int = 1, timeout: float = 30
+    server: ServerProcess,
+    path: str,
+    streams: int = 1,
+    timeout: float = 30,
+    rcvbuf: int | None = None,
 ) -> H2Client:
     """An HTTP/2 connection that advertises a 2 GiB window, opens ``streams``
     GETs of ``path`` and then reads nothing."""
-    client = H2Client(server, timeout=timeout)
+    client = H2Client(server, timeout=timeout, rcvbuf=rcvbuf)
     conn = client.conn
     conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: HUGE_WINDOW})
     conn.increment_flow_control_window(HUGE_WINDOW - 65535)
@@ -96,11 +101,11 @@ def read_streams(
     """
     bodies: dict[int, bytearray] = {}
     ended: set[int] = set()
-
-    def more() -> bool:
-        if until(bodies, ended):
-            return True
-        data = client.sock.recv(1 << 20)
+    deadline = time.monotonic() + timeout
+    while not until(bodies, ended):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s reading the streams")
+        data = client.sock.recv(1 << 20)  # the socket's timeout bounds each read
         if not data:
             raise AssertionError("the server closed the connection")
         for event in client.conn.receive_data(data):
@@ -112,9 +117,6 @@ def read_streams(
             elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
                 ended.add(event.stream_id)
         client.sock.sendall(client.conn.data_to_send())
-        return bool(until(bodies, ended))
-
-    wait_for(more, timeout, "the streams")
     return bodies
 
 

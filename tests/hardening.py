@@ -89,12 +89,23 @@ def tls_connect(
     alpn: list[str] | None = None,
     timeout: float = 10,
     cert: tuple[Path, Path] | None = None,
+    rcvbuf: int | None = None,
 ) -> ssl.SSLSocket:
-    """A TLS socket to the server, as the engine (or as ``cert``: cert, key)."""
+    """A TLS socket to the server, as the engine (or as ``cert``: cert, key);
+    ``rcvbuf`` shrinks its receive buffer (so a client that stops reading
+    stops the server's sending at once, not after megabytes)."""
     context = client_context(server.pki, *(cert or ()))
     if alpn:
         context.set_alpn_protocols(alpn)
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        sock.connect(("127.0.0.1", server.port))
+    except OSError:
+        sock.close()
+        raise
     return context.wrap_socket(sock, server_hostname="localhost")
 
 
@@ -161,8 +172,11 @@ class H2Client:
         server: ServerProcess,
         timeout: float = 10,
         cert: tuple[Path, Path] | None = None,
+        rcvbuf: int | None = None,
     ) -> None:
-        self.sock = tls_connect(server, alpn=["h2"], timeout=timeout, cert=cert)
+        self.sock = tls_connect(
+            server, alpn=["h2"], timeout=timeout, cert=cert, rcvbuf=rcvbuf
+        )
         assert self.sock.selected_alpn_protocol() == "h2"
         config = h2.config.H2Configuration(
             client_side=True,

@@ -37,6 +37,8 @@ each case and its test are in docs/reliability.rst):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -45,10 +47,12 @@ import h2.errors
 import h2.events
 import h2.exceptions
 from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection, H2Stream
 
@@ -76,17 +80,16 @@ def transport_buffered(transport: Any) -> int:
 
     Walks down the transports (TLS, then TCP): TLS holds cleartext only
     before its handshake; the TCP transport holds the ciphertext that did not
-    fit into the socket.
+    fit into the socket.  (isinstance, not hasattr: TLS forwards unknown
+    attributes to the transport below it.)
     """
     total = 0
     while transport is not None:
-        pending = getattr(transport, "_appSendBuffer", None)
-        if pending:
-            total += sum(len(b) for b in pending)
-        data = getattr(transport, "dataBuffer", None)
-        if data is not None:  # a FileDescriptor: its buffer, past what was sent
-            total += len(data) - transport.offset + transport._tempDataLen
-            break
+        if isinstance(transport, FileDescriptor):
+            pending = len(transport.dataBuffer) - transport.offset
+            return total + pending + transport._tempDataLen
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            total += sum(len(b) for b in transport._appSendBuffer or ())
         transport = getattr(transport, "transport", None)
     return total
 
@@ -99,10 +102,31 @@ def bound_send_buffer(transport: Any, bound: int) -> None:
     an HTTP/1.1 follower, so ``client_buffer_bytes`` is its ``bufferSize``.
     """
     while transport is not None:
-        if hasattr(transport, "dataBuffer"):
+        if isinstance(transport, FileDescriptor):
             transport.bufferSize = bound
             return
         transport = getattr(transport, "transport", None)
+
+
+_trim: Any = None  # glibc's malloc_trim, found once; False where there is none
+_trimCall: Any = None
+
+
+def give_back_memory(reactor: Any) -> None:
+    """Hand the heap's free pages back to the system, soon (once per turn).
+
+    Output queued for a stalled client is freed when it goes, but into
+    glibc's heap, where the 64 KiB pieces sit among live objects: the
+    process keeps that RSS.  ``malloc_trim(0)`` releases the free pages
+    (a few milliseconds for a heap of this size); without glibc, nothing.
+    """
+    global _trim, _trimCall
+    if _trim is None:
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        _trim = getattr(libc, "malloc_trim", None) or False
+    if _trim and (_trimCall is None or not _trimCall.active()):
+        _trimCall = reactor.callLater(0, _trim, 0)
 
 
 def start_http2(generic: Any) -> None:
@@ -211,6 +235,7 @@ class ConsoleH2Connection(H2Connection):  # type: ignore[misc]
         self.conn.incoming_buffer = CalmFrameBuffer(server=True)
         self.closed = False
         self._bufferPaused: set[int] = set()
+        self._heldBuffers = False  # a stream filled its buffer at some time
         self._idlePriority: set[int] = set()
 
     def connectionLost(
@@ -218,6 +243,9 @@ class ConsoleH2Connection(H2Connection):  # type: ignore[misc]
     ) -> None:
         self.closed = True
         super().connectionLost(reason, _cancelTimeouts)
+        if self._heldBuffers:
+            self._heldBuffers = False
+            give_back_memory(self._reactor)
 
     # -- reading -------------------------------------------------------------
 
@@ -385,6 +413,7 @@ class ConsoleH2Connection(H2Connection):  # type: ignore[misc]
             > self.bufferBound
         ):
             self._bufferPaused.add(streamID)
+            self._heldBuffers = True
             stream.pauseForBuffer()
 
     def _sendPrioritisedData(self, *args: Any) -> None:
