@@ -18,6 +18,7 @@ declare -A NEEDS=(
     [tmux]=tmux
     [socat]=socat
     [openssl]=openssl
+    [h2load]=nghttp2-client
 )
 missing=()
 for tool in "${!NEEDS[@]}"; do
