@@ -14,7 +14,7 @@ from hyperframe.frame import Frame
 
 from tests.hardening import H2Client, read_until_closed
 from tests.serverproc import ServerProcess, wait_for
-from tests.streamhelp import rss_bytes
+from tests.streamhelp import at_prompt, rss_bytes, stats, type_into
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import PkiPaths
 
@@ -145,6 +145,20 @@ class RssWatch:
 
         wait_for(done, timeout, "the server's memory to settle")
         return max(self.samples)
+
+
+def flood(server: ServerProcess, vm_id: str, nbytes: int) -> int:
+    start = stats(server, vm_id)["nextOffset"]
+    type_into(server, vm_id, f"flood {nbytes}\r")
+    wait_for(
+        lambda: (
+            stats(server, vm_id)["nextOffset"] >= start + nbytes
+            and at_prompt(server, vm_id)
+        ),
+        120,
+        "the flood to finish",
+    )
+    return int(stats(server, vm_id)["nextOffset"])
 
 
 def process_gone(pid: int) -> bool:

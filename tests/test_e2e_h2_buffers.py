@@ -19,12 +19,11 @@ import h2.events
 import pytest
 
 from tests.conftest import require_tool
-from tests.h2help import RssWatch, headers, read_streams, stalled_client
+from tests.h2help import RssWatch, flood, headers, read_streams, stalled_client
 from tests.hardening import Bystander, H2Client, marker, tls_connect
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import (
     DEMO_CONFIG,
-    at_prompt,
     console_bytes,
     create_demo,
     curl_base,
@@ -42,20 +41,6 @@ RETAINED = 8 * 1000 * 1000  # the flood each console starts with
 PER_STREAM = 256 * 1024 + 64 * 1024 + 16 * 1024
 # Python's allocator, TLS and h2 bookkeeping, the RSS noise of a busy server.
 SLACK = 10 * MiB
-
-
-def flood(server: ServerProcess, vm_id: str, nbytes: int) -> int:
-    start = stats(server, vm_id)["nextOffset"]
-    type_into(server, vm_id, f"flood {nbytes}\r")
-    wait_for(
-        lambda: (
-            stats(server, vm_id)["nextOffset"] >= start + nbytes
-            and at_prompt(server, vm_id)
-        ),
-        120,
-        "the flood to finish",
-    )
-    return int(stats(server, vm_id)["nextOffset"])
 
 
 @pytest.fixture(scope="module")

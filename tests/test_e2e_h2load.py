@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tool
-from tests.h2help import PING, RssWatch
+from tests.h2help import PING, RssWatch, flood
 from tests.serverproc import ServerProcess
 from tests.streamhelp import DEMO_CONFIG, create_demo
-from tests.test_e2e_h2_buffers import flood
 from tests.tlsbridge import TLSBridge
 
 pytestmark = pytest.mark.e2e
