@@ -31,8 +31,9 @@ each case and its test are in docs/reliability.rst):
   for at most ``IDLE_PRIORITY_LIMIT`` streams (the priority tree refused a
   1001st with an exception); more is GOAWAY ENHANCE_YOUR_CALM.  PRIORITY
   for a closed stream is ignored (Twisted put it back in the tree for
-  good).  More than 64 CONTINUATION frames is ENHANCE_YOUR_CALM, as for an
-  oversized header list, not PROTOCOL_ERROR.
+  good).  A header block in HEADERS and 64 CONTINUATION frames (h2's
+  limit) is ENHANCE_YOUR_CALM, as for an oversized header list, not
+  PROTOCOL_ERROR.
 """
 
 from __future__ import annotations
@@ -110,23 +111,34 @@ def bound_send_buffer(transport: Any, bound: int) -> None:
 
 _trim: Any = None  # glibc's malloc_trim, found once; False where there is none
 _trimCall: Any = None
+_trimmed = float("-inf")  # when it last ran (reactor seconds)
+TRIM_INTERVAL = 1.0  # seconds: at most one trim per second, whoever asks
 
 
 def give_back_memory(reactor: Any) -> None:
-    """Hand the heap's free pages back to the system, soon (once per turn).
+    """Hand the heap's free pages back to the system, soon.
 
     Output queued for a stalled client is freed when it goes, but into
     glibc's heap, where the 64 KiB pieces sit among live objects: the
-    process keeps that RSS.  ``malloc_trim(0)`` releases the free pages
-    (a few milliseconds for a heap of this size); without glibc, nothing.
+    process keeps that RSS.  ``malloc_trim(0)`` releases the free pages (a
+    few milliseconds for a heap of this size), at most once a second however
+    many connections go; without glibc, nothing.
     """
     global _trim, _trimCall
     if _trim is None:
         name = ctypes.util.find_library("c")
         libc = ctypes.CDLL(name) if name else None
         _trim = getattr(libc, "malloc_trim", None) or False
-    if _trim and (_trimCall is None or not _trimCall.active()):
-        _trimCall = reactor.callLater(0, _trim, 0)
+    if not _trim or (_trimCall is not None and _trimCall.active()):
+        return
+    wait = max(0.0, _trimmed + TRIM_INTERVAL - reactor.seconds())
+    _trimCall = reactor.callLater(wait, _run_trim, reactor)
+
+
+def _run_trim(reactor: Any) -> None:
+    global _trimmed
+    _trimmed = reactor.seconds()
+    _trim(0)
 
 
 def start_http2(generic: Any) -> None:
@@ -173,7 +185,7 @@ def when_set_up(channel: Any, f: Callable[..., None], *args: Any) -> None:
 class CalmFrameBuffer(FrameBuffer):  # type: ignore[misc]
     """h2's frame buffer, with a CONTINUATION flood told apart.
 
-    h2 refuses a header block in more than 64 frames with a plain
+    h2 refuses a header block in over 64 frames with a plain
     ProtocolError (PROTOCOL_ERROR); it is a resource limit like the 64 KiB
     header list, which h2 answers ENHANCE_YOUR_CALM.
     """
