@@ -50,8 +50,11 @@ CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, pki):
+    """The module's server; its stop (SIGTERM) must leave no error in the log."""
     with demo_server(pki, tmp_path_factory.mktemp("h2"), CONFIG) as running:
         yield running
+    log = running[0].log()
+    assert "Unhandled" not in log and "Traceback" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")
