@@ -17,9 +17,18 @@ from typing import Any
 
 import h2.events
 import pytest
+from h2.errors import ErrorCodes
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
 from tests.conftest import require_tool
-from tests.h2help import RssWatch, flood, headers, read_streams, stalled_client
+from tests.h2help import (
+    RssWatch,
+    flood,
+    frames_until_closed,
+    headers,
+    read_streams,
+    stalled_client,
+)
 from tests.hardening import Bystander, H2Client, marker, tls_connect
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import (
@@ -241,3 +250,20 @@ def test_client_buffer_bytes_bounds_an_http11_follower(server_factory):
     # what the kernel took since its last compaction) and the kernel's
     # send buffer (up to tcp_wmem's 4 MiB).  Before: 2 MiB, whatever the knob.
     assert knob // 2 <= detach["bytesSent"] <= knob + 64 * 1024 + 4 * MiB, detach
+
+
+def test_goaway_reaches_a_client_whose_connection_is_full(flooded):
+    """A CONTINUATION flood on a connection whose output is stalled: the
+    GOAWAY still goes out after what was queued, and the connection closes."""
+    server = flooded
+    client = stalled_client(server, "/consoleStream/vm1?offset=0", rcvbuf=4096)
+    try:
+        RssWatch(server).settle(PER_STREAM + SLACK)  # its output is stalled
+        block = HeadersFrame(3, b"").serialize()
+        client.sock.sendall(block + ContinuationFrame(3, b"").serialize() * 100)
+        frames = frames_until_closed(client)
+    finally:
+        client.close()
+    goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert [g.error_code for g in goaways] == [ErrorCodes.ENHANCE_YOUR_CALM]
+    assert frames[-1] is goaways[0]

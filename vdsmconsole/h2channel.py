@@ -376,12 +376,17 @@ class ConsoleH2Connection(H2Connection):  # type: ignore[misc]
         """Close after what is queued, and be sure the close happens.
 
         TLS does not start its close while a producer is registered (it
-        would wait for it to finish), so the connection lets go of it first;
-        a client that never answers TLS's close is cut after
-        ``abortTimeout`` (15 s), as Twisted does after an idle timeout.
+        would wait for it to finish), so the connection lets go of it first,
+        and writes the control frames (the GOAWAY) it held back while the
+        transport was full, since nothing resumes it now; a client that
+        never answers TLS's close is cut after ``abortTimeout`` (15 s), as
+        Twisted does after an idle timeout.
         """
         transport: Any = self.transport
         transport.unregisterProducer()
+        while self._bufferedControlFrames:  # at most 17 KiB (Twisted's cap)
+            transport.write(self._bufferedControlFrames.popleft())
+        self._bufferedControlFrameBytes = 0
         transport.loseConnection()
         if self._abortingCall is None and self.abortTimeout is not None:
             self._abortingCall = self.callLater(
