@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from vdsmconsole.accesslog import access_log_line
 from vdsmconsole.endings import refuse_while_stopping
+from vdsmconsole.h2channel import bound_send_buffer, start_http2, when_set_up
 from vdsmconsole.httprules import header_refusal
 from vdsmconsole.routes import is_stream_target, stream_vm_id
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
@@ -146,7 +147,7 @@ class ConsoleRequest(server.Request):
         site.requestStarted(self)
         hook = site.headersReceivedHook
         if hook is not None:
-            hook(self)
+            when_set_up(channel, hook, self)
 
     def dispatchEarly(self) -> None:
         """Render now, with the body still to come (a streaming POST).
@@ -444,10 +445,6 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
     deadlines: ConnectionDeadlines | None = None
     dataSeen = False  # a byte of a request came (connlimits.py closes silence)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.dataSeen = True
-        super().dataReceived(data)
-
     def makeConnection(self, transport: Any) -> None:
         site = self._site
         if site is not None:
@@ -459,9 +456,15 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
             )
             channel: Any = self._channel
             channel.deadlines = self.deadlines
+            bound_send_buffer(transport, site.context.config.client_buffer_bytes)
         super().makeConnection(transport)
         if self.deadlines is not None:
             self.deadlines.start(tls=isinstance(transport, TLSMemoryBIOProtocol))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.dataSeen = True
+        start_http2(self)  # ours where ALPN picked h2, in place of Twisted's
+        super().dataReceived(data)
 
     def handshakeCompleted(self) -> None:
         if self.deadlines is not None:
