@@ -79,7 +79,13 @@ def server(served) -> Any:
 # (who, path, status, the answer's text)
 EARLY = [
     pytest.param("viewer", "/consoleStream/vm1", 403, b"may not do that", id="403"),
-    pytest.param("engine", "/consoleStream/nope", 404, b"no such console", id="404"),
+    pytest.param(
+        "engine",
+        "/consoleStream/nope",
+        404,
+        b"Virtual machine does not exist",
+        id="404",
+    ),
     pytest.param(
         "engine", "/consoleStream/vm1?bogus=1", 400, b"unknown parameter", id="400"
     ),
