@@ -19,7 +19,7 @@ PROTOCOL = REPO / "docs" / "protocol.rst"
 # ``vdsmconsole/x/y.py`` or ``x/y.py`` (relative to the package) in literals.
 # A relative path out of the repository to a file: ``../shared/DESIGN.md``.
 OUTSIDE = re.compile(r"(?:^|[\s`<(])(\.\./(?:[\w.-]+/)+[\w.-]+\.\w+)", re.MULTILINE)
-PY_PATH = re.compile(r"``((?:[a-z_]+/)*[a-z_]+\.py)``")
+PY_PATH = re.compile(r"``((?:[a-z0-9_]+/)*[a-z0-9_]+\.py)``")
 
 
 def named_paths(text: str) -> set[str]:

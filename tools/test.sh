@@ -20,6 +20,7 @@ declare -A NEEDS=(
     [openssl]=openssl
     [script]=bsdutils
     [prlimit]=util-linux
+    [h2load]=nghttp2-client
 )
 # Perl module -> Debian package: Perl's RPC::XML is the strict XML-RPC client
 # of another language that tests/test_e2e_wire.py reads the server with.

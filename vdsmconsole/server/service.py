@@ -136,6 +136,7 @@ def site_limits(config: Config) -> SiteLimits:
         max_body_bytes=config.rpc_max_body,
         handshake_timeout=config.handshake_timeout,
         header_timeout=config.header_timeout,
+        client_buffer_bytes=config.client_buffer_bytes,
     )
 
 

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from vdsmconsole.identity import peer_address
 from vdsmconsole.server.http.deadlines import ConnectionDeadlines, HandshakeTimeout
+from vdsmconsole.server.http.h2channel import bound_send_buffer, start_http2
 from vdsmconsole.server.http.httprules import header_refusal
 from vdsmconsole.server.http.routes import is_stream_target
 
@@ -185,10 +186,6 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):
     deadlines: ConnectionDeadlines | None = None
     dataSeen = False  # a byte of a request came (connlimits.py closes silence)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.dataSeen = True
-        super().dataReceived(data)
-
     def makeConnection(self, transport: Any) -> None:
         site = self._site
         if site is not None:
@@ -200,9 +197,15 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):
             )
             channel: Any = self._channel
             channel.deadlines = self.deadlines
+            bound_send_buffer(transport, site.clientBufferBytes)
         super().makeConnection(transport)
         if self.deadlines is not None:
             self.deadlines.start(tls=isinstance(transport, TLSMemoryBIOProtocol))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.dataSeen = True
+        start_http2(self)  # ours where ALPN picked h2, in place of Twisted's
+        super().dataReceived(data)
 
     def handshakeCompleted(self) -> None:
         if self.deadlines is not None:

@@ -25,6 +25,7 @@ from vdsmconsole.server.http.channel import (
     deadlines_of,
 )
 from vdsmconsole.server.http.endings import refuse_while_stopping
+from vdsmconsole.server.http.h2channel import when_set_up
 from vdsmconsole.server.http.routes import is_stream_target
 from vdsmconsole.server.tls.connection import peer_identity_of
 
@@ -89,7 +90,7 @@ class ConsoleRequest(server.Request):
         site.requestStarted(self)
         hook = site.headersReceivedHook
         if hook is not None:
-            hook(self)
+            when_set_up(channel, hook, self)
 
     def dispatchEarly(self) -> None:
         """Render now, with the body still to come (a streaming POST).
@@ -168,6 +169,7 @@ class SiteLimits:
     max_body_bytes: int  # of an RPC request ([server] rpc_max_body)
     handshake_timeout: float  # seconds ([server] handshake_timeout)
     header_timeout: float  # seconds ([server] header_timeout)
+    client_buffer_bytes: int  # unsent output held per client ([console])
 
 
 class ConsoleSite(server.Site):
@@ -184,6 +186,7 @@ class ConsoleSite(server.Site):
         self.maxBodyBytes = limits.max_body_bytes
         self.handshakeTimeout = limits.handshake_timeout
         self.headerTimeout = limits.header_timeout
+        self.clientBufferBytes = limits.client_buffer_bytes
         self.headersReceivedHook: Callable[[ConsoleRequest], None] | None = None
         self.inFlight: set[ConsoleRequest] = set()
         self.stopping = False  # see endings.begin_shutdown
