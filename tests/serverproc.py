@@ -7,6 +7,7 @@ read, and the fixture that started it kills it by pid even when a test fails.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -119,6 +120,14 @@ class ServerProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The records of ``<state_dir>/audit.log``, oldest first."""
+        try:
+            text = (self.state_dir / "audit.log").read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines()]
 
     def url(self, path: str = "/RPC2") -> str:
         return f"https://127.0.0.1:{self.port}{path}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import json
 import random
 
 import pytest
@@ -43,12 +42,7 @@ def _server_with_role(server_factory, role: str):
 
 
 def _denials(server) -> list[dict]:
-    audit = server.state_dir / "audit.log"
-    return [
-        entry
-        for entry in map(json.loads, audit.read_text().splitlines())
-        if entry["event"] == "denied"
-    ]
+    return [entry for entry in server.audit() if entry["event"] == "denied"]
 
 
 def test_viewer_reads_but_cannot_type_or_change(server_factory):
