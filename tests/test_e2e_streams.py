@@ -442,3 +442,29 @@ def test_writers_interleave_whole_chunks(server_factory):
         slow.close()
     wait_for(lambda: len(console_bytes(server, "cat", start)) >= 28, 10, "A's chunk")
     assert console_bytes(server, "cat", start) == b"B" * 8 + first + second
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_writer_leaving_mid_chunk_delivers_none_of_it(server_factory, how):
+    """A client that leaves in the middle of a chunk: the guest receives none
+    of that chunk, and the next client's input arrives clean after it."""
+    server = server_factory(DEMO_CONFIG.replace("[spawn.commands]", CAT_COMMANDS))
+    create_demo(server, "cat", command="cat")
+    start = stats(server, "cat")["nextOffset"]
+    # A 256-byte chunk of which 40 bytes arrive, with the headers, in one record.
+    sock = _open_chunked_post(server, "/consoleStream/cat", b"100\r\n" + b"P" * 40)
+    wait_for(lambda: stats(server, "cat")["writers"] == 1, 10, "the writer")
+    if how == "reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+    sock.close()
+    wait_for(lambda: stats(server, "cat")["writers"] == 0, 10, "the writer to go")
+    after = _open_chunked_post(
+        server, "/consoleStream/cat", _chunk(b"next") + b"0\r\n\r\n"
+    )
+    try:
+        assert _read_http_head(after)[0].startswith(b"HTTP/1.1 200")
+    finally:
+        after.close()
+    # The cat guest gives back exactly what it received.
+    wait_for(lambda: b"next" in console_bytes(server, "cat", start), 10, "the echo")
+    assert console_bytes(server, "cat", start) == b"next"
