@@ -10,15 +10,25 @@ stays cheap on a small machine.  Each client loops until the deadline, picking
 at random: an RPC call (ping, list, stats, consoleRead, consoleWrite), a
 follower (live or from an offset, for a few seconds), a follower that
 disconnects and resumes from its last offset, a writer (a chunked POST of a
-few commands), a writer that leaves mid-body, or a duplex session (type a
-token, see it echoed on the same request).
+few commands), a writer that leaves mid-chunk, a duplex session (type a
+token, see it echoed on the same request), or a flood (a duplex session that
+types ``flood N``).
 
 Checked at the end, and any failure is an error:
 
 - no unexpected answer or exception on any client;
-- every byte each follower or duplex session received equals what
-  ``consoleRead`` returns for the same offsets (a resumed follower's two
-  sessions join without a gap or a repeat);
+- every byte each follower, duplex session or flood received equals what
+  ``consoleRead`` returns for the same offsets afterwards; a resumed
+  follower's second session starts at the offset it asked for
+  (``X-Console-Offset``), so its two sessions join without a gap or a repeat;
+- what the guest wrote, where it is known: a flood's bytes are exactly the
+  demo guest's flood (``flood_output``), a duplex session sees its token
+  echoed;
+- each ``consoleRead`` answer equals the bytes streaming clients received
+  for the same offsets, where they overlap (counted apart:
+  ``consoleReadRangesChecked``);
+- none of a chunk whose writer left mid-chunk reached a guest (its token is
+  in no console's retained output);
 - the server's RSS after the warm-up (the first ``--warmup`` fraction of the
   run) grows by less than 10 %;
 - once the clients are gone: no reader or writer left on any console, and
@@ -32,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import random
 import ssl
@@ -46,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.serverproc import ServerProcess, client_context, wait_for
-from tests.streamhelp import DEMO_CONFIG, PROMPT, rss_bytes
+from tests.streamhelp import DEMO_CONFIG, PROMPT, flood_output, rss_bytes
 
 COMMANDS = ["uname\r", "date\r", "uptime\r", "help\r", "echo {token}\r"]
 ANSWER_TIMEOUT = 60.0  # seconds for any one answer under full load
@@ -137,8 +146,11 @@ class Seen:
 
     vm_id: str
     offset: int
-    length: int
-    sha256: str
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
 
 
 @dataclass
@@ -148,7 +160,9 @@ class Soak:
     duration: float
     seed: int = 0
     context: ssl.SSLContext = field(init=False)
-    seen: list[Seen] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)  # by streams
+    polled: list[Seen] = field(default_factory=list)  # by consoleRead
+    left_tokens: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     deadline: float = 0.0
@@ -165,8 +179,7 @@ class Soak:
 
     def record(self, vm_id: str, offset: int, data: bytes) -> None:
         if data:
-            digest = hashlib.sha256(data).hexdigest()
-            self.seen.append(Seen(vm_id, offset, len(data), digest))
+            self.seen.append(Seen(vm_id, offset, data))
 
     # -- RPC --------------------------------------------------------------
 
@@ -216,7 +229,8 @@ class Soak:
             if result["status"]["code"] == 0:
                 if result["lost"] != 0 or result["offset"] != offset:
                     raise SoakError(f"consoleRead {vm_id} {offset}: {result}")
-                self.record(vm_id, offset, result["data"])
+                if result["data"]:
+                    self.polled.append(Seen(vm_id, offset, result["data"]))
         else:
             token = f"rpc-{rng.randrange(10**9)}"
             result, conn = await self.rpc(
@@ -231,9 +245,17 @@ class Soak:
     # -- streams ---------------------------------------------------------
 
     async def follow(
-        self, rng: random.Random, vm_id: str, query: str, seconds: float
+        self,
+        rng: random.Random,
+        vm_id: str,
+        query: str,
+        seconds: float,
+        offset: int | None = None,
     ) -> int:
-        """Follow for a while; record what came; return the next offset."""
+        """Follow for a while (from ``offset``, if given); record what came;
+        return the next offset."""
+        if offset is not None:
+            query = f"?offset={offset}"
         conn = await Conn.open(self.port, self.context)
         try:
             await conn.send(
@@ -246,6 +268,8 @@ class Soak:
             if "x-console-lost" in headers:
                 raise SoakError(f"GET {vm_id}{query}: lost {headers['x-console-lost']}")
             start = int(headers["x-console-offset"])
+            if offset is not None and start != offset:
+                raise SoakError(f"GET {vm_id}{query}: X-Console-Offset {start}")
             received = bytearray()
             stop = min(time.monotonic() + seconds, self.deadline)
             while (left := stop - time.monotonic()) > 0:
@@ -270,7 +294,7 @@ class Soak:
     async def resumer(self, rng: random.Random) -> None:
         vm_id = rng.choice(self.guests)
         nxt = await self.follow(rng, vm_id, "?tail=512", rng.uniform(0.5, 4))
-        await self.follow(rng, vm_id, f"?offset={nxt}", rng.uniform(0.5, 4))
+        await self.follow(rng, vm_id, "", rng.uniform(0.5, 4), offset=nxt)
         self.count("resume")
 
     async def writer(self, rng: random.Random, leave_early: bool = False) -> None:
@@ -288,10 +312,11 @@ class Soak:
                 sent += len(command)
                 await asyncio.sleep(rng.uniform(0, 0.3))
             if leave_early:
-                # Leave in the middle of a chunk.  What arrived of it reaches
-                # the guest, so it is a whole line, not to garble the next
-                # client's command on that guest.
-                await conn.send(b"100\r\necho partial\r")
+                # Leave in the middle of a chunk: none of it may reach the
+                # guest (chunks go whole), which would echo the token.
+                token = f"left-{rng.randrange(10**9)}"
+                self.left_tokens.append(token)
+                await conn.send(b"100\r\necho %s" % token.encode())
                 self.count("writer-left")
                 return
             await conn.send(b"0\r\n\r\n")
@@ -303,7 +328,9 @@ class Soak:
         finally:
             await conn.close()
 
-    async def duplex(self, rng: random.Random) -> None:
+    async def duplex(self, rng: random.Random, flood: bool = False) -> None:
+        """Type a line and wait for the guest's answer on the same request:
+        an echoed token, or a flood of a random size, byte for byte."""
         vm_id = rng.choice(self.guests)
         token = f"d-{rng.randrange(10**9)}"
         conn = await Conn.open(self.port, self.context)
@@ -316,20 +343,32 @@ class Soak:
             if status != 200:
                 raise SoakError(f"duplex {vm_id}: HTTP {status}")
             start = int(headers["x-console-offset"])
-            await conn.send(chunk(f"echo {token}\r".encode()))
-            wanted = f"\r\n{token}\r\n".encode()
+            if flood:
+                # Lines reach the guest whole, so its answer to this one is
+                # one unbroken stretch of its output: what the guest wrote.
+                size = rng.randrange(1000, 30000)
+                command = f"flood {size}"
+                wanted = flood_output(command, size)
+            else:
+                command = f"echo {token}"
+                wanted = f"\r\n{token}\r\n".encode()
+            await conn.send(chunk(f"{command}\r".encode()))
             received = bytearray()
             stop = time.monotonic() + ANSWER_TIMEOUT
             while wanted not in received:
+                echo = received.find(command.encode() + b"\r\n")
+                if flood and echo >= 0 and len(received) - echo >= len(wanted):
+                    raise SoakError(f"duplex {vm_id}: {command} is not the guest's")
                 left = stop - time.monotonic()
-                if left <= 0:
-                    raise SoakError(f"duplex {vm_id}: no echo of {token}")
-                part = await asyncio.wait_for(conn.chunk(), left)
+                try:
+                    part = await asyncio.wait_for(conn.chunk(), left)
+                except TimeoutError:
+                    raise SoakError(f"duplex {vm_id}: no answer to {command}") from None
                 if part is None:
                     raise SoakError(f"duplex {vm_id}: the server ended it")
                 received += part
             self.record(vm_id, start, bytes(received))
-            self.count("duplex")
+            self.count("flood" if flood else "duplex")
         finally:
             await conn.close()
 
@@ -359,9 +398,12 @@ class Soak:
                 elif choice < 0.85:
                     action = "writer-left"
                     await self.writer(rng, leave_early=True)
-                else:
+                elif choice < 0.95:
                     action = "duplex"
                     await self.duplex(rng)
+                else:
+                    action = "flood"
+                    await self.duplex(rng, flood=True)
             except Exception as e:  # noqa: BLE001 - every surprise is reported
                 where = "".join(traceback.format_exception(e)[-3:-1]).strip()
                 self.errors.append(
@@ -380,34 +422,76 @@ class Soak:
 
     # -- checks afterwards ---------------------------------------------------
 
+    async def console_read(
+        self, conn: Conn | None, vm_id: str, offset: int, length: int | None = None
+    ) -> tuple[bytes, Conn | None]:
+        """consoleRead from ``offset``: ``length`` bytes, or to the end."""
+        data = bytearray()
+        while length is None or len(data) < length:
+            want = 1 << 20 if length is None else min(1 << 20, length - len(data))
+            result, conn = await self.rpc(conn, "consoleRead", vm_id, offset, want)
+            if result["status"]["code"] != 0 or result["lost"] or not result["data"]:
+                break
+            data += result["data"]
+            offset = result["nextOffset"]
+        return bytes(data), conn
+
     async def verify_seen(self) -> int:
-        """Compare every recorded byte range with consoleRead; count mismatches."""
+        """Compare every byte range streamed to a client with consoleRead now;
+        count mismatches."""
         conn: Conn | None = None
         bad = 0
         for seen in self.seen:
-            data = bytearray()
-            offset = seen.offset
-            while len(data) < seen.length:
-                result, conn = await self.rpc(
-                    conn, "consoleRead", seen.vm_id, offset, seen.length - len(data)
-                )
-                if (
-                    result["status"]["code"] != 0
-                    or result["lost"]
-                    or not result["data"]
-                ):
-                    break
-                data += result["data"]
-                offset = result["nextOffset"]
-            if hashlib.sha256(data).hexdigest() != seen.sha256:
+            data, conn = await self.console_read(
+                conn, seen.vm_id, seen.offset, len(seen.data)
+            )
+            if data != seen.data:
                 bad += 1
                 self.errors.append(
-                    f"{seen.vm_id} [{seen.offset}, +{seen.length}): the client's bytes "
-                    "differ from consoleRead"
+                    f"{seen.vm_id} [{seen.offset}, +{len(seen.data)}): the client's "
+                    "bytes differ from consoleRead"
                 )
         if conn is not None:
             await conn.close()
         return bad
+
+    def verify_polled(self) -> int:
+        """Compare each consoleRead answer of the run with the bytes streams
+        received for the same offsets; return how many overlapped one."""
+        streamed: dict[str, list[Seen]] = {}
+        for seen in self.seen:
+            streamed.setdefault(seen.vm_id, []).append(seen)
+        checked = 0
+        for polled in self.polled:
+            overlapped = False
+            for seen in streamed.get(polled.vm_id, []):
+                low, high = max(seen.offset, polled.offset), min(seen.end, polled.end)
+                if low >= high:
+                    continue
+                overlapped = True
+                mine = polled.data[low - polled.offset : high - polled.offset]
+                if mine != seen.data[low - seen.offset : high - seen.offset]:
+                    self.errors.append(
+                        f"{polled.vm_id} [{low}, {high}): consoleRead during the run "
+                        "differs from what a stream received"
+                    )
+            checked += overlapped
+        return checked
+
+    async def verify_nothing_left(self) -> None:
+        """No token of a writer that left mid-chunk is in any guest's output."""
+        conn: Conn | None = None
+        for vm_id in self.guests:
+            stats, conn = await self.rpc(conn, "getVmStats", vm_id)
+            first = stats["statsList"][0]["firstOffset"]
+            data, conn = await self.console_read(conn, vm_id, first)
+            for token in self.left_tokens:
+                if token.encode() in data:
+                    self.errors.append(
+                        f"{vm_id}: {token}, of a chunk whose writer left, reached it"
+                    )
+        if conn is not None:
+            await conn.close()
 
 
 def fd_count(pid: int) -> int:
@@ -487,12 +571,18 @@ def run(
 
         if not await wait_until(idle, 30):
             soak.errors.append("readers or writers left after the clients went")
-        if not await wait_until(_fds_back(pid, fds_before), 30):
-            soak.errors.append(f"fds: {fd_count(pid)} after, {fds_before} before")
-        return await soak.verify_seen()
+        mismatches = await soak.verify_seen()
+        await soak.verify_nothing_left()
+        # The checks' own connections are closed: the figure reported is the
+        # one waited for, once the server has let go of them too.
+        fds_after = await settle_fds(pid, fds_before, 30)
+        if fds_after > fds_before:
+            soak.errors.append(f"fds: {fds_after} after, {fds_before} before")
+        return mismatches, fds_after
 
     started = time.monotonic()
-    mismatches = asyncio.run(main())
+    mismatches, fds_after = asyncio.run(main())
+    polled_checked = soak.verify_polled()
     elapsed = time.monotonic() - started
     warm = [rss for t, rss in samples if t >= duration * warmup]
     rss_warm = warm[0] if warm else samples[-1][1]
@@ -510,24 +600,29 @@ def run(
         "elapsed": round(elapsed, 1),
         "counts": dict(sorted(soak.counts.items())),
         "byteRangesChecked": len(soak.seen),
-        "bytesChecked": sum(s.length for s in soak.seen),
+        "bytesChecked": sum(len(s.data) for s in soak.seen),
         "mismatches": mismatches,
+        "consoleReadRanges": len(soak.polled),
+        "consoleReadRangesChecked": polled_checked,
+        "leftTokensChecked": len(soak.left_tokens),
         "rssWarmMiB": round(rss_warm / 2**20, 1),
         "rssMaxAfterWarmMiB": round(rss_max / 2**20, 1),
         "rssGrowth": round(growth, 4),
         "fdsBefore": fds_before,
-        "fdsAfter": fd_count(pid),
+        "fdsAfter": fds_after,
         "errors": soak.errors[:50],
         "errorCount": len(soak.errors),
         "ok": not soak.errors,
     }
 
 
-def _fds_back(pid: int, before: int) -> Any:
-    async def check() -> bool:
-        return fd_count(pid) <= before
-
-    return check
+async def settle_fds(pid: int, before: int, timeout: float) -> int:
+    """The server's open descriptors once they are back to ``before``, or
+    the count at the deadline."""
+    deadline = time.monotonic() + timeout
+    while (count := fd_count(pid)) > before and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
