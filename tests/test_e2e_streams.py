@@ -359,7 +359,13 @@ def test_offset_beyond_end_is_416_and_old_offset_reports_loss(server_factory):
     )
     create_demo(server, "vm1")
     type_into(server, "vm1", "flood 50000\r")
-    wait_for(lambda: stats(server, "vm1")["nextOffset"] > 50000, 30, "the flood")
+    # Until the flood is over, the end moves and the 4 KiB log rotates under
+    # every figure read below.
+    wait_for(
+        lambda: stats(server, "vm1")["nextOffset"] > 50000 and at_prompt(server, "vm1"),
+        30,
+        "the flood to finish",
+    )
     end = stats(server, "vm1")["nextOffset"]
     assert _status(server, "GET", f"/consoleStream/vm1?offset={end + 1}").status == 416
     response = _status(server, "GET", "/consoleStream/vm1?offset=0&follow=0")
