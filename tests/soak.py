@@ -54,103 +54,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.hardening import fd_count
 from tests.serverproc import ServerProcess, client_context, wait_for
+from tests.soakcheck import (
+    Seen,
+    settle_fds,
+    verify_nothing_left,
+    verify_polled,
+    verify_seen,
+)
+from tests.soakhttp import ANSWER_TIMEOUT, Conn, chunk
 from tests.streamhelp import DEMO_CONFIG, PROMPT, flood_output, rss_bytes
 
 COMMANDS = ["uname\r", "date\r", "uptime\r", "help\r", "echo {token}\r"]
-ANSWER_TIMEOUT = 60.0  # seconds for any one answer under full load
 
 
 class SoakError(Exception):
     """Something a client saw that the contract does not allow."""
 
 
-# -- a minimal asyncio HTTP/1.1 client ------------------------------------------
-
-
-class Conn:
-    """One TLS connection speaking HTTP/1.1, keep-alive or streaming."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int, context: ssl.SSLContext) -> Conn:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, server_hostname="localhost"
-            ),
-            ANSWER_TIMEOUT,
-        )
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def head(self) -> tuple[int, dict[str, str]]:
-        raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        return status, headers
-
-    async def chunk(self) -> bytes | None:
-        """The next chunk of a chunked body; None at its end."""
-        size_line = await self.reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            await self.reader.readuntil(b"\r\n")
-            return None
-        data = await self.reader.readexactly(size + 2)
-        return data[:-2]
-
-    async def body(self, headers: dict[str, str]) -> bytes:
-        if "content-length" in headers:
-            return await asyncio.wait_for(
-                self.reader.readexactly(int(headers["content-length"])),
-                ANSWER_TIMEOUT,
-            )
-        if headers.get("transfer-encoding") == "chunked":
-            parts = []
-            while (
-                part := await asyncio.wait_for(self.chunk(), ANSWER_TIMEOUT)
-            ) is not None:
-                parts.append(part)
-            return b"".join(parts)
-        return await asyncio.wait_for(self.reader.read(), ANSWER_TIMEOUT)
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
-        except (OSError, ssl.SSLError, TimeoutError):
-            pass
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 # -- the run ---------------------------------------------------------------------
-
-
-@dataclass
-class Seen:
-    """Bytes a client received from a console, from an absolute offset."""
-
-    vm_id: str
-    offset: int
-    data: bytes
-
-    @property
-    def end(self) -> int:
-        return self.offset + len(self.data)
 
 
 @dataclass
@@ -422,81 +345,6 @@ class Soak:
 
     # -- checks afterwards ---------------------------------------------------
 
-    async def console_read(
-        self, conn: Conn | None, vm_id: str, offset: int, length: int | None = None
-    ) -> tuple[bytes, Conn | None]:
-        """consoleRead from ``offset``: ``length`` bytes, or to the end."""
-        data = bytearray()
-        while length is None or len(data) < length:
-            want = 1 << 20 if length is None else min(1 << 20, length - len(data))
-            result, conn = await self.rpc(conn, "consoleRead", vm_id, offset, want)
-            if result["status"]["code"] != 0 or result["lost"] or not result["data"]:
-                break
-            data += result["data"]
-            offset = result["nextOffset"]
-        return bytes(data), conn
-
-    async def verify_seen(self) -> int:
-        """Compare every byte range streamed to a client with consoleRead now;
-        count mismatches."""
-        conn: Conn | None = None
-        bad = 0
-        for seen in self.seen:
-            data, conn = await self.console_read(
-                conn, seen.vm_id, seen.offset, len(seen.data)
-            )
-            if data != seen.data:
-                bad += 1
-                self.errors.append(
-                    f"{seen.vm_id} [{seen.offset}, +{len(seen.data)}): the client's "
-                    "bytes differ from consoleRead"
-                )
-        if conn is not None:
-            await conn.close()
-        return bad
-
-    def verify_polled(self) -> int:
-        """Compare each consoleRead answer of the run with the bytes streams
-        received for the same offsets; return how many overlapped one."""
-        streamed: dict[str, list[Seen]] = {}
-        for seen in self.seen:
-            streamed.setdefault(seen.vm_id, []).append(seen)
-        checked = 0
-        for polled in self.polled:
-            overlapped = False
-            for seen in streamed.get(polled.vm_id, []):
-                low, high = max(seen.offset, polled.offset), min(seen.end, polled.end)
-                if low >= high:
-                    continue
-                overlapped = True
-                mine = polled.data[low - polled.offset : high - polled.offset]
-                if mine != seen.data[low - seen.offset : high - seen.offset]:
-                    self.errors.append(
-                        f"{polled.vm_id} [{low}, {high}): consoleRead during the run "
-                        "differs from what a stream received"
-                    )
-            checked += overlapped
-        return checked
-
-    async def verify_nothing_left(self) -> None:
-        """No token of a writer that left mid-chunk is in any guest's output."""
-        conn: Conn | None = None
-        for vm_id in self.guests:
-            stats, conn = await self.rpc(conn, "getVmStats", vm_id)
-            first = stats["statsList"][0]["firstOffset"]
-            data, conn = await self.console_read(conn, vm_id, first)
-            for token in self.left_tokens:
-                if token.encode() in data:
-                    self.errors.append(
-                        f"{vm_id}: {token}, of a chunk whose writer left, reached it"
-                    )
-        if conn is not None:
-            await conn.close()
-
-
-def fd_count(pid: int) -> int:
-    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
 
 async def sample_rss(pid: int, samples: list[tuple[float, int]], every: float) -> None:
     started = time.monotonic()
@@ -550,7 +398,7 @@ def run(
     log_start = len(server.log())
     samples: list[tuple[float, int]] = []
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
         sampler = asyncio.ensure_future(
             sample_rss(pid, samples, max(1.0, duration / 60))
         )
@@ -571,8 +419,8 @@ def run(
 
         if not await wait_until(idle, 30):
             soak.errors.append("readers or writers left after the clients went")
-        mismatches = await soak.verify_seen()
-        await soak.verify_nothing_left()
+        mismatches = await verify_seen(soak)
+        await verify_nothing_left(soak)
         # The checks' own connections are closed: the figure reported is the
         # one waited for, once the server has let go of them too.
         fds_after = await settle_fds(pid, fds_before, 30)
@@ -582,7 +430,7 @@ def run(
 
     started = time.monotonic()
     mismatches, fds_after = asyncio.run(main())
-    polled_checked = soak.verify_polled()
+    polled_checked = verify_polled(soak)
     elapsed = time.monotonic() - started
     warm = [rss for t, rss in samples if t >= duration * warmup]
     rss_warm = warm[0] if warm else samples[-1][1]
@@ -614,15 +462,6 @@ def run(
         "errorCount": len(soak.errors),
         "ok": not soak.errors,
     }
-
-
-async def settle_fds(pid: int, before: int, timeout: float) -> int:
-    """The server's open descriptors once they are back to ``before``, or
-    the count at the deadline."""
-    deadline = time.monotonic() + timeout
-    while (count := fd_count(pid)) > before and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    return count
 
 
 def main(argv: list[str] | None = None) -> int:
