@@ -55,25 +55,36 @@ from pathlib import Path
 from typing import Any
 
 from tests.hardening import fd_count
-from tests.serverproc import ServerProcess, client_context, wait_for
+from tests.serverproc import (
+    ServerProcess,
+    client_context,
+    wait_for,
+    wait_for_progress,
+)
 from tests.soakcheck import (
     Seen,
+    sample_rss,
     settle_fds,
     verify_nothing_left,
     verify_polled,
     verify_seen,
+    wait_until,
 )
 from tests.soakhttp import ANSWER_TIMEOUT, Conn, chunk
-from tests.streamhelp import DEMO_CONFIG, PROMPT, flood_output, rss_bytes
+from tests.streamhelp import (
+    DEMO_CONFIG,
+    at_prompt,
+    flood_output,
+    rss_bytes,
+    stats,
+    type_into,
+)
 
 COMMANDS = ["uname\r", "date\r", "uptime\r", "help\r", "echo {token}\r"]
 
 
 class SoakError(Exception):
     """Something a client saw that the contract does not allow."""
-
-
-# -- the run ---------------------------------------------------------------------
 
 
 @dataclass
@@ -147,6 +158,8 @@ class Soak:
             stats, conn = await self.rpc(conn, "getVmStats", vm_id)
             first = stats["statsList"][0]["firstOffset"]
             end = stats["statsList"][0]["nextOffset"]
+            if rng.random() < 0.5:  # recent output, as a polling client reads
+                first = max(first, end - 65536)
             offset = rng.randint(first, end)
             result, conn = await self.rpc(conn, "consoleRead", vm_id, offset, 4096)
             if result["status"]["code"] == 0:
@@ -346,38 +359,29 @@ class Soak:
     # -- checks afterwards ---------------------------------------------------
 
 
-async def sample_rss(pid: int, samples: list[tuple[float, int]], every: float) -> None:
-    started = time.monotonic()
-    while True:
-        samples.append((time.monotonic() - started, rss_bytes(pid)))
-        await asyncio.sleep(every)
-
-
-async def wait_until(check: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.2)
-    return bool(await check())
-
-
 def create_guests(server: ServerProcess, count: int) -> list[str]:
+    """Create the guests and fill their rings (1 MiB each by default) with a
+    flood, so RSS growing during the run is not the rings filling up."""
     proxy = server.rpc()
+    ring = proxy.getVdsCapabilities()["info"]["ringBytes"]
     guests = [f"soak-{n:02d}" for n in range(count)]
     for vm_id in guests:
         reply = proxy.create(
             {"vmId": vm_id, "console": {"type": "spawn", "command": "demo"}}
         )
         assert reply["status"]["code"] == 0, reply
-
-    def at_prompt(vm_id: str) -> bool:
-        end = proxy.getVmStats(vm_id)["statsList"][0]["nextOffset"]
-        tail = proxy.consoleRead(vm_id, max(0, end - len(PROMPT)), 64)["data"].data
-        return bool(tail == PROMPT)
-
     for vm_id in guests:
-        wait_for(lambda v=vm_id: at_prompt(v), 60, f"guest {vm_id}'s prompt")
+        wait_for(lambda v=vm_id: at_prompt(server, v), 60, f"{vm_id}'s prompt")
+        type_into(server, vm_id, f"flood {ring}\r")
+    for vm_id in guests:
+        wait_for_progress(
+            lambda v=vm_id: (
+                stats(server, v)["nextOffset"] > ring and at_prompt(server, v)
+            ),
+            lambda v=vm_id: stats(server, v)["nextOffset"],
+            60,
+            f"{vm_id}'s ring to fill",
+        )
     return guests
 
 

@@ -1,8 +1,10 @@
-"""The soak's checks once its clients are gone: bytes against bytes.
+"""The soak's checks and measurements: bytes against bytes, RSS, fds.
 
-What streams received is compared with ``consoleRead`` afterwards; what
-``consoleRead`` answered during the run with what streams received; and no
-token of a chunk whose writer left reached any guest.
+Once the clients are gone, what streams received is compared with
+``consoleRead``; what ``consoleRead`` answered during the run with what
+streams received; and no token of a chunk whose writer left may have reached
+any guest.  The server's RSS is sampled during the run, and its descriptors
+counted once they settle.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tests.hardening import fd_count
 from tests.soakhttp import Conn
+from tests.streamhelp import rss_bytes
 
 if TYPE_CHECKING:
     from tests.soak import Soak
@@ -114,3 +117,19 @@ async def settle_fds(pid: int, before: int, timeout: float) -> int:
     while (count := fd_count(pid)) > before and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     return count
+
+
+async def sample_rss(pid: int, samples: list[tuple[float, int]], every: float) -> None:
+    started = time.monotonic()
+    while True:
+        samples.append((time.monotonic() - started, rss_bytes(pid)))
+        await asyncio.sleep(every)
+
+
+async def wait_until(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.2)
+    return bool(await check())
