@@ -36,9 +36,11 @@ from vdsmconsole.pki import PkiPaths, init_pki
 
 pytestmark = pytest.mark.e2e
 
+# No heartbeat: the guest's output is only what the tests type.
 DEMO_CONFIG = (
     "[spawn.commands]\n"
-    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]\n'
+    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast",'
+    ' "--heartbeat", "86400"]\n'
 )
 # Small retention, so that a flood pushes old bytes out of the log.
 SMALL_CONFIG = DEMO_CONFIG + (

@@ -28,9 +28,11 @@ pytestmark = pytest.mark.e2e
 
 PROG = "vdsmconsole-client"
 CLIENT = [sys.executable, "-m", "vdsmconsole.clientcli"]
+# No heartbeat: the guest's output is only what the tests type.
 DEMO_CONFIG = (
     "[spawn.commands]\n"
-    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]\n'
+    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast",'
+    ' "--heartbeat", "86400"]\n'
 )
 
 
