@@ -36,6 +36,7 @@ setup(
         "console_scripts": [
             "vdsmconsole = vdsmconsole.cli:main",
             "vdsmconsole-client = vdsmconsole.clientcli:main",
+            "vdsmconsole-demoguest = vdsmconsole.demoguest:main",
         ],
     },
 )

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import machine, report, scenarios
 from bench.install import MissingPeer, ensure_peers
-from bench.peers import PEER_CLASSES, PEERS, VDSMCONSOLE_CONFIG, unsupported
+from bench.peers import PEER_CLASSES, PEERS, server_config, unsupported
 
 SCENARIOS = ("bulk", "fanout", "latency", "trickle", "scale")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine.machine_facts(),
         "load_before": machine.loadavg(),
         "runs": args.runs,
-        "vdsmconsole_config": VDSMCONSOLE_CONFIG,
+        "vdsmconsole_config": server_config(None),
         "skipped_peers": skipped,
         "scenarios": {},
     }

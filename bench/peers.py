@@ -10,6 +10,7 @@ the relay needs (websockify's TCP bridge to the pty).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -29,7 +30,9 @@ from vdsmconsole.pki import PkiPaths, init_pki
 PEERS = ("vdsmconsole", "socat", "websockify", "conserver")
 LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
 
-# The server's configuration in every run.  The defaults but one: the console
+# The server's configuration in every run.  The connection caps are out of the
+# way (the scale scenario's followers all come from one address and one
+# certificate); otherwise the defaults but one: the console
 # log keeps 4 x 64 MiB instead of 4 x 8 MiB, more than a 50 MB flood, so that
 # a client the machine's load stalls for a moment catches up from the log.
 # With the defaults a flood can outrun everything retained while the client
@@ -39,7 +42,26 @@ LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
 VDSMCONSOLE_CONFIG = """\
 [console]
 log_file_bytes = 67108864
+[server]
+max_connections_per_address = 100000
+max_connections_per_identity = 100000
 """
+# The fake guest (bench.guest) is a Python process holding the ptys' masters:
+# [sources] allows ptys held by this interpreter, beside qemu's defaults.  A
+# --variant checkout older than [sources] (no vdsmconsole/policy.py) gets the
+# file without it, which it would refuse as an unknown section.
+_OWNERS = ["qemu-system-*", "qemu-kvm", os.path.realpath(sys.executable)]
+SOURCES_CONFIG = f"""
+[sources]
+pty_owners = {json.dumps(_OWNERS)}
+"""
+
+
+def server_config(root: Path | None) -> str:
+    """The configuration file for the server of checkout ``root`` (None: this one)."""
+    if root is not None and not (root / "vdsmconsole" / "policy.py").exists():
+        return VDSMCONSOLE_CONFIG
+    return VDSMCONSOLE_CONFIG + SOURCES_CONFIG
 
 
 @dataclass
@@ -182,7 +204,7 @@ class VdsmConsole(Peer):
         else:
             argv += ["vdsmconsole"]
         config = self.workdir / "vdsmconsole.conf"
-        config.write_text(VDSMCONSOLE_CONFIG)
+        config.write_text(server_config(self.root))
         argv += [
             "serve",
             "--config",

@@ -85,12 +85,27 @@ def still_serving(server: ServerProcess, bystander: Bystander, vm_id: str) -> No
 
 
 def tls_connect(
-    server: ServerProcess, alpn: list[str] | None = None, timeout: float = 10
+    server: ServerProcess,
+    alpn: list[str] | None = None,
+    timeout: float = 10,
+    cert: tuple[Path, Path] | None = None,
+    rcvbuf: int | None = None,
 ) -> ssl.SSLSocket:
-    context = client_context(server.pki)
+    """A TLS socket to the server, as the engine (or as ``cert``: cert, key);
+    ``rcvbuf`` shrinks its receive buffer (so a client that stops reading
+    stops the server's sending at once, not after megabytes)."""
+    context = client_context(server.pki, *(cert or ()))
     if alpn:
         context.set_alpn_protocols(alpn)
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        sock.connect(("127.0.0.1", server.port))
+    except OSError:
+        sock.close()
+        raise
     return context.wrap_socket(sock, server_hostname="localhost")
 
 
@@ -152,8 +167,16 @@ def status_of(answer: bytes) -> int:
 class H2Client:
     """A bare HTTP/2 client over TLS, for what curl will not send."""
 
-    def __init__(self, server: ServerProcess, timeout: float = 10) -> None:
-        self.sock = tls_connect(server, alpn=["h2"], timeout=timeout)
+    def __init__(
+        self,
+        server: ServerProcess,
+        timeout: float = 10,
+        cert: tuple[Path, Path] | None = None,
+        rcvbuf: int | None = None,
+    ) -> None:
+        self.sock = tls_connect(
+            server, alpn=["h2"], timeout=timeout, cert=cert, rcvbuf=rcvbuf
+        )
         assert self.sock.selected_alpn_protocol() == "h2"
         config = h2.config.H2Configuration(
             client_side=True,
@@ -168,7 +191,7 @@ class H2Client:
     def request(
         self, headers: list[tuple[str, str]], body: bytes | None = None
     ) -> tuple[int | None, bytes, list[h2.events.Event]]:
-        """One request on stream 1; returns (status, body, events)."""
+        """One request on a new stream; returns (status, body, events)."""
         stream = self.conn.get_next_available_stream_id()
         self.conn.send_headers(stream, headers, end_stream=body is None)
         if body is not None:
@@ -177,6 +200,11 @@ class H2Client:
             self.sock.sendall(self.conn.data_to_send())
         except OSError:
             self.reset = True  # refused while we were still sending
+        return self.response(stream)
+
+    def response(self, stream: int) -> tuple[int | None, bytes, list[h2.events.Event]]:
+        """Read until ``stream`` ends (or the connection does): its status,
+        its body, and every event seen on the way (other streams' too)."""
         status: int | None = None
         data = b""
         events: list[h2.events.Event] = []
@@ -190,14 +218,16 @@ class H2Client:
                 return status, data, events
             for event in self.conn.receive_data(received):
                 events.append(event)
-                if isinstance(event, h2.events.ResponseReceived):
+                mine = getattr(event, "stream_id", stream) == stream
+                if isinstance(event, h2.events.ResponseReceived) and mine:
                     status = int(dict(event.headers)[b":status"])
                 elif isinstance(event, h2.events.DataReceived):
-                    data += event.data
+                    if mine:
+                        data += event.data
                     self.conn.acknowledge_received_data(
                         event.flow_controlled_length, event.stream_id
                     )
-                elif isinstance(
+                elif mine and isinstance(
                     event,
                     h2.events.StreamEnded
                     | h2.events.StreamReset

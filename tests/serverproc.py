@@ -14,6 +14,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xmlrpc.client
@@ -22,10 +23,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vdsmconsole.config import DEFAULT_PTY_OWNERS, DEFAULT_UNIX_PATHS
 from vdsmconsole.pki import PkiPaths
 
 _pause = threading.Event()  # never set: wait(t) is a poll interval
 LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
+
+
+def suite_sources() -> str:
+    """The [sources] section of every test server: the defaults (qemu's ptys,
+    libvirt's sockets, loopback TCP) plus what the suite's own guests use,
+    allowed explicitly: ptys held by this interpreter (tests.fakeguest and
+    the helpers of test_ptyowner hold the master in a Python process) and
+    sockets under the temporary directory (qemu chardevs of tests.qemuguest,
+    tmp_path)."""
+    unix = [*DEFAULT_UNIX_PATHS, os.path.realpath(tempfile.gettempdir()) + "/**"]
+    owners = [*DEFAULT_PTY_OWNERS, os.path.realpath(sys.executable)]
+    return (
+        "[sources]\n"
+        f"unix_paths = {json.dumps(unix)}\n"
+        f"pty_owners = {json.dumps(owners)}\n"
+    )
+
+
+def with_test_sources(config_text: str) -> str:
+    """``config_text`` with suite_sources() added, unless it has its own."""
+    if re.search(r"^\[sources\]", config_text, re.MULTILINE):
+        return config_text
+    return f"{config_text.rstrip()}\n\n{suite_sources()}".lstrip()
 
 
 def serve_flags(
@@ -105,6 +130,8 @@ class ServerProcess:
     workdir: Path
     config_text: str = ""
     extra_args: list[str] = field(default_factory=list)
+    # (soft, hard) RLIMIT_NOFILE for the server, as systemd would set it.
+    nofile: tuple[int, int] | None = None
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -119,8 +146,12 @@ class ServerProcess:
     def start(self, timeout: float = 20.0, port: int = 0) -> ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "vdsmconsole.conf"
-        config.write_text(self.config_text)
+        config.write_text(with_test_sources(self.config_text))
+        limits = []
+        if self.nofile is not None:
+            limits = ["prlimit", "--nofile={}:{}".format(*self.nofile), "--"]
         args = [
+            *limits,
             sys.executable,
             "-m",
             "vdsmconsole",

@@ -11,8 +11,11 @@ at random: an RPC call (ping, list, stats, consoleRead, consoleWrite), a
 follower (live or from an offset, for a few seconds), a follower that
 disconnects and resumes from its last offset, a writer (a chunked POST of a
 few commands), a writer that leaves mid-chunk, a duplex session (type a
-token, see it echoed on the same request), or a flood (a duplex session that
-types ``flood N``).
+token, see it echoed on the same request), a flood (a duplex session that
+types ``flood N``), and over HTTP/2 (``tests/soakh2.py``) a follower that
+stops reading for a few seconds with a 2 GiB window open, or stream POSTs
+answered at once with 404, 400 and 416 while their bodies are still open,
+then a ping on the same connection.
 
 Checked at the end, and any failure is an error:
 
@@ -54,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests import soakh2
 from tests.hardening import fd_count
 from tests.serverproc import (
     ServerProcess,
@@ -317,29 +321,37 @@ class Soak:
             choice = rng.random()
             action = "rpc"
             try:
-                if choice < 0.35:
+                if choice < 0.32:
                     conn = await self.rpc_client(rng, conn)
                     if rng.random() < 0.1:  # reconnect now and then
                         await conn.close()
                         conn = None
-                elif choice < 0.55:
+                elif choice < 0.5:
                     action = "follower"
                     await self.follower(rng)
-                elif choice < 0.65:
+                elif choice < 0.6:
                     action = "resume"
                     await self.resumer(rng)
-                elif choice < 0.8:
+                elif choice < 0.73:
                     action = "writer"
                     await self.writer(rng)
-                elif choice < 0.85:
+                elif choice < 0.78:
                     action = "writer-left"
                     await self.writer(rng, leave_early=True)
-                elif choice < 0.95:
+                elif choice < 0.84:
                     action = "duplex"
                     await self.duplex(rng)
-                else:
+                elif choice < 0.88:
                     action = "flood"
                     await self.duplex(rng, flood=True)
+                elif choice < 0.95:
+                    action = "h2-stalled"
+                    await soakh2.stalled_follower(self, rng)
+                    self.count(action)
+                else:
+                    action = "h2-errors"
+                    await soakh2.error_posts(self, rng)
+                    self.count(action)
             except Exception as e:  # noqa: BLE001 - every surprise is reported
                 where = "".join(traceback.format_exception(e)[-3:-1]).strip()
                 self.errors.append(

@@ -45,12 +45,13 @@ def create_demo(server: ServerProcess, vm_id: str, command: str = "demo") -> Non
 
 
 def console_bytes(
-    server: ServerProcess, vm_id: str, start: int = 0, end: int | None = None
+    server: ServerProcess, vm_id: str, start: int | None = None, end: int | None = None
 ) -> bytes:
-    """What the console retains from ``start`` (to ``end``), via consoleRead."""
+    """What the console retains from ``start`` (by default its first offset:
+    0, or above for a vmId created again) to ``end``, via consoleRead."""
     proxy = server.rpc()
     out = bytearray()
-    offset = start
+    offset = stats(server, vm_id)["firstOffset"] if start is None else start
     while end is None or offset < end:
         want = 1024 * 1024 if end is None else min(1024 * 1024, end - offset)
         reply = proxy.consoleRead(vm_id, offset, want)

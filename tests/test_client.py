@@ -33,6 +33,7 @@ from vdsmconsole.client import (
     loads_response,
 )
 from vdsmconsole.pki import PkiPaths, init_pki
+from vdsmconsole.streamend import StreamEnd
 
 pytestmark = pytest.mark.e2e
 
@@ -463,6 +464,7 @@ async def test_resuming_follow_reports_bytes_lost_while_behind(server_factory, p
         await wait_until(lambda: resumed, "the resume", timeout=30)
         start, lost = resumed[0]
         assert lost > 0
+        assert stream.end is StreamEnd.BEHIND  # the server said why it ended
         assert start == stream.offset + lost
         assert follower.lost == lost
     finally:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -268,8 +269,30 @@ def test_example_spawn_block_parses_when_uncommented():
         r"^# (\[spawn\.commands\]|\w+ = \[.*\])$", r"\1", text, flags=re.M
     )
     config = parse(uncommented)
+    # The demo guest's console script, found beside this interpreter.
+    script = Path(sys.executable).parent.absolute() / "vdsmconsole-demoguest"
+    assert dict(config.spawn_commands) == {"demo": (str(script),)}
+
+
+def test_bare_spawn_program_is_found_beside_the_interpreter():
+    """A bare argv[0] beside the server's Python is made absolute; others stay."""
+    beside = Path(sys.executable).parent.absolute()
+    config = parse(
+        textwrap.dedent(
+            """
+            [spawn.commands]
+            guest = ["vdsmconsole-demoguest", "--fast"]
+            python = ["python3", "-m", "vdsmconsole.demoguest"]
+            cat = ["/bin/cat"]
+            other = ["no-such-program-anywhere", "x"]
+            """
+        )
+    )
     assert dict(config.spawn_commands) == {
-        "demo": ("/usr/bin/python3", "-m", "vdsmconsole.demoguest")
+        "guest": (str(beside / "vdsmconsole-demoguest"), "--fast"),
+        "python": (str(beside / "python3"), "-m", "vdsmconsole.demoguest"),
+        "cat": ("/bin/cat",),
+        "other": ("no-such-program-anywhere", "x"),
     }
 
 

@@ -150,6 +150,8 @@ class Follower:
         self.received = bytearray()
         self.told = 0
         self.closed = False
+        self.why = ""
+        self.down = False
 
     def dataAvailable(self) -> None:
         self.told += 1
@@ -163,8 +165,12 @@ class Follower:
             self.received += result.data
             self.cursor = result.next_offset
 
-    def consoleClosed(self) -> None:
+    def consoleDown(self) -> None:
+        self.down = True
+
+    def consoleClosed(self, why: str) -> None:
         self.closed = True
+        self.why = why
 
 
 class Writer:
@@ -182,8 +188,8 @@ class Writer:
     def consoleDown(self) -> None:
         self.events.append("down")
 
-    def consoleClosed(self) -> None:
-        self.events.append("closed")
+    def consoleClosed(self, why: str) -> None:
+        self.events.append(f"closed: {why}")
 
 
 def make_console(
@@ -611,7 +617,7 @@ def test_reconnect_resumes_writers_that_found_no_guest(tmp_path: Path) -> None:
 
 
 def test_source_down_ends_writers_and_keeps_serving_output(tmp_path: Path) -> None:
-    """A guest gone for good ends every writer; what it printed is still readable."""
+    """A guest gone for good ends writers, tells followers; its output stays."""
     console = make_console(tmp_path)
     source = console.source
     assert isinstance(source, FakeSource)
@@ -622,7 +628,8 @@ def test_source_down_ends_writers_and_keeps_serving_output(tmp_path: Path) -> No
     source.emit(b"last words\n")
     source.set_state(DOWN, "qemu went away")
     assert writer.events == ["down"]
-    assert not follower.closed  # followers keep what is retained
+    # Followers are told, and end once they have what is retained.
+    assert follower.down and not follower.closed
     assert console.read(0, 100).data == b"last words\n"
     assert console.stats()["state"] == "down"
 
@@ -637,7 +644,7 @@ def test_stop_ends_streams_then_closes_log_once_source_stopped(tmp_path: Path) -
     console.add_writer(writer)
     console.sourceData(b"bye")
     stopped = console.stop()
-    assert follower.closed and writer.events == ["closed"]
+    assert follower.why == "destroyed" and writer.events == ["closed: destroyed"]
     assert console.stats()["readers"] == 0 and console.stats()["writers"] == 0
     assert console.write(b"x") is False
     assert not stopped.called
@@ -678,7 +685,7 @@ class Factory:
         self.root = root
         self.made: dict[str, Console] = {}
 
-    def __call__(self, vm_id: str, spec: ConsoleSpec) -> Console:
+    def __call__(self, vm_id: str, spec: ConsoleSpec, fresh: bool = False) -> Console:
         log = ConsoleLog(self.root / "consoles" / vm_id, 1024, 1)
         console = Console(
             vm_id, spec, FakeSource(), Ring(1024, start=log.end), log, Clock()
@@ -813,7 +820,7 @@ def test_restart_continues_offsets_and_serves_old_bytes(tmp_path: Path) -> None:
     path = tmp_path / "registry.json"
     registry = Registry(path, make_console_factory(config, reactor))
     console = registry.create("vm-1", UNIX)
-    assert console.state == "reconnecting"
+    assert console.state == "connecting"
     before = pattern(0, 300)
     console.sourceData(before)
     stopped: list[object] = []

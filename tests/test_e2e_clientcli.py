@@ -419,7 +419,10 @@ def test_error_client_certificate_refused(server, pki, odd_certs):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["getVmStats", "nope"], "getVmStats: no console for vmId 'nope' (status 1)"),
+        (
+            ["getVmStats", "nope"],
+            "getVmStats: Virtual machine does not exist: nope (status 1)",
+        ),
         (["tail", "nope"], "Virtual machine does not exist: nope"),
         (["console", "nope"], "Virtual machine does not exist: nope"),
         (["send", "nope", "hello"], "Virtual machine does not exist: nope"),

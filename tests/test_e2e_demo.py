@@ -1,10 +1,15 @@
-"""README's first command, as a newcomer runs it: install, then the demo."""
+"""README's first command, as a newcomer runs it: install, then the demo.
+
+And what the demo prints, as a newcomer pastes it into a new terminal.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +18,8 @@ import pytest
 
 from tests.conftest import require_tool
 from tests.serverproc import wait_for
+from tests.test_e2e_clientcli import Tmux
+from vdsmconsole.cli import _demo_port
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +34,19 @@ def readme_demo_command() -> str:
     return commands[0]
 
 
+def ignore_sigint() -> None:
+    """In the child before exec: SIGINT ignored, as a script's ``cmd &`` has it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Demo:
-    def __init__(self, argv: list[str], env: dict[str, str], workdir: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        sigint_ignored: bool = False,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.out = workdir / "demo.out"
         with open(self.out, "wb") as out:
@@ -40,6 +58,7 @@ class Demo:
                 cwd=REPO,
                 env=env,
                 start_new_session=True,
+                preexec_fn=ignore_sigint if sigint_ignored else None,
             )
 
     def text(self) -> str:
@@ -55,6 +74,18 @@ class Demo:
     def command(self, title: str) -> str:
         lines = self.text().splitlines()
         return lines[lines.index(f"# {title}") + 1]
+
+    def commands(self) -> dict[str, str]:
+        """Every ``# title`` line the demo printed, with the command after it."""
+        lines = self.text().splitlines()
+        return {
+            line[2:]: lines[i + 1] for i, line in enumerate(lines) if line[:2] == "# "
+        }
+
+    def workdir(self) -> Path:
+        found = re.search(r"throwaway PKI and state in (\S+)", self.text())
+        assert found, self.text()
+        return Path(found.group(1))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -111,3 +142,153 @@ def test_readme_first_command_runs_the_demo(tmp_path, fresh_venv_env):
         assert "'vmId': 'demo'" in result.stdout
     finally:
         again.stop()
+
+
+# A new terminal's PATH: the demo's virtual environment is not on it.
+FRESH_PATH = "/usr/local/bin:/usr/bin:/bin"
+DEMO_TITLES = {
+    "XML-RPC ping with curl (HTTP/2)",
+    "list the consoles with Python's xmlrpc.client",
+    "follow the demo guest's console with wget",
+    "attach to the demo guest's console (^] leaves)",
+    "type a command into it with curl",
+}
+
+
+def demo_argv() -> list[str]:
+    """The demo from this checkout's environment, on any free port."""
+    return [sys.executable, "-m", "vdsmconsole", "demo", "--port", "0"]
+
+
+@pytest.fixture
+def demo(tmp_path):
+    started = Demo(demo_argv(), dict(os.environ), tmp_path / "demo")
+    try:
+        wait_for(started.ready, 30, "the demo to start")
+        yield started
+    finally:
+        started.stop()
+
+
+def test_every_printed_command_works_in_a_fresh_shell(demo, tmp_path, monkeypatch):
+    """Each command the demo prints works as printed in a shell without its venv."""
+    require_tool("curl", "curl")
+    require_tool("wget", "wget")
+    terminal = Tmux(tmp_path)  # finds tmux on the test's PATH
+    assert shutil.which("vdsmconsole-client", path=FRESH_PATH) is None, (
+        "vdsmconsole-client is installed system-wide: this test would prove nothing"
+    )
+    commands = demo.commands()
+    assert set(commands) == DEMO_TITLES, "a new printed command needs a check here"
+    env = {"PATH": FRESH_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+
+    def run(title: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["bash", "-c", commands[title]],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, f"{title}: {done.stderr}"
+        return done
+
+    ping = run("XML-RPC ping with curl (HTTP/2)")
+    assert "<name>code</name>\n<value><int>0</int></value>" in ping.stdout
+    assert (
+        "'vmId': 'demo'" in run("list the consoles with Python's xmlrpc.client").stdout
+    )
+    typed = run("type a command into it with curl")
+    assert typed.stdout.strip() == '{"written": 8}'
+
+    followed = tmp_path / "wget.out"
+    with open(followed, "wb") as out:
+        wget = subprocess.Popen(
+            ["bash", "-c", commands["follow the demo guest's console with wget"]],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: b"count 5/5" in followed.read_bytes(), 15, "wget's output")
+    finally:
+        os.killpg(wget.pid, signal.SIGKILL)
+        wget.wait(10)
+
+    # The interactive client in a real terminal whose shell has the fresh PATH.
+    monkeypatch.setenv("PATH", FRESH_PATH)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    try:
+        terminal.start()
+        terminal.type(commands["attach to the demo guest's console (^] leaves)"])
+        terminal.wait_line(r"Escape character is \^\]")
+        terminal.type("count 2")
+        terminal.wait_line(r".*count 2/2")
+        terminal.key("C-]")
+        assert terminal.run_marked("echo rc=$?") == ["rc=0"]
+    finally:
+        terminal.kill()
+
+
+def test_demo_started_with_sigint_ignored_stops_on_sigint(tmp_path):
+    """A demo that inherited SIGINT ignored stops on SIGINT and removes its files."""
+    demo = Demo(demo_argv(), dict(os.environ), tmp_path, sigint_ignored=True)
+    workdir = None
+    try:
+        wait_for(demo.ready, 30, "the demo to start")
+        workdir = demo.workdir()
+        assert workdir.is_dir()
+        os.kill(demo.process.pid, signal.SIGINT)  # the demo alone, not its group
+        try:
+            demo.process.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the demo ignored SIGINT")
+        assert demo.process.returncode == 0, demo.text()
+        assert not workdir.exists(), "the demo left its throwaway PKI behind"
+    finally:
+        demo.stop()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)  # whatever the outcome
+
+
+def time_wait_port() -> int:
+    """A loopback port whose one trace is a closed connection in TIME_WAIT."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the side that closes first keeps the TIME_WAIT
+            assert client.recv(1) == b""  # its FIN arrived
+    return port
+
+
+def bind_fails(port: int) -> bool:
+    """Whether a bind without SO_REUSEADDR (the old probe's) is refused."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_demo_port_probe_takes_a_port_in_time_wait():
+    """A port held only by TIME_WAIT is free to the probe, as it is to the server."""
+    port = time_wait_port()
+    wait_for(lambda: bind_fails(port), 5, "the connection to reach TIME_WAIT")
+    assert _demo_port("127.0.0.1", port) == port
+
+
+def test_demo_port_probe_skips_a_port_in_use():
+    """A port another program listens on is not chosen: any free port instead."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        assert _demo_port("127.0.0.1", other.getsockname()[1]) == 0

@@ -42,20 +42,6 @@ log_keep_files = 3
 
 
 @pytest.fixture
-def readers():
-    started: list[Reader] = []
-
-    def start(argv, out, shell=False) -> Reader:
-        reader = Reader(argv, out, shell=shell)
-        started.append(reader)
-        return reader
-
-    yield start
-    for reader in started:
-        reader.stop()
-
-
-@pytest.fixture
 def demo_server(server_factory):
     server = server_factory(DEMO_CONFIG + BIG_LOG)
     create_demo(server, "vm1")

@@ -56,14 +56,21 @@ def fake_process(
     start: int,
     fds: dict[int, tuple[str, int | None]],
     comm: str = "qemu-kvm",
+    *,
+    ppid: int = 0,
+    exe: str = "",
 ) -> None:
-    """``<proc>/<pid>`` with a stat file and fds: fd -> (link target, tty-index)."""
+    """``<proc>/<pid>`` with a stat file and fds: fd -> (link target, tty-index);
+    and its parent and executable link when given."""
     root = proc / str(pid)
     (root / "fd").mkdir(parents=True)
     (root / "fdinfo").mkdir()
-    # Field 3 (the state) follows the command name; field 22 is the start.
-    fields = ["S"] + ["0"] * 18 + [str(start)] + ["0"] * 30
+    # Field 3 (the state) follows the command name, then field 4, the parent;
+    # field 22 is the start.
+    fields = ["S", str(ppid)] + ["0"] * 17 + [str(start)] + ["0"] * 30
     (root / "stat").write_text(f"{pid} ({comm}) {' '.join(fields)}\n")
+    if exe:
+        os.symlink(exe, root / "exe")
     for fd, (target, index) in fds.items():
         os.symlink(target, root / "fd" / str(fd))
         info = "pos:\t0\nflags:\t02\nmnt_id:\t24\n"

@@ -248,6 +248,24 @@ def test_create_spawn_of_unnamed_command_is_11(rpc, context, console):
     registry_untouched(context)
 
 
+@pytest.mark.parametrize(
+    ("console", "expected"),
+    [
+        ({"type": "tcp", "host": "10.1.2.3", "port": 80}, 103),
+        ({"type": "unix", "path": "/run/docker.sock"}, 103),
+        ({"type": "pty", "path": "/dev/ptmx"}, 103),
+        ({"type": "pty", "path": "/etc/passwd"}, 103),
+        ({"type": "pty", "path": "/dev/pts/999999"}, 11),
+    ],
+    ids=["tcp", "unix", "ptmx", "file", "missing-pty"],
+)
+def test_create_of_a_target_not_allowed_is_refused(rpc, context, console, expected):
+    """[sources] refuses it: 103 (11 for a missing pty), nothing registered."""
+    result = rpc.call("create", {"vmId": "vm1", "console": console})
+    assert code(result) == expected, result
+    registry_untouched(context)
+
+
 # -- the wire format -------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from twisted.web import resource, server
 
 from vdsmconsole.config import Config
 from vdsmconsole.site import ConnectionDeadlines, ConsoleSite, Root
+from vdsmconsole.streams import headers_received
 
 # -- ConnectionDeadlines: pure bookkeeping ---------------------------------------
 
@@ -125,14 +126,7 @@ def make_site(clock: Clock, **config: Any) -> ConsoleSite:
     context = SimpleNamespace(config=Config(**config), reactor=clock)
     root = Root(Quick(), lambda vm_id: Forever())
     site = ConsoleSite(root, context)  # type: ignore[arg-type]
-
-    def early(request: Any) -> None:
-        if request.earlyMethod == b"POST" and request.earlyPath.startswith(
-            b"/consoleStream/"
-        ):
-            request.dispatchEarly()
-
-    site.headersReceivedHook = early
+    site.headersReceivedHook = headers_received  # stream POSTs render early
     return site
 
 
@@ -197,6 +191,26 @@ def test_oversized_lines_are_refused_cleanly(request_bytes, expected):
     assert transport.value().count(b"HTTP/1.1") == 1
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /RPC2 HTTP/1.1\r\n\r\n",
+        b"GET /consoleStream/vm1 HTTP/1.1\r\n\r\n",
+        b"POST /RPC2 HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 0\r\n\r\n",
+        b"POST /consoleStream/vm1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+    ],
+)
+def test_http11_without_one_host_is_400_and_not_served(head):
+    """No Host (or two): 400 and closed; the request is never rendered."""
+    site = make_site(Clock())
+    protocol, transport = connect(site)
+    protocol.dataReceived(head)
+    assert status_line(transport) == b"HTTP/1.1 400 Bad Request"
+    assert transport.value().count(b"\r\n\r\n") == 1  # one answer
+    assert transport.disconnecting
+    assert not site.inFlight
+
+
 def test_trickled_headers_get_408_at_the_header_timeout():
     """Headers trickled a byte a second: 408 and closed at 30 s, one refusal."""
     clock = Clock()
@@ -230,11 +244,13 @@ def test_keep_alive_request_after_idle_gets_a_fresh_deadline():
     site = make_site(clock, header_timeout=30.0)
     site.timeOut = 1000  # no idle timeout in the way here
     protocol, transport = connect(site)
-    protocol.dataReceived(b"POST /RPC2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    protocol.dataReceived(
+        b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
     assert status_line(transport) == b"HTTP/1.1 200 OK"
     clock.advance(100)
     assert not transport.disconnecting
-    protocol.dataReceived(b"POST /RPC2 HTTP/1.1\r\n")
+    protocol.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\n")
     clock.advance(29)
     assert not transport.disconnecting
     protocol.dataReceived(b"Content-Length: 0\r\n\r\n")
@@ -269,12 +285,34 @@ def test_open_post_stream_is_not_idle_timed_out():
     assert len(site.inFlight) == 1
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /%63onsoleStream/vm1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /%63onsoleStream/vm1?duplex=1 HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+    ],
+    ids=["GET", "POST"],
+)
+def test_encoded_stream_path_is_a_stream_too(head):
+    """/%63onsoleStream/ is the stream: dispatched early and held from idle timeout."""
+    clock = Clock()
+    site = make_site(clock)
+    protocol, transport = connect(site)
+    protocol.dataReceived(head)
+    assert status_line(transport) == b"HTTP/1.1 200 OK"
+    clock.advance(3600)
+    assert not transport.disconnecting
+
+
 def test_idle_keep_alive_connection_still_times_out():
     """Without a stream, Twisted's idle timeout still closes a silent connection."""
     clock = Clock()
     site = make_site(clock)
     protocol, transport = connect(site)
-    protocol.dataReceived(b"POST /RPC2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    protocol.dataReceived(
+        b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
     assert status_line(transport) == b"HTTP/1.1 200 OK"
     clock.advance(site.timeOut + 1)  # type: ignore[operator]
     assert transport.disconnecting

@@ -31,6 +31,8 @@ def test_short_soak(server_factory):
         "writer-left",
         "duplex",
         "flood",
+        "h2-stalled",
+        "h2-errors",
     }, summary
     assert summary["rssGrowth"] < 0.10, summary
     assert summary["fdsAfter"] <= summary["fdsBefore"], summary

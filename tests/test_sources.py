@@ -42,6 +42,7 @@ from vdsmconsole.spec import ConsoleSpec
 
 CONNECTED = SourceState.CONNECTED
 RECONNECTING = SourceState.RECONNECTING
+CONNECTING = SourceState.CONNECTING
 DOWN = SourceState.DOWN
 
 FAST = SourceOptions(reconnect_initial=0.05, reconnect_max=0.2, connect_timeout=2)
@@ -379,7 +380,7 @@ def test_socket_data_both_ways_and_reconnect(chardev: FakeChardev) -> Gen:
     source = chardev.source()
     sink = RecordingSink()
     source.start(sink)
-    assert source.state is RECONNECTING
+    assert source.state is CONNECTING  # never connected yet: not "reconnecting"
     yield wait_until(
         lambda: source.state is CONNECTED and chardev.current is not None, "connected"
     )
@@ -389,7 +390,7 @@ def test_socket_data_both_ways_and_reconnect(chardev: FakeChardev) -> Gen:
     yield wait_until(lambda: chardev.received == b"root\n", "input")
 
     chardev.drop()
-    yield wait_until(lambda: sink.count(RECONNECTING) == 2, "reconnecting")
+    yield wait_until(lambda: sink.count(RECONNECTING) == 1, "reconnecting")
     assert "connection lost" in sink.states[-1][1]
     yield wait_until(lambda: source.state is CONNECTED, "connected again")
     yield wait_until(lambda: chardev.connections == 2, "second connection")
@@ -426,7 +427,12 @@ def test_socket_retries_until_the_guest_returns(chardev: FakeChardev) -> Gen:
     assert source.describe()["reconnectAttempts"] == 0
     chardev.send(b"hello")
     yield wait_until(lambda: sink.data == b"hello", "data after return")
-    assert [s for s, _ in sink.states] == [RECONNECTING, CONNECTED] * 2
+    assert [s for s, _ in sink.states] == [
+        CONNECTING,
+        CONNECTED,
+        RECONNECTING,
+        CONNECTED,
+    ]
 
 
 @pytest_twisted.inlineCallbacks
@@ -532,8 +538,9 @@ def test_retry_schedule_backs_off_to_the_cap() -> None:
         assert c.attempts == n
         c.clock.advance(0.01)
         assert c.attempts == n + 1
-    assert c.source.state is RECONNECTING
-    assert c.sink.states == [(RECONNECTING, "connecting to /run/guest.sock")]
+    # Never connected: still "connecting", however many attempts failed.
+    assert c.source.state is CONNECTING
+    assert c.sink.states == [(CONNECTING, "connecting to /run/guest.sock")]
     assert c.source.describe()["reconnectAttempts"] == 6
     assert "refused" in c.source.describe()["lastError"]
 

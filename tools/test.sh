@@ -18,10 +18,22 @@ declare -A NEEDS=(
     [tmux]=tmux
     [socat]=socat
     [openssl]=openssl
+    [script]=bsdutils
+    [prlimit]=util-linux
+    [h2load]=nghttp2-client
+)
+# Perl module -> Debian package: Perl's RPC::XML is the strict XML-RPC client
+# of another language that tests/test_e2e_wire.py reads the server with.
+declare -A PERL_NEEDS=(
+    [RPC::XML::Client]=librpc-xml-perl
+    [LWP::Protocol::https]=liblwp-protocol-https-perl
 )
 missing=()
 for tool in "${!NEEDS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${NEEDS[$tool]}")
+done
+for module in "${!PERL_NEEDS[@]}"; do
+    perl "-M$module" -e 1 >/dev/null 2>&1 || missing+=("${PERL_NEEDS[$module]}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"

@@ -1,10 +1,13 @@
 """Who may do what: certificate identities mapped to roles.  Pure, no I/O.
 
-The configuration maps identity patterns (a CN or SAN, exact or a shell-style
-glob) to roles.  The first pattern, in file order, that matches the CN or any
-SAN decides.  With no mapping at all every certificate the CA signed is
-``admin``, as in VDSM; with a mapping, a certificate that matches none of it
-may do nothing.
+The configuration maps identity patterns (exact or a shell-style glob) to
+roles.  The first pattern, in file order, that matches one of the
+certificate's names decides.  A plain pattern matches the first CN, the DNS
+SANs and the IP SANs; a pattern written with a scheme, ``uri:...`` or
+``email:...``, matches only URI or email SANs (written with that scheme);
+DirectoryName and other SANs never match (see identity.py).  With no mapping
+at all every certificate the CA signed is ``admin``, as in VDSM; with a
+mapping, a certificate that matches none of it may do nothing.
 
 =========  ==========================================================
 role       may
@@ -22,7 +25,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from vdsmconsole.tls import PeerIdentity
+from vdsmconsole.identity import QUALIFIED_SCHEMES, PeerIdentity
 
 
 class Permission(enum.StrEnum):
@@ -58,7 +61,11 @@ class Rule:
     pattern: str
     role: str
 
-    def matches(self, names: Iterable[str]) -> bool:
+    def matches(self, identity: PeerIdentity) -> bool:
+        if self.pattern.startswith(QUALIFIED_SCHEMES):
+            names = identity.qualified_names()
+        else:
+            names = identity.names()
         return any(fnmatch.fnmatchcase(name, self.pattern) for name in names)
 
 
@@ -78,9 +85,8 @@ class Authorizer:
     def role_for(self, identity: PeerIdentity) -> str | None:
         if self.rules is None:
             return "admin"
-        names = identity.names()
         for rule in self.rules:
-            if rule.matches(names):
+            if rule.matches(identity):
                 return rule.role
         return None
 

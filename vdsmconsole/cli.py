@@ -7,6 +7,7 @@ missing certificate, a busy port) is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -78,11 +79,44 @@ def run_service(config: Config, after_start: Any = None) -> int:
     except (StartupError, TLSConfigError, ConfigError) as e:
         fail(str(e))
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    install_stop_signals(reactor)
+    # Twisted sets its own SIGTERM handler as the reactor starts: ours again.
+    reactor.callWhenRunning(install_stop_signals, reactor)
     install_reload_signal(service, reactor)
     if after_start is not None:
         reactor.callWhenRunning(after_start, service)
     reactor.run()
     return 0
+
+
+def install_stop_signals(reactor: Any) -> None:
+    """SIGINT and SIGTERM stop the reactor, and so the service, gracefully.
+
+    Set here, not left to Twisted: a program started by a script as a
+    background job, or by some service managers, inherits SIGINT ignored;
+    Python then installs no KeyboardInterrupt handler, and Twisted, which
+    replaces only that one, none of its own, so Ctrl-C would do nothing.
+    """
+    import signal
+
+    from twisted.internet.error import ReactorNotRunning
+    from twisted.logger import Logger
+
+    def stop(signum: int) -> None:
+        Logger(namespace="vdsmconsole").info(
+            "received {name}, shutting down", name=signal.Signals(signum).name
+        )
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # a second signal while already stopping
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # Between two bytecodes of anything: hand the work to the reactor.
+        reactor.callFromThread(stop, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
 
 
 def install_reload_signal(service: Any, reactor: Any) -> None:
@@ -153,8 +187,8 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
         ),
         (
             "attach to the demo guest's console (^] leaves)",
-            f"vdsmconsole-client --pki {shlex.quote(str(pki))} 127.0.0.1:{port} "
-            f"console {vm_id}",
+            f"{installed_command('vdsmconsole-client', 'vdsmconsole.clientcli')} "
+            f"--pki {shlex.quote(str(pki))} 127.0.0.1:{port} console {vm_id}",
         ),
         (
             "type a command into it with curl",
@@ -162,6 +196,26 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
             f"-T - {base}/consoleStream/{vm_id}",
         ),
     ]
+
+
+def installed_command(script: str, module: str) -> str:
+    """How a new shell runs one of our console scripts: by its absolute path.
+
+    pip puts console scripts beside the interpreter (a venv's ``bin/``), which
+    a new shell's PATH does not have.  Without the script (running from a
+    source tree), the interpreter runs the module, with the tree on its path.
+    """
+    beside = Path(sys.executable).parent / script
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return shlex.quote(str(beside.absolute()))
+    found = shutil.which(script)
+    if found:
+        return shlex.quote(os.path.abspath(found))
+    tree = Path(__file__).resolve().parent.parent
+    return (
+        f"PYTHONPATH={shlex.quote(str(tree))} "
+        f"{shlex.quote(os.path.abspath(sys.executable))} -m {module}"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -198,16 +252,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _demo_port(bind: str) -> int:
-    """54321 if it is free, else any free port."""
+def _demo_port(bind: str, preferred: int = 54321) -> int:
+    """``preferred`` if the server can listen there, else 0 (any free port).
+
+    The probe binds as Twisted's listenTCP does, with SO_REUSEADDR: without
+    it the last run's connections in TIME_WAIT would move the demo elsewhere
+    for a minute, although the server itself could listen there.
+    """
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((bind, 54321))
+            s.bind((bind, preferred))
+            s.listen()
         except OSError:
             return 0
-    return 54321
+    return preferred
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,6 +80,7 @@ from twisted.internet.ssl import (
 )
 from twisted.python.failure import Failure
 from twisted.web import client as webclient
+from twisted.web import http
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -93,6 +94,8 @@ from twisted.web.iweb import (
 from zope.interface import implementer
 
 from vdsmconsole.duplex import DuplexStream, open_duplex
+from vdsmconsole.status import no_vm_message
+from vdsmconsole.streamend import END_HEADER, StreamEnd, end_of, parse_end
 
 __all__ = [
     "DEFAULT_PORT",
@@ -115,6 +118,7 @@ __all__ = [
     "NoSuchConsole",
     "RPCFault",
     "ResumingFollow",
+    "ServerStopping",
     "Stream",
     "TLSError",
     "Timeout",
@@ -189,7 +193,11 @@ class BeyondEnd(HTTPError):
 
 
 class ConsoleUnavailable(HTTPError):
-    """503: the console's guest is down; input cannot be delivered."""
+    """503, or a stream's end: the console's guest is down (for good)."""
+
+
+class ServerStopping(HTTPError):
+    """503: the server is stopping; ask again (it comes back with the consoles)."""
 
 
 class RPCFault(ClientError):
@@ -509,7 +517,10 @@ class Stream:
     how many requested bytes were no longer retained; ``offset`` is the
     absolute offset of the next byte to come.  ``done`` fires with this
     stream when the response ends (the server finished it, or ``close()``),
-    or fails with ``ConnectionLost`` if the connection broke.
+    or fails with ``ConnectionLost`` if the connection broke (the server
+    stopping cuts its streams so).  ``end`` then says why the server ended
+    it (its ``X-Console-End`` trailer): a ``StreamEnd`` (``destroyed``,
+    ``down``, ``complete``, ``behind``), or None if it did not say.
     """
 
     def __init__(self, vm_id: str, start_offset: int, lost: int) -> None:
@@ -518,6 +529,7 @@ class Stream:
         self.lost = lost
         self.received = 0
         self.closed = False
+        self.end: StreamEnd | None = None
         self.done: defer.Deferred[Stream] = defer.Deferred()
         self._transport: Any = None
 
@@ -534,6 +546,25 @@ class Stream:
             self._transport.stopProducing()
 
 
+def _chunk_decoder(transport: Any) -> Any:
+    """Twisted's decoder of the chunked response body now being delivered.
+
+    Twisted's ``Agent`` parses a response's trailers but hands them to no
+    one; the decoder keeps them (``_trailerHeaders``).  It is reached from
+    the body's transport: the connection's ``TransportProxyProducer``, the
+    TLS protocol, the HTTP/1.1 client protocol, its parser.  None when any
+    step is missing (the end's reason is then unknown, as from an old server).
+    """
+    tls = getattr(transport, "_producer", None)
+    parser = getattr(getattr(tls, "wrappedProtocol", None), "_parser", None)
+    decoder = getattr(parser, "bodyDecoder", None)
+    if isinstance(decoder, http._ChunkedTransferDecoder) and isinstance(
+        getattr(decoder, "_trailerHeaders", None), list
+    ):
+        return decoder
+    return None
+
+
 class _StreamReceiver(Protocol):
     def __init__(
         self, stream: Stream, on_data: Callable[[bytes], object], where: str
@@ -541,9 +572,11 @@ class _StreamReceiver(Protocol):
         self.stream = stream
         self.on_data = on_data
         self.where = where
+        self._decoder: Any = None
 
     def connectionMade(self) -> None:
         self.stream._transport = self.transport
+        self._decoder = _chunk_decoder(self.transport)
         if self.stream.closed:
             self.transport.stopProducing()  # type: ignore[union-attr]
 
@@ -558,6 +591,8 @@ class _StreamReceiver(Protocol):
         if done.called:
             return
         if self.stream.closed or reason.check(ResponseDone, PotentialDataLoss):
+            if reason.check(ResponseDone) and self._decoder is not None:
+                self.stream.end = end_of(self._decoder._trailerHeaders)
             done.callback(self.stream)
         else:
             done.errback(
@@ -882,7 +917,10 @@ class ConsoleClient:
 
     async def _error_for(self, response: IResponse, vm_id: str) -> ClientError:
         body = await treq.content(response)
-        return self._refusal(response.code, body, vm_id, response.phrase)
+        ends = response.headers.getRawHeaders(END_HEADER) or [b""]
+        return self._refusal(
+            response.code, body, vm_id, response.phrase, parse_end(ends[-1])
+        )
 
     # -- XML-RPC
 
@@ -1013,7 +1051,7 @@ class ConsoleClient:
             vm_id,
             ("?duplex=1" + "".join(params)).encode("ascii"),
             on_data,
-            describe=lambda code, body: self._refusal(code, body, vm_id),
+            describe=lambda code, body, end: self._refusal(code, body, vm_id, end=end),
             lost=lambda reason: ConnectionLost(
                 f"console stream from {self.where} lost: {_short(reason)}"
             ),
@@ -1028,14 +1066,22 @@ class ConsoleClient:
         return self._fail(reason)
 
     def _refusal(
-        self, code: int, body: bytes, vm_id: str, phrase: bytes = b""
+        self,
+        code: int,
+        body: bytes,
+        vm_id: str,
+        phrase: bytes = b"",
+        end: StreamEnd | None = None,
     ) -> ClientError:
-        """The error for a stream request answered ``code`` with ``body``."""
+        """The error for a request answered ``code`` with ``body`` (and
+        ``X-Console-End: end``)."""
         text = body.decode("utf-8", "replace").strip()
         if code == 404:
-            return NoSuchConsole(code, f"Virtual machine does not exist: {vm_id}")
+            return NoSuchConsole(code, no_vm_message(vm_id))
         if code == 416:
             return BeyondEnd(code, text or "offset beyond the end")
+        if code == 503 and end is StreamEnd.STOPPING:
+            return ServerStopping(code, f"the server at {self.where} is stopping")
         if code == 503:
             return ConsoleUnavailable(code, text or f"console {vm_id} is down")
         detail = text.splitlines()[0] if text else phrase.decode() or str(code)
@@ -1118,9 +1164,11 @@ class ResumingFollow:
     re-requested with backoff (``initial_delay`` doubling to ``max_delay``)
     from the last offset received, so nothing still retained is missed and
     what is no longer retained is counted: ``on_lost(error)`` is called once
-    when the connection goes, ``on_resumed(stream, lost)`` when it is back.
-    ``done`` fires when ``stop()`` is called, or fails with the error that
-    makes resuming pointless (the console was destroyed, TLS refused).
+    when the connection goes (or the server stops), ``on_resumed(stream,
+    lost)`` when it is back.  ``done`` fires when ``stop()`` is called, or
+    fails with the error that makes resuming pointless: ``NoSuchConsole``
+    (the console was destroyed), ``ConsoleUnavailable`` (its guest is gone
+    for good and everything retained was received), TLS refused.
     """
 
     RETRIED = (ConnectError, ConnectionLost, ConsoleUnavailable, HTTPError)
@@ -1201,6 +1249,13 @@ class ResumingFollow:
         self.stream = None
         if self.stopped:
             return
+        final = self._final_error(stream) if not isinstance(result, Failure) else None
+        if final is not None:
+            # The server said the console is gone: no resuming, no "lost".
+            self.stopped = True
+            if not self.done.called:
+                self.done.errback(final)
+            return
         reason = (
             result.value
             if isinstance(result, Failure) and isinstance(result.value, ClientError)
@@ -1209,6 +1264,14 @@ class ResumingFollow:
         if self.on_lost is not None:
             self.on_lost(reason)
         self._schedule(0.0)
+
+    def _final_error(self, stream: Stream) -> ClientError | None:
+        """The error a cleanly ended stream leaves to report, if it is final."""
+        if stream.end is StreamEnd.DESTROYED:
+            return NoSuchConsole(404, no_vm_message(self.vm_id))
+        if stream.end is StreamEnd.DOWN:
+            return ConsoleUnavailable(503, f"console {self.vm_id} is down")
+        return None
 
     def _schedule(self, delay: float) -> None:
         self._retry = self.client.reactor.callLater(delay, self._reattach)

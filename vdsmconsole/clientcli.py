@@ -11,12 +11,14 @@
     nextOffset, readers, writers.
 ``console VMID [-e CHAR] [--read-only] [--offset N | --tail N]``
     interactive, like ``virsh console``: the terminal in raw mode, ``^]``
-    (or ``-e CHAR``, e.g. ``-e '^A'``) leaves.  A lost connection is
-    re-established with backoff and output resumes from the last offset;
-    one line says how many bytes were lost meanwhile, if any.
+    (or ``-e CHAR``, e.g. ``-e '^A'``) leaves.  A lost connection (or the
+    server stopping) is re-established with backoff and output resumes from
+    the last offset; one line says how many bytes were lost meanwhile, if
+    any.  A destroyed console ends it (exit 1), so does a guest gone for
+    good (exit 100), without a reconnection.
 ``tail VMID [-f] [--offset N | --tail N]``
     what is retained (from the oldest byte, or the given start); ``-f``
-    keeps following (and reconnects like ``console``).
+    keeps following (and reconnects and ends like ``console``).
 ``send VMID TEXT...`` / ``send VMID -``
     TEXT and a newline (``-n``: no newline), or standard input streamed as
     one POST, each read sent as it comes.
@@ -83,6 +85,8 @@ from vdsmconsole.client import (
     pollable,
     stdin_producer,
 )
+from vdsmconsole.status import no_vm_message
+from vdsmconsole.streamend import StreamEnd
 
 PROG = "vdsmconsole-client"
 EXIT_USAGE = 2
@@ -557,6 +561,8 @@ async def run_tail(reactor: Any, client: ConsoleClient, sub: argparse.Namespace)
         )
         _report_start(stream, sys.stderr)
         await stream.done
+        if stream.end is StreamEnd.DESTROYED:
+            raise NoSuchConsole(404, no_vm_message(sub.vm_id))
         return 0
     finished: defer.Deferred[int] = defer.Deferred()
 

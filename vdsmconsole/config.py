@@ -9,6 +9,8 @@ which the command line turns into one line and exit status 2.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,6 +19,22 @@ from typing import Any
 
 DEFAULT_PORT = 54321
 DEFAULT_PKI = "/etc/pki/vdsm"
+# [sources]: what a console may point at (vdsmconsole/policy.py enforces it,
+# docs/security.rst explains it).  Sockets: where libvirt and qemu put guests'
+# chardevs, and oVirt's serial console sockets; not /run/libvirt itself, where
+# libvirt's own control sockets live.
+DEFAULT_UNIX_PATHS = (
+    "/var/lib/libvirt/qemu/**",
+    "/run/libvirt/qemu/**",
+    "/var/run/libvirt/qemu/**",
+    "/run/ovirt-vmconsole-console/**",
+    "/var/run/ovirt-vmconsole-console/**",
+)
+# Within those: a guest's QMP/HMP monitor (control of qemu; "migrate exec:"
+# runs a command) and its guest agent (guest-exec).
+DEFAULT_UNIX_DENIED = ("**/monitor.sock", "**/*.monitor", "**/org.qemu.guest_agent.*")
+DEFAULT_TCP_ENDPOINTS = ("127.0.0.0/8:*", "[::1]:*", "localhost:*")
+DEFAULT_PTY_OWNERS = ("qemu-system-*", "qemu-kvm")
 
 
 class ConfigError(ValueError):
@@ -39,6 +57,10 @@ class Config:
     shutdown_timeout: float = 5.0
     handshake_timeout: float = 10.0
     header_timeout: float = 30.0
+    first_request_timeout: float = 10.0
+    max_connections_per_address: int = 1024
+    max_connections_per_identity: int = 2048
+    descriptor_reserve: int = 128
     ring_bytes: int = 1024 * 1024
     log_file_bytes: int = 8 * 1024 * 1024
     log_keep_files: int = 3
@@ -46,6 +68,10 @@ class Config:
     reconnect_max: float = 30.0
     client_buffer_bytes: int = 256 * 1024
     spawn_commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    unix_paths: tuple[str, ...] = DEFAULT_UNIX_PATHS
+    unix_denied: tuple[str, ...] = DEFAULT_UNIX_DENIED
+    tcp_endpoints: tuple[str, ...] = DEFAULT_TCP_ENDPOINTS
+    pty_owners: tuple[str, ...] = DEFAULT_PTY_OWNERS
     # identity pattern -> role, in file order; None: every certificate is admin
     authorization: Mapping[str, str] | None = None
 
@@ -73,6 +99,10 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("server", "shutdown_timeout"): ("shutdown_timeout", float),
     ("server", "handshake_timeout"): ("handshake_timeout", float),
     ("server", "header_timeout"): ("header_timeout", float),
+    ("server", "first_request_timeout"): ("first_request_timeout", float),
+    ("server", "max_connections_per_address"): ("max_connections_per_address", int),
+    ("server", "max_connections_per_identity"): ("max_connections_per_identity", int),
+    ("server", "descriptor_reserve"): ("descriptor_reserve", int),
     ("tls", "ca"): ("ca_file", Path),
     ("tls", "cert"): ("cert_file", Path),
     ("tls", "key"): ("key_file", Path),
@@ -85,6 +115,10 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("console", "reconnect_initial"): ("reconnect_initial", float),
     ("console", "reconnect_max"): ("reconnect_max", float),
     ("console", "client_buffer_bytes"): ("client_buffer_bytes", int),
+    ("sources", "unix_paths"): ("unix_paths", tuple),
+    ("sources", "unix_denied"): ("unix_denied", tuple),
+    ("sources", "tcp_endpoints"): ("tcp_endpoints", tuple),
+    ("sources", "pty_owners"): ("pty_owners", tuple),
 }
 # Keys that must be positive when set.
 POSITIVE = {
@@ -92,6 +126,10 @@ POSITIVE = {
     "shutdown_timeout",
     "handshake_timeout",
     "header_timeout",
+    "first_request_timeout",
+    "max_connections_per_address",
+    "max_connections_per_identity",
+    "descriptor_reserve",
     "ring_bytes",
     "log_file_bytes",
     "reconnect_initial",
@@ -105,6 +143,13 @@ def _convert(name: str, kind: type, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name}: expected a path string, got {value!r}")
         return Path(value)
+    if kind is tuple:
+        # A list of patterns; a lone string is a likely slip for a list of one.
+        if not isinstance(value, list) or not all(
+            isinstance(item, str) and item for item in value
+        ):
+            raise ConfigError(f"{name}: expected a list of non-empty strings")
+        return tuple(value)
     if kind is bool:
         # Only TOML's true and false: 0, 1 or "yes" are more likely typos.
         if not isinstance(value, bool):
@@ -134,7 +179,20 @@ def check_values(config: Config) -> Config:
         # nan and inf are valid TOML floats but never a sane size or time.
         if attr in POSITIVE and not (0 < value < math.inf):
             raise ConfigError(f"{section}.{key}: must be positive and finite")
+    _check_sources(config)
     return config
+
+
+def _check_sources(config: Config) -> None:
+    """Each [sources] pattern compiles (policy.SourcePolicy says why not)."""
+    from vdsmconsole.policy import SourcePolicy
+
+    for key in ("unix_paths", "unix_denied", "tcp_endpoints", "pty_owners"):
+        try:
+            # One key at a time, so that the error names the key.
+            SourcePolicy(**{key: getattr(config, key)})
+        except ValueError as e:
+            raise ConfigError(f"sources.{key}: {e}") from None
 
 
 def parse_config(data: Mapping[str, Any], base: Config | None = None) -> Config:
@@ -192,8 +250,21 @@ def _parse_spawn(table: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
             raise ConfigError(
                 f"spawn.commands.{name}: expected a non-empty list of strings"
             )
-        result[name] = tuple(argv)
+        result[name] = (installed_program(argv[0]), *argv[1:])
     return result
+
+
+def installed_program(name: str) -> str:
+    """A bare program name found beside the server's interpreter, made absolute.
+
+    pip installs console scripts (``vdsmconsole-demoguest``) and the venv's
+    ``python3`` beside the interpreter, in a directory a service manager's
+    PATH lacks; any other bare name is left for PATH, as exec does.
+    """
+    beside = Path(sys.executable).parent / name
+    if "/" not in name and beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside.absolute())
+    return name
 
 
 def load_config(path: Path | None, base: Config | None = None) -> Config:

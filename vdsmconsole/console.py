@@ -20,6 +20,7 @@ from vdsmconsole.config import Config
 from vdsmconsole.consolelog import ConsoleLog
 from vdsmconsole.interfaces import ConsoleSource, SourceState
 from vdsmconsole.offsetmark import MARK_FILE, OffsetMark
+from vdsmconsole.policy import RefusedSource
 from vdsmconsole.ring import OffsetBeyondEnd, ReadResult, Ring
 from vdsmconsole.sources import PtyOwner, SourceOptions, make_source
 from vdsmconsole.spec import ConsoleSpec
@@ -30,14 +31,24 @@ log = Logger(namespace="vdsmconsole.console")
 CONSOLE_DOWN = Code.CONSOLE_DOWN  # input for a guest that is not connected
 
 
+# Why a console stops (``Console.stop``), for those who follow it: a stream
+# ends cleanly for a destroyed console, and is cut when the server stops (the
+# console comes back with the server: its clients should resume).
+DESTROYED = "destroyed"
+SERVER_STOPPING = "stopping"
+
+
 class Subscriber(Protocol):
     """A follower of the console's output (a stream, or a test)."""
 
     def dataAvailable(self) -> None:
         """More bytes were appended; read them from your cursor when you can."""
 
-    def consoleClosed(self) -> None:
-        """The console was destroyed or the server stops: end your stream."""
+    def consoleDown(self) -> None:
+        """The guest is gone for good: nothing will be appended any more."""
+
+    def consoleClosed(self, why: str) -> None:
+        """The console stops (``DESTROYED`` or ``SERVER_STOPPING``): end."""
 
 
 class InputWriter(Protocol):
@@ -52,8 +63,8 @@ class InputWriter(Protocol):
     def consoleDown(self) -> None:
         """The guest went away for good: end the input."""
 
-    def consoleClosed(self) -> None:
-        """The console was destroyed or the server stops."""
+    def consoleClosed(self, why: str) -> None:
+        """The console stops (``DESTROYED`` or ``SERVER_STOPPING``)."""
 
 
 class ConsoleDown(StatusError):
@@ -99,14 +110,17 @@ class Console:
     def start(self) -> None:
         self.source.start(self)
 
-    def stop(self) -> defer.Deferred[None]:
-        """Stop reading the guest, end every stream, close the log."""
+    def stop(self, why: str = DESTROYED) -> defer.Deferred[None]:
+        """Stop reading the guest, end every stream, close the log.
+
+        ``why``: ``DESTROYED`` or ``SERVER_STOPPING``, passed on to the streams.
+        """
         self.closed = True
         for subscriber in list(self._subscribers):
-            subscriber.consoleClosed()
+            subscriber.consoleClosed(why)
         self._subscribers.clear()
         for writer in list(self._writers):
-            writer.consoleClosed()
+            writer.consoleClosed(why)
         self._writers.clear()
         d = self.source.stop()
 
@@ -196,9 +210,12 @@ class Console:
                 writer.resumeProducing()
         elif state is SourceState.DOWN:
             # The guest is gone for good (a pty or a spawned child never comes
-            # back): end the writers rather than leave them waiting.
+            # back): end the writers rather than leave them waiting, and the
+            # followers once they have what is retained.
             for writer in list(self._writers):
                 writer.consoleDown()
+            for subscriber in list(self._subscribers):
+                subscriber.consoleDown()
 
     def sourceInputPaused(self) -> None:
         self.input_paused = True
@@ -335,18 +352,35 @@ def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]
         *,
         restored: bool = False,
         owner: PtyOwner | None = None,
+        refused: str = "",
+        fresh: bool = False,
     ) -> Console:
-        """``restored``/``owner``: a pty console the registry brings back."""
+        """``restored``/``owner``: a pty console the registry brings back;
+        ``refused``: why its target is no longer allowed (it stays down).
+
+        ``fresh``: a new console (``create``), not one a restart brings back:
+        it shows only its own guest's output, so the log a previous console
+        of this vmId left is deleted; its offsets carry on above every offset
+        that one handed out, so that none is ever reused for the vmId.
+        """
         # vm_id was validated before it got here; it is safe as a path part.
         directory = config.state_dir / "consoles" / vm_id
         console_log = ConsoleLog(
             directory, config.log_file_bytes, config.log_keep_files
         )
         mark = OffsetMark(directory / MARK_FILE)
-        # Past every offset handed out before: the log's end, or further when
-        # a crash cut the log's tail or the log could not be written.
-        ring = Ring(config.ring_bytes, start=mark.resume_offset(console_log.end))
-        source = make_source(spec, options, reactor, restored=restored, owner=owner)
+        if fresh:
+            start = max(console_log.end, mark.saved)
+            console_log.discard()
+        else:
+            # Past every offset handed out before: the log's end, or further
+            # when a crash cut the log's tail or the log could not be written.
+            start = mark.resume_offset(console_log.end)
+        ring = Ring(config.ring_bytes, start=start)
+        if refused:
+            source: ConsoleSource = RefusedSource(spec, refused, owner)
+        else:
+            source = make_source(spec, options, reactor, restored=restored, owner=owner)
         return Console(vm_id, spec, source, ring, console_log, reactor, mark)
 
     return factory

@@ -316,6 +316,19 @@ class ConsoleLog:
             os.close(fd)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def discard(self) -> None:
+        """Delete every segment: the log starts again, empty, at the offset
+        of the next append (a new console of the same vmId; see console.py)."""
+        self._check_open()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        for start in self._starts:
+            self._unlink(start)
+        self._starts.clear()
+        self._sizes.clear()
+        self._disk = 0
+
     # -- closing ------------------------------------------------------------
 
     def close(self) -> None:

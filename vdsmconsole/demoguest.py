@@ -13,8 +13,9 @@ nor edits lines, so this program echoes typed bytes itself, handles
 backspace, takes CR or LF as Enter and writes ``\\r\\n`` line endings.  While
 idle it prints a heartbeat every 10 seconds so a follower sees it is alive.
 
-Run it by hand with ``python -m vdsmconsole.demoguest`` (``--fast`` skips the
-pauses of the boot log; so does ``VDSMCONSOLE_DEMO_FAST=1``).
+Run it by hand with ``vdsmconsole-demoguest`` or ``python -m
+vdsmconsole.demoguest`` (``--fast`` skips the pauses of the boot log; so does
+``VDSMCONSOLE_DEMO_FAST=1``).
 """
 
 from __future__ import annotations
@@ -371,7 +372,7 @@ def _raw_terminal(fd: int) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vdsmconsole.demoguest",
+        prog="vdsmconsole-demoguest",
         description="A pretend guest console for vdsmconsole demo (not a shell).",
     )
     parser.add_argument(

@@ -21,6 +21,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 
+from vdsmconsole.streamend import END_HEADER, StreamEnd, end_of, parse_end
+
 __all__ = ["DuplexStream", "open_duplex"]
 
 # The most a response head may take before it is refused as garbage.
@@ -32,9 +34,10 @@ class DuplexStream:
 
     Like ``client.Stream``: ``start_offset``, ``lost`` and ``offset`` count
     the output; ``done`` fires with the stream when the response ends (the
-    console was destroyed, or ``close()``) or fails with the error that cut
-    it.  ``finish()`` ends the input; the output goes on until the server
-    ends it or ``close()``.
+    console was destroyed, or ``close()``; ``end`` says why, as for
+    ``client.Stream``) or fails with the error that cut it.  ``finish()``
+    ends the input; the output goes on until the server ends it or
+    ``close()``.
     """
 
     def __init__(self, vm_id: str, protocol: _DuplexProtocol) -> None:
@@ -44,6 +47,7 @@ class DuplexStream:
         self.received = 0
         self.closed = False
         self.finished = False
+        self.end: StreamEnd | None = None
         self.done: defer.Deferred[DuplexStream] = defer.Deferred()
         self._protocol = protocol
 
@@ -79,7 +83,7 @@ class _DuplexProtocol(Protocol):
         head: bytes,
         vm_id: str,
         on_data: Callable[[bytes], object],
-        describe: Callable[[int, bytes], Exception],
+        describe: Callable[[int, bytes, StreamEnd | None], Exception],
         lost: Callable[[Failure], Exception],
     ) -> None:
         self.head = head
@@ -90,7 +94,8 @@ class _DuplexProtocol(Protocol):
         self.started: defer.Deferred[DuplexStream] = defer.Deferred()
         self._buffer = b""
         self._decoder: Any = None
-        self._refusal: tuple[int, int | None] | None = None  # code, length
+        # code, length, X-Console-End
+        self._refusal: tuple[int, int | None, StreamEnd | None] | None = None
         self._ended = False
 
     # -- the stream's side
@@ -144,7 +149,11 @@ class _DuplexProtocol(Protocol):
             return
         if code != 200:
             length = headers.get(b"content-length", b"")
-            self._refusal = (code, int(length) if length.isdigit() else None)
+            self._refusal = (
+                code,
+                int(length) if length.isdigit() else None,
+                parse_end(headers.get(END_HEADER.lower(), b"")),
+            )
             self._buffer = rest
             self._checkRefusal()
             return
@@ -162,9 +171,9 @@ class _DuplexProtocol(Protocol):
 
     def _checkRefusal(self) -> None:
         assert self._refusal is not None
-        code, length = self._refusal
+        code, length, end = self._refusal
         if length is not None and len(self._buffer) >= length:
-            self._fail(self.describe(code, self._buffer[:length]))
+            self._fail(self.describe(code, self._buffer[:length], end))
             self.hangUp()
 
     def _output(self, data: bytes) -> None:
@@ -173,12 +182,14 @@ class _DuplexProtocol(Protocol):
             self.on_data(data)
 
     def _bodyEnded(self, extra: bytes) -> None:
+        self.stream.end = end_of(self._decoder._trailerHeaders)
         self._end(None)
         self.hangUp()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._refusal is not None and not self.started.called:
-            self._fail(self.describe(self._refusal[0], self._buffer))
+            code, _, end = self._refusal
+            self._fail(self.describe(code, self._buffer, end))
         elif self.stream.closed:
             self._end(None)
         else:
@@ -217,7 +228,7 @@ def open_duplex(
     query: bytes,
     on_data: Callable[[bytes], object],
     *,
-    describe: Callable[[int, bytes], Exception],
+    describe: Callable[[int, bytes, StreamEnd | None], Exception],
     lost: Callable[[Failure], Exception],
     timeout: float | None,
 ) -> defer.Deferred[DuplexStream]:

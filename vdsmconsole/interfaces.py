@@ -9,6 +9,9 @@ from twisted.internet.defer import Deferred
 
 
 class SourceState(enum.StrEnum):
+    # A unix or tcp source before its first connection: ``reconnecting`` is
+    # for one that was connected and lost its guest.
+    CONNECTING = "connecting"
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     DOWN = "down"
@@ -21,7 +24,7 @@ class SourceSink(Protocol):
         """Bytes the guest wrote, in order, as they were read."""
 
     def sourceStateChanged(self, state: SourceState, reason: str) -> None:
-        """The source became connected, reconnecting or down (why, in words)."""
+        """The source changed state (see SourceState); ``reason`` says why."""
 
     def sourceInputPaused(self) -> None:
         """The guest is not taking input: stop writing until resumed."""

@@ -26,6 +26,7 @@ from twisted.web import server, xmlrpc
 
 from vdsmconsole import __version__
 from vdsmconsole.authz import rpc_permission
+from vdsmconsole.policy import NoSuchSource, NotAllowed
 from vdsmconsole.ring import OffsetBeyondEnd
 from vdsmconsole.site import MethodsMixin
 from vdsmconsole.spec import SOURCE_TYPES, SpecError, parse_console_spec, validate_vm_id
@@ -38,16 +39,22 @@ if TYPE_CHECKING:
 log = Logger(namespace="vdsmconsole.rpc")
 
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 DEFAULT_READ_BYTES = 64 * 1024
 MAX_READ_BYTES = 1024 * 1024
+# The most vmIds one list() may name: an answer is then at most the
+# registry's size, whatever the request repeats (duplicates collapse).
+MAX_LIST_IDS = 4096
 
 
 class _WideMarshaller(xmlrpclib.Marshaller):
-    """Marshal ints beyond 32 bits as <i8> instead of failing."""
+    """Marshal ints beyond 32 bits as <i8> instead of failing (not beyond 64)."""
 
     dispatch = dict(xmlrpclib.Marshaller.dispatch)
 
     def dump_long(self, value: int, write: Callable[[str], Any]) -> None:
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise OverflowError("int exceeds XML-RPC's <i8>")
         tag = "int" if -INT32_MAX - 1 <= value <= INT32_MAX else "i8"
         write(f"<value><{tag}>{int(value)}</{tag}></value>\n")
 
@@ -55,12 +62,16 @@ class _WideMarshaller(xmlrpclib.Marshaller):
 
 
 def dumps_response(result: Any) -> bytes:
-    """Like ``xmlrpclib.dumps(..., methodresponse=True)``, with wide ints."""
+    """Like ``xmlrpclib.dumps(..., methodresponse=True)``, with wide ints.
+
+    ``Marshaller.dumps`` already writes the ``<params>`` or ``<fault>``
+    element: wrapping it again breaks strict clients (Python's is lenient).
+    """
     marshaller = _WideMarshaller("utf-8", allow_none=False)
     if isinstance(result, xmlrpclib.Fault):
-        body = "<fault>\n" + marshaller.dumps(result) + "</fault>\n"
+        body = marshaller.dumps(result)
     else:
-        body = "<params>\n" + marshaller.dumps((result,)) + "</params>\n"
+        body = marshaller.dumps((result,))
     text = "<?xml version='1.0'?>\n<methodResponse>\n" + body + "</methodResponse>\n"
     return text.encode("utf-8")
 
@@ -265,7 +276,13 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         registry = self.context.registry
         if vmList is not None and not isinstance(vmList, list):
             raise StatusError(Code.MISS_PARAM, "vmList must be an array of vmIds")
-        wanted = registry.ids() if not vmList else [as_vm_id(v) for v in vmList]
+        if vmList and len(vmList) > MAX_LIST_IDS:
+            raise StatusError(
+                Code.MISS_PARAM,
+                f"vmList may name at most {MAX_LIST_IDS} vmIds, not {len(vmList)}",
+            )
+        # Each console once, in the order first asked for.
+        wanted = registry.ids() if not vmList else dict.fromkeys(map(as_vm_id, vmList))
         entries = []
         for vm_id in wanted:
             console = registry.find(vm_id)
@@ -286,11 +303,31 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             )
         except SpecError as e:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
-        console = self.context.registry.create(vm_id, spec)
-        self.context.audit.record(
-            "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
-        )
-        return success(vmList=[console.full_status()])
+        registry = self.context.registry
+        try:
+            owner = self.context.policy.check(spec, registry.spawned_pids())
+        except (NotAllowed, NoSuchSource) as e:
+            self.context.audit.record(
+                "refused",
+                identity_of(request),
+                method="create",
+                vmId=vm_id,
+                console=spec.to_wire(),
+                reason=str(e),
+            )
+            kind = Code.NOT_ALLOWED if isinstance(e, NotAllowed) else Code.MISS_PARAM
+            raise StatusError(kind, str(e)) from None
+
+        def create(_: object) -> dict[str, Any]:
+            console = registry.create(vm_id, spec, owner=owner)
+            self.context.audit.record(
+                "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
+            )
+            return success(vmList=[console.full_status()])
+
+        # A console of this vmId that a destroy is still stopping must be
+        # gone first (they would share its log and offsets): wait for it.
+        return registry.when_free(vm_id).addCallback(create)
 
     @rpc_method([["struct", "string"]], with_request=True)
     def xmlrpc_destroy(self, request: Any, vmId: object) -> Any:

@@ -20,10 +20,18 @@ from twisted.logger import Logger
 from vdsmconsole.audit import AuditLog
 from vdsmconsole.authz import Authorizer
 from vdsmconsole.config import Config
+from vdsmconsole.connlimits import (
+    ConnectionLimits,
+    LimitedTLSFactory,
+    raise_open_file_limit,
+)
+from vdsmconsole.endings import begin_shutdown
+from vdsmconsole.policy import SourcePolicy
 from vdsmconsole.registry import Registry
+from vdsmconsole.routes import is_stream_target
 from vdsmconsole.rpc import ConsoleRPC
 from vdsmconsole.site import ConsoleSite, Root
-from vdsmconsole.tls import ServerTLS, TLSFiles, tls_factory
+from vdsmconsole.tls import ServerTLS, TLSFiles
 from vdsmconsole.transports import EagerServer
 
 log = Logger(namespace="vdsmconsole.server")
@@ -36,7 +44,8 @@ class StartupError(Exception):
 
 @dataclass
 class ServerContext:
-    """What the resources share: configuration, registry, audit, clock."""
+    """What the resources share: configuration, registry, audit, clock, and
+    what consoles may point at."""
 
     config: Config
     reactor: Any
@@ -45,6 +54,7 @@ class ServerContext:
     port: int = 0
     tls: ServerTLS | None = None
     authz: Authorizer = field(default_factory=Authorizer)
+    policy: SourcePolicy = field(default_factory=SourcePolicy)
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -65,12 +75,14 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
         config=config,
         reactor=reactor,
         authz=Authorizer.from_mapping(config.authorization),
+        policy=SourcePolicy.from_config(config),
     )
     context.audit = AuditLog(config.state_dir / "audit.log")
     context.registry = Registry(
         config.state_dir / "registry.json",
         make_console_factory(config, reactor),
         config.spawn_commands,
+        context.policy,
     )
     return context
 
@@ -114,11 +126,12 @@ class ConsoleService(Service):
         self.context = build_context(self.config, self.reactor)
         self.context.tls = self.tls
         self.site = build_site(self.context)
+        factory = LimitedTLSFactory(
+            self.tls, self.site, connection_limits(config, self.reactor), self.reactor
+        )
         try:
             self.listening = self.reactor.listenTCP(
-                self.config.port,
-                tls_factory(self.tls, self.site),  # type: ignore[arg-type]
-                interface=self.config.bind,
+                self.config.port, factory, interface=self.config.bind
             )
         except Exception as e:  # noqa: BLE001 - CannotListenError and friends
             raise StartupError(
@@ -156,11 +169,16 @@ class ConsoleService(Service):
         super().stopService()
         if self._expiry_check is not None and self._expiry_check.running:
             self._expiry_check.stop()
+        assert self.site is not None and self.context is not None
+        # From now on no new request: those on open connections get 503
+        # (HTTP/1.1, then closed) or a GOAWAY (HTTP/2), so that no client
+        # attaches to a console that is about to stop (see endings.py).
+        begin_shutdown(self.site)
         if self.listening is not None:
             yield self.listening.stopListening()
-        assert self.site is not None and self.context is not None
         deadline = self.reactor.seconds() + self.config.shutdown_timeout * 0.8
-        # Let RPC calls in flight finish; endless streams are cut below.
+        # Let RPC calls in flight finish; endless streams are cut below (not
+        # ended: their consoles come back with the server).
         while self._rpc_in_flight() and self.reactor.seconds() < deadline:
             yield _later(self.reactor, 0.05)
         yield self.context.registry.stop_all()
@@ -172,8 +190,29 @@ class ConsoleService(Service):
         return any(not _is_stream(r) for r in self.site.inFlight)
 
 
+def connection_limits(config: Config, reactor: Any) -> ConnectionLimits:
+    """The caps of the port, under the soft descriptor limit, raised first."""
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info(
+            "open file limit raised from {before} to {after}",
+            before=before,
+            after=after,
+        )
+    else:
+        log.info("open file limit: {limit}", limit=after)
+    return ConnectionLimits(
+        reactor,
+        per_address=config.max_connections_per_address,
+        per_identity=config.max_connections_per_identity,
+        reserve=config.descriptor_reserve,
+        first_request_timeout=config.first_request_timeout,
+        open_files=after,
+    )
+
+
 def _is_stream(request: Any) -> bool:
-    return bool(request.earlyPath.startswith(b"/consoleStream/"))
+    return is_stream_target(request.earlyPath)
 
 
 def _later(reactor: Any, seconds: float) -> defer.Deferred[None]:

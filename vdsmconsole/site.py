@@ -36,6 +36,11 @@ from twisted.web import http, resource, server
 from twisted.web._http2 import H2Stream
 from zope.interface import implementer
 
+from vdsmconsole.accesslog import access_log_line
+from vdsmconsole.endings import refuse_while_stopping
+from vdsmconsole.h2channel import bound_send_buffer, start_http2, when_set_up
+from vdsmconsole.httprules import header_refusal
+from vdsmconsole.routes import is_stream_target, stream_vm_id
 from vdsmconsole.tls import ANONYMOUS, PeerIdentity, peer_address, peer_identity_of
 
 if TYPE_CHECKING:
@@ -64,7 +69,6 @@ class PlainError(resource.Resource):
 
 
 NOT_FOUND = PlainError(404, "not found")
-STREAM_PATH_PREFIX = b"/consoleStream/"
 log = Logger(namespace="vdsmconsole.site")
 
 
@@ -110,6 +114,8 @@ class ConsoleRequest(server.Request):
     # Method and path as known when the headers are in (before process()).
     earlyMethod: bytes = b""
     earlyPath: bytes = b""
+    # Its headers came once the server was stopping: it is refused (503).
+    cameWhileStopping = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -134,13 +140,14 @@ class ConsoleRequest(server.Request):
         self.earlyMethod = getattr(channel, "_command", None) or channel.command
         self.earlyPath = getattr(channel, "_path", None) or channel.path
         site = channel.site
+        self.cameWhileStopping = site.stopping
         deadlines = deadlines_of(channel)
         if deadlines is not None:
             deadlines.headersDone()
         site.requestStarted(self)
         hook = site.headersReceivedHook
         if hook is not None:
-            hook(self)
+            when_set_up(channel, hook, self)
 
     def dispatchEarly(self) -> None:
         """Render now, with the body still to come (a streaming POST).
@@ -200,6 +207,8 @@ class ConsoleRequest(server.Request):
         super().finish()
 
     def process(self) -> None:
+        if self.channel.site.stopping and refuse_while_stopping(self):
+            return
         if self._body_too_large:
             self.setResponseCode(http.REQUEST_ENTITY_TOO_LARGE)
             self.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -368,6 +377,22 @@ class ConsoleChannel(http.HTTPChannel):
             return
         super().lineReceived(line)
 
+    def allHeadersReceived(self) -> None:
+        # Before Twisted's own handling: that is where a stream POST renders
+        # and where "100 Continue" goes out.
+        this: Any = self  # Twisted types its request-line fields loosely
+        cap = None if is_stream_target(this._path) else this.site.maxBodyBytes
+        headers = self.requests[-1].requestHeaders
+        refusal = header_refusal(this._version, headers, self.length, cap)
+        if refusal is not None:
+            self.refuse(*refusal)
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if not self._refused:  # a request refused at its headers is not served
+            super().allContentReceived()
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         """A malformed request: 400 and close, as Twisted does; but when the
         response is already under way (a duplex stream whose body turned
@@ -418,6 +443,7 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
     """
 
     deadlines: ConnectionDeadlines | None = None
+    dataSeen = False  # a byte of a request came (connlimits.py closes silence)
 
     def makeConnection(self, transport: Any) -> None:
         site = self._site
@@ -430,9 +456,15 @@ class ConsoleHTTPProtocol(http._GenericHTTPChannelProtocol):  # type: ignore[mis
             )
             channel: Any = self._channel
             channel.deadlines = self.deadlines
+            bound_send_buffer(transport, site.context.config.client_buffer_bytes)
         super().makeConnection(transport)
         if self.deadlines is not None:
             self.deadlines.start(tls=isinstance(transport, TLSMemoryBIOProtocol))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.dataSeen = True
+        start_http2(self)  # ours where ALPN picked h2, in place of Twisted's
+        super().dataReceived(data)
 
     def handshakeCompleted(self) -> None:
         if self.deadlines is not None:
@@ -491,37 +523,10 @@ class Root(resource.Resource):
         rest = request.postpath
         if path in (b"", b"RPC2") and not rest:
             return self._rpc
-        if path == b"consoleStream" and self.streams is not None and len(rest) == 1:
-            return self.streams(rest[0])
+        vm_id = stream_vm_id([path, *rest])
+        if vm_id is not None and self.streams is not None:
+            return self.streams(vm_id)
         return NOT_FOUND
-
-
-def access_log_line(timestamp: str, request: Any) -> str:
-    """Combined log format, with the peer's certificate name as the user."""
-    referrer = _quote(request.getHeader(b"referer") or b"-")
-    agent = _quote(request.getHeader(b"user-agent") or b"-")
-    line = (
-        '"{ip}" - {user} {timestamp} "{method} {uri} {protocol}" '
-        '{code} {length} "{referrer}" "{agent}"'
-    )
-    return line.format(
-        ip=_quote(request.getClientAddress().host or b"-"),
-        user=_quote(str(getattr(request, "peerIdentity", "-")) or "-"),
-        timestamp=timestamp,
-        method=_quote(request.method),
-        uri=_quote(request.uri),
-        protocol=_quote(request.clientproto),
-        code=request.code,
-        length=request.sentLength or "-",
-        referrer=referrer,
-        agent=agent,
-    )
-
-
-def _quote(value: bytes | str) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return value.replace('"', "%22").replace(" ", "%20") if value else "-"
 
 
 class ConsoleSite(server.Site):
@@ -540,6 +545,7 @@ class ConsoleSite(server.Site):
         self.headerTimeout = config.header_timeout
         self.headersReceivedHook: Callable[[ConsoleRequest], None] | None = None
         self.inFlight: set[ConsoleRequest] = set()
+        self.stopping = False  # see endings.begin_shutdown
         self.started = time.monotonic()
         # connection -> [console streams open on it, its idle timeout before]
         self._idleHeld: dict[Any, list[Any]] = {}
@@ -547,7 +553,7 @@ class ConsoleSite(server.Site):
     def requestStarted(self, request: ConsoleRequest) -> None:
         self.inFlight.add(request)
         request.notifyFinish().addBoth(self._requestDone, request)
-        if request.earlyPath.startswith(STREAM_PATH_PREFIX):
+        if is_stream_target(request.earlyPath):
             self._holdIdleTimeout(request)
 
     def _requestDone(self, result: object, request: ConsoleRequest) -> None:

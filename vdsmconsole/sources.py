@@ -1028,7 +1028,7 @@ class _StreamSource(_SourceBase):
         )
 
     def _start(self) -> None:
-        self._setState(SourceState.RECONNECTING, f"connecting to {self._where()}")
+        self._setState(SourceState.CONNECTING, f"connecting to {self._where()}")
         # The ignores: implementer() is invisible to mypy without mypy-zope.
         self._service = ClientService(
             _WatchedEndpoint(self._endpoint(), self),  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ class Code(enum.IntEnum):
     CONSOLE_DOWN = 100
     DENIED = 101
     CONSOLE_BUSY = 102
+    NOT_ALLOWED = 103
 
 
 MESSAGES = {
@@ -33,6 +34,7 @@ MESSAGES = {
     Code.CONSOLE_DOWN: "Console is not connected",
     Code.DENIED: "Permission denied",
     Code.CONSOLE_BUSY: "Guest is not taking input; retry later",
+    Code.NOT_ALLOWED: "Console target not allowed by the server's configuration",
 }
 
 
@@ -43,6 +45,12 @@ class StatusError(Exception):
         self.code = code
         self.message = message or MESSAGES[code]
         super().__init__(f"{int(code)}: {self.message}")
+
+
+def no_vm_message(vm_id: str = "") -> str:
+    """The one wording for a vmId that no console has (RPC status, stream 404,
+    the client's message): VDSM's, with the vmId when there is one."""
+    return f"{MESSAGES[Code.NO_VM]}: {vm_id}" if vm_id else MESSAGES[Code.NO_VM]
 
 
 def status(code: Code = Code.DONE, message: str | None = None) -> dict[str, Any]:

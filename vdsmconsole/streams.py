@@ -4,9 +4,11 @@
 producer.  The follower holds a cursor (an absolute offset) into what the
 console retains and pulls from it while the client keeps up; when the
 client's connection pushes back, the cursor simply stops moving.  So the
-server never holds more for one client than one chunk beyond what it
-retains anyway, and a client that falls behind everything retained has its
-response ended (its next request with its last offset learns what it lost).
+server never holds more for one client than ``[console]
+client_buffer_bytes`` and one chunk beyond what it retains anyway (per
+stream over HTTP/2: see h2channel.py), and a client that falls behind
+everything retained has its response ended (its next request with its last
+offset learns what it lost).
 
 ``POST`` is rendered as soon as the headers are in (see
 ``ConsoleRequest.dispatchEarly``): a ``BodyWriter`` hands each body chunk to
@@ -27,9 +29,19 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from vdsmconsole.authz import stream_permission
+from vdsmconsole.console import SERVER_STOPPING
+from vdsmconsole.endings import (
+    END_HEADER,
+    StreamEnd,
+    abort_stream,
+    down_headers,
+    end_stream,
+)
 from vdsmconsole.interfaces import SourceState
+from vdsmconsole.routes import is_stream_target
 from vdsmconsole.site import MethodsMixin
 from vdsmconsole.spec import is_valid_vm_id
+from vdsmconsole.status import no_vm_message
 from vdsmconsole.tls import ANONYMOUS
 
 if TYPE_CHECKING:
@@ -40,10 +52,8 @@ if TYPE_CHECKING:
 log = Logger(namespace="vdsmconsole.streams")
 
 CHUNK = 64 * 1024  # the most one write to a client carries
-RETRY_AFTER = b"5"
 # The longest input chunk kept whole (see BodyWriter.bodyChunk).
 WHOLE_CHUNK_BYTES = 64 * 1024
-STREAM_PREFIX = b"/consoleStream/"
 
 
 # -- the query: pure -----------------------------------------------------------
@@ -137,15 +147,14 @@ def answer(
     return body
 
 
-def end_with(request: Any, code: int, message: str, **headers: bytes) -> None:
+def end_with(
+    request: Any, code: int, message: str, headers: dict[bytes, bytes] | None = None
+) -> None:
     """Answer and finish a request that is already rendering asynchronously."""
     if request.finished or getattr(request, "_disconnected", False):
         return
     if not request.startedWriting:
-        body = answer(
-            request, code, message, {k.encode(): v for k, v in headers.items()}
-        )
-        request.write(body)
+        request.write(answer(request, code, message, headers))
     request.finish()
 
 
@@ -178,8 +187,15 @@ class Follower:
     def dataAvailable(self) -> None:
         self.pump()
 
-    def consoleClosed(self) -> None:
-        self.stop(finish=True)
+    def consoleDown(self) -> None:
+        self.pump()  # ends the response once the client has what is retained
+
+    def consoleClosed(self, why: str) -> None:
+        if why == SERVER_STOPPING:
+            self.stop()
+            abort_stream(self.request)
+        else:
+            self.end(StreamEnd.DESTROYED)
 
     # IPushProducer
     def pauseProducing(self) -> None:
@@ -190,7 +206,7 @@ class Follower:
         self.pump()
 
     def stopProducing(self) -> None:
-        self.stop(finish=False)
+        self.stop()
 
     def pump(self) -> None:
         """Write what the client has not seen, until it pushes back."""
@@ -205,7 +221,9 @@ class Follower:
                 cursor = self.cursor
                 if cursor >= end:
                     if self.limit is not None:
-                        self.stop(finish=True)
+                        self.end(StreamEnd.COMPLETE)
+                    elif console.state == SourceState.DOWN and not console.closed:
+                        self.end(StreamEnd.DOWN)  # nothing more will come
                     return
                 want = min(CHUNK, end - cursor)
                 # The hot path (a follower keeping up) reads the ring straight;
@@ -222,7 +240,7 @@ class Follower:
                         vm=self.console.vm_id,
                         n=result.lost,
                     )
-                    self.stop(finish=True)
+                    self.end(StreamEnd.BEHIND)
                     return
                 self.cursor = result.offset + len(result.data)
                 self.sent += len(result.data)
@@ -230,14 +248,18 @@ class Follower:
         finally:
             self._pumping = False
 
-    def stop(self, finish: bool) -> None:
+    def end(self, why: StreamEnd) -> None:
+        """End the response cleanly, saying why (see endings.py)."""
+        if not self.done:
+            self.stop()
+            end_stream(self.request, why)
+
+    def stop(self) -> None:
+        """Send no more; the response is left as it is."""
         if self.done:
             return
         self.done = True
         self.console.unsubscribe(self)
-        if finish and not self.request.finished:
-            self.request.unregisterProducer()
-            self.request.finish()
 
 
 # -- typing ----------------------------------------------------------------
@@ -308,16 +330,21 @@ class BodyWriter:
         self.stop()
 
     def consoleDown(self) -> None:
-        self._guest_gone()
+        self._guest_gone(StreamEnd.DOWN)
 
-    def consoleClosed(self) -> None:
-        self._guest_gone()
+    def consoleClosed(self, why: str) -> None:
+        if why == SERVER_STOPPING:
+            self.stop()
+            abort_stream(self.request)
+        else:
+            self._guest_gone(StreamEnd.DESTROYED)
 
     def _flush(self) -> None:
         console = self.console
         while self.pending and not self.blocked and not self.done:
             if console.closed or console.source.state is SourceState.DOWN:
-                self._guest_gone()
+                gone = StreamEnd.DESTROYED if console.closed else StreamEnd.DOWN
+                self._guest_gone(gone)
                 return
             if not console.write(self.pending[0]):
                 break  # reconnecting: resumeProducing comes when it is back
@@ -346,19 +373,21 @@ class BodyWriter:
             self.request.write(body)
             self.request.finish()
 
-    def _guest_gone(self) -> None:
+    def _guest_gone(self, why: StreamEnd) -> None:
         if self.done:
             return
         self.stop()
-        if self.duplex and self.follower is not None:
-            self.follower.stop(finish=True)
+        vm_id = self.console.vm_id
+        if self.follower is not None:
+            # A duplex: its output ends the response (a down guest's once the
+            # client has what is retained).
+            if why is StreamEnd.DESTROYED:
+                self.follower.end(why)
             return
-        end_with(
-            self.request,
-            503,
-            f"console {self.console.vm_id} is {self.console.state}",
-            **{"retry-after": RETRY_AFTER},
-        )
+        if why is StreamEnd.DESTROYED:
+            end_with(self.request, 404, no_vm_message(vm_id))
+        else:
+            end_with(self.request, 503, f"console {vm_id} is down", down_headers())
 
     def stop(self) -> None:
         if self.done:
@@ -401,6 +430,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-console-offset", b"%d" % start)
+        request.setHeader(b"trailer", END_HEADER)
         if lost:
             request.setHeader(b"x-console-lost", b"%d" % lost)
         return start
@@ -431,7 +461,10 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
             return denied
         console = self._console()
         if console is None:
-            return answer(request, 404, "no such console")
+            vm_id = self.raw_vm_id.decode("utf-8", "replace")
+            return answer(
+                request, 404, no_vm_message(vm_id if is_valid_vm_id(vm_id) else "")
+            )
         query = self._query(request)
         if isinstance(query, bytes):
             return query
@@ -470,10 +503,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         console, query = admitted
         if console.closed or console.state == SourceState.DOWN:
             return answer(
-                request,
-                503,
-                f"console {console.vm_id} is {console.state}",
-                {b"retry-after": RETRY_AFTER},
+                request, 503, f"console {console.vm_id} is down", down_headers()
             )
         follower = None
         if query.duplex:
@@ -511,7 +541,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
 
         def detached(result: object) -> None:
             if follower is not None:
-                follower.stop(finish=False)
+                follower.stop()
                 fields["endOffset"] = follower.cursor
                 fields["bytesSent"] = follower.sent
             if writer is not None:
@@ -524,9 +554,7 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
 
 def headers_received(request: ConsoleRequest) -> None:
     """A POST to a stream renders now: its body flows to the guest as it comes."""
-    if request.earlyMethod in (b"POST", b"PUT") and request.earlyPath.startswith(
-        STREAM_PREFIX
-    ):
+    if request.earlyMethod in (b"POST", b"PUT") and is_stream_target(request.earlyPath):
         request.dispatchEarly()
 
 

@@ -41,6 +41,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+# PeerIdentity and ANONYMOUS are re-exported: other modules import them here.
+from vdsmconsole.identity import ANONYMOUS as ANONYMOUS
+from vdsmconsole.identity import PeerIdentity as PeerIdentity
+from vdsmconsole.identity import identity_from_certificate, log_safe
+
 log = Logger(namespace="vdsmconsole.tls")
 
 ALPN_PROTOCOLS = [b"h2", b"http/1.1"]
@@ -54,37 +59,7 @@ class TLSConfigError(ValueError):
     """A certificate, key or CA file is missing or unusable."""
 
 
-@dataclass(frozen=True)
-class PeerIdentity:
-    """Who is on the other end, as the CA vouched for it."""
-
-    cn: str
-    sans: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return self.cn or (self.sans[0] if self.sans else "-")
-
-    def names(self) -> tuple[str, ...]:
-        """Every name an authorization rule may match: CN first, then SANs."""
-        return ((self.cn,) if self.cn else ()) + self.sans
-
-
-ANONYMOUS = PeerIdentity(cn="")
 CONNECTION_DONE = Failure(error.ConnectionDone())
-
-
-def identity_from_certificate(cert: x509.Certificate) -> PeerIdentity:
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cn = str(cns[0].value) if cns else ""
-    sans: list[str] = []
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        for general in ext.value:
-            sans.append(str(general.value))
-    return PeerIdentity(cn=cn, sans=tuple(sans))
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -123,7 +98,7 @@ class LoadedTLS:
     def summary(self) -> str:
         cert = self.certificate
         text = (
-            f"certificate {_printable(str(identity_from_certificate(cert)))}"
+            f"certificate {_printable(identity_from_certificate(cert).name)}"
             f" serial {cert.serial_number:x} valid until {_utc(self.not_after)}"
         )
         if self.revoked is not None:
@@ -137,7 +112,7 @@ def _utc(when: datetime.datetime) -> str:
 
 def _printable(text: str, limit: int = 80) -> str:
     """A name from a certificate, quoted and escaped: it may come from anyone."""
-    return repr(text[:limit])
+    return "'" + log_safe(text, limit).replace("'", "\\'") + "'"
 
 
 _CRL_PEM = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.S)
@@ -275,7 +250,7 @@ def refusal_reason(cert: x509.Certificate, errnum: int, depth: int) -> str:
         why = "cannot be checked: the CRL is not valid yet"
     else:
         why = f"failed verification (OpenSSL X509_V_ERR {errnum})"
-    who = _printable(str(identity_from_certificate(cert)))
+    who = _printable(identity_from_certificate(cert).name)
     if depth == 0:
         return f"client certificate {who} {why}"
     return f"certificate {who} (depth {depth} of the client's chain) {why}"

@@ -6,18 +6,52 @@
 Only the standard library: ``xmlrpc.client`` over TLS with a client
 certificate from a PKI directory in VDSM's layout (``certs/cacert.pem``,
 ``certs/<client>cert.pem``, ``keys/<client>key.pem``).  Calls ``list(True)``
-and prints one line per console.  Exit status 1 if the server answers with a
-status other than Done.
+and prints one line per console.  HOST is read as ``vdsmconsole-client``
+reads it: ``0`` is this host, ``[v6addr]:PORT`` an IPv6 address, the port
+54321 unless given.  Exit status 1 if the server answers with a status other
+than Done, 2 for a bad argument; every error is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import ssl
 import sys
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
+
+PROG = "list_consoles.py"
+DEFAULT_PORT = 54321
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port``, a bare IPv6 address, ``0``.
+
+    The rules of vdsmconsole-client's HOST[:PORT] (a test keeps the two in
+    step), copied so that this script needs nothing but Python.
+    """
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
+        if not match:
+            raise ValueError(f"bad HOST[:PORT] {text!r}")
+        host = match.group(1)
+        port = int(match.group(2)) if match.group(2) else DEFAULT_PORT
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not port_text.isdigit():
+            raise ValueError(f"bad port in {text!r}")
+        port = int(port_text)
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"bad HOST[:PORT] {text!r}")
+    return ("localhost" if host == "0" else host), port
+
+
+def fail(message: str, status: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return status
 
 
 def source_of(console: dict[str, Any]) -> str:
@@ -35,17 +69,26 @@ def main() -> int:
         "--client", default="engine", help="certificate pair to use (default engine)"
     )
     args = parser.parse_args()
-    host, _, port = args.server.partition(":")
+    try:
+        host, port = parse_host_port(args.server)
+    except ValueError as e:
+        return fail(str(e), 2)
 
-    context = ssl.create_default_context(cafile=args.pki / "certs/cacert.pem")
-    context.load_cert_chain(
-        args.pki / f"certs/{args.client}cert.pem",
-        args.pki / f"keys/{args.client}key.pem",
-    )
-    proxy = xmlrpc.client.ServerProxy(
-        f"https://{host}:{port or 54321}/RPC2", context=context
-    )
-    response: dict[str, Any] = proxy.list(True)  # type: ignore[assignment]
+    try:
+        context = ssl.create_default_context(cafile=args.pki / "certs/cacert.pem")
+        context.load_cert_chain(
+            args.pki / f"certs/{args.client}cert.pem",
+            args.pki / f"keys/{args.client}key.pem",
+        )
+    except (OSError, ssl.SSLError) as e:
+        return fail(f"cannot load the certificates from {args.pki}: {e}", 2)
+    url = f"https://{f'[{host}]' if ':' in host else host}:{port}/RPC2"
+    try:
+        proxy = xmlrpc.client.ServerProxy(url, context=context)
+        response: dict[str, Any] = proxy.list(True)  # type: ignore[assignment]
+    except (OSError, xmlrpc.client.Error) as e:
+        # OSError covers refused connections, unknown hosts and TLS failures.
+        return fail(f"{url}: {e}", 1)
     status = response["status"]
     if status["code"] != 0:
         print(f"error {status['code']}: {status['message']}", file=sys.stderr)

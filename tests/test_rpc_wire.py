@@ -1,0 +1,151 @@
+"""The bytes of every XML-RPC response, read as the specification shapes them."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+
+import pytest
+
+from tests.xmlrpcspec import SpecViolation, read_response
+from vdsmconsole.rpc import dumps_response
+from vdsmconsole.status import success
+
+# -- the checker itself refuses what strict clients refuse -----------------------
+
+HEAD = b"<?xml version='1.0'?><methodResponse>"
+TAIL = b"</methodResponse>"
+STRUCT_FAULT = (
+    b"<value><struct><member><name>faultCode</name><value><int>1</int></value>"
+    b"</member><member><name>faultString</name><value><string>x</string></value>"
+    b"</member></struct></value>"
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<params><params><param><value>x</value></param></params></params>",
+        b"<fault><fault>" + STRUCT_FAULT + b"</fault></fault>",
+        b"<params><param><value>a</value></param><param><value>b</value></param>"
+        b"</params>",
+        b"<params></params>",
+        b"<params><param></param></params>",
+        b"<params><param><value>x</value></param></params><fault>"
+        + STRUCT_FAULT
+        + b"</fault>",
+        b"<fault><value><string>no struct</string></value></fault>",
+        b"<params><param><value><int>2147483648</int></value></param></params>",
+        b"<params><param><value><i8>9223372036854775808</i8></value></param></params>",
+        b"<params><param><value><boolean>true</boolean></value></param></params>",
+        b"<params><param><value><base64>!!!</base64></value></param></params>",
+        b"<params><param><value><nil/></value></param></params>",
+        b"<params><param><value><struct><member><value>x</value></member>"
+        b"</struct></value></param></params>",
+        b"<params><param><value><array><value>x</value></array></value></param>"
+        b"</params>",
+        b"<params>junk<param><value>x</value></param></params>",
+    ],
+    ids=[
+        "params-in-params",
+        "fault-in-fault",
+        "two-params",
+        "no-param",
+        "param-without-value",
+        "params-and-fault",
+        "fault-not-struct",
+        "int-beyond-32-bits",
+        "i8-beyond-64-bits",
+        "boolean-word",
+        "bad-base64",
+        "nil",
+        "member-without-name",
+        "array-without-data",
+        "stray-text",
+    ],
+)
+def test_checker_refuses_malformed_responses(body):
+    """The spec checker refuses each shape a strict XML-RPC client refuses."""
+    with pytest.raises(SpecViolation):
+        read_response(HEAD + body + TAIL)
+
+
+def test_checker_reads_a_well_formed_response():
+    """The spec checker reads a hand-written, well-formed response and fault."""
+    body = b"<params><param><value><i4>7</i4></value></param></params>"
+    assert read_response(HEAD + body + TAIL) == ("params", 7)
+    fault = HEAD + b"<fault>" + STRUCT_FAULT + b"</fault>" + TAIL
+    assert read_response(fault) == ("fault", {"faultCode": 1, "faultString": "x"})
+
+
+# -- what the server writes --------------------------------------------------------
+
+
+def test_success_response_follows_the_spec():
+    """A status struct goes out as one params/param/value holding a struct."""
+    body = dumps_response(success())
+    assert body.count(b"<params>") == 1
+    assert read_response(body) == ("params", {"status": {"code": 0, "message": "Done"}})
+    # And Python's lenient reader agrees.
+    assert xmlrpc.client.loads(body)[0] == (success(),)
+
+
+def test_fault_response_follows_the_spec():
+    """A Fault goes out as one fault/value/struct of faultCode and faultString."""
+    body = dumps_response(xmlrpc.client.Fault(8001, "procedure x not found"))
+    assert body.count(b"<fault>") == 1
+    assert read_response(body) == (
+        "fault",
+        {"faultCode": 8001, "faultString": "procedure x not found"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "tag"),
+    [
+        (0, b"<int>"),
+        (2**31 - 1, b"<int>"),
+        (-(2**31), b"<int>"),
+        (2**31, b"<i8>"),
+        (-(2**31) - 1, b"<i8>"),
+        (2**63 - 1, b"<i8>"),
+        (-(2**63), b"<i8>"),
+    ],
+)
+def test_integers_take_the_narrowest_tag_that_holds_them(number, tag):
+    """Ints within 32 bits are <int>, wider ones <i8>, each within its range."""
+    body = dumps_response({"nextOffset": number})
+    assert tag in body
+    assert read_response(body) == ("params", {"nextOffset": number})
+
+
+@pytest.mark.parametrize("number", [2**63, -(2**63) - 1])
+def test_integers_beyond_64_bits_are_refused(number):
+    """An int no <i8> holds raises instead of writing a tag clients misread."""
+    with pytest.raises(OverflowError):
+        dumps_response({"nextOffset": number})
+
+
+def test_binary_is_base64():
+    """Binary data (every byte value) goes out as <base64> that decodes back."""
+    data = bytes(range(256)) * 3
+    body = dumps_response(success(data=xmlrpc.client.Binary(data)))
+    assert read_response(body)[1]["data"] == data
+
+
+def test_nested_structs_and_arrays_follow_the_spec():
+    """Structs in arrays in structs, empty ones, markup and non-ASCII text."""
+    value = {
+        "status": {"code": 0, "message": "Done"},
+        "vmList": [
+            {
+                "vmId": "vm-1",
+                "console": {"type": "tcp", "host": "::1", "port": 5555},
+                "source": {"state": "connected", "lastError": "", "nested": {}},
+                "flags": [True, False],
+                "ratio": 0.25,
+            },
+            {"vmId": "<&>\"'", "text": "héllo ✓", "list": [[], [{}]]},
+        ],
+        "empty": [],
+    }
+    assert read_response(dumps_response(value)) == ("params", value)
