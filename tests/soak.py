@@ -163,7 +163,7 @@ class Soak:
             first = stats["statsList"][0]["firstOffset"]
             end = stats["statsList"][0]["nextOffset"]
             if rng.random() < 0.5:  # recent output, as a polling client reads
-                first = max(first, end - 65536)
+                first = max(first, end - 4096)
             offset = rng.randint(first, end)
             result, conn = await self.rpc(conn, "consoleRead", vm_id, offset, 4096)
             if result["status"]["code"] == 0:
