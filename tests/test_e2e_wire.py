@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, require_tool
+from tests.conftest import require_tool, unavailable
 from tests.serverproc import client_context
 from tests.streamhelp import DEMO_CONFIG, PROMPT, create_demo
 from tests.xmlrpcspec import read_response
@@ -40,10 +40,7 @@ def perl() -> str:
     for module, package in PERL_MODULES.items():
         probe = subprocess.run([perl, f"-M{module}", "-e1"], capture_output=True)
         if probe.returncode != 0:
-            message = f"perl module {module} missing (apt-get install {package})"
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable(f"perl module {module} missing (apt-get install {package})")
     return perl
 
 
