@@ -62,11 +62,10 @@ from tests.hardening import fd_count
 from tests.serverproc import (
     ServerProcess,
     client_context,
-    wait_for,
-    wait_for_progress,
 )
 from tests.soakcheck import (
     Seen,
+    create_guests,
     sample_rss,
     settle_fds,
     verify_nothing_left,
@@ -77,11 +76,8 @@ from tests.soakcheck import (
 from tests.soakhttp import ANSWER_TIMEOUT, Conn, chunk
 from tests.streamhelp import (
     DEMO_CONFIG,
-    at_prompt,
     flood_output,
     rss_bytes,
-    stats,
-    type_into,
 )
 
 COMMANDS = ["uname\r", "date\r", "uptime\r", "help\r", "echo {token}\r"]
@@ -369,32 +365,6 @@ class Soak:
         await asyncio.gather(*(self.client(n) for n in range(clients)))
 
     # -- checks afterwards ---------------------------------------------------
-
-
-def create_guests(server: ServerProcess, count: int) -> list[str]:
-    """Create the guests and fill their rings (1 MiB each by default) with a
-    flood, so RSS growing during the run is not the rings filling up."""
-    proxy = server.rpc()
-    ring = proxy.getVdsCapabilities()["info"]["ringBytes"]
-    guests = [f"soak-{n:02d}" for n in range(count)]
-    for vm_id in guests:
-        reply = proxy.create(
-            {"vmId": vm_id, "console": {"type": "spawn", "command": "demo"}}
-        )
-        assert reply["status"]["code"] == 0, reply
-    for vm_id in guests:
-        wait_for(lambda v=vm_id: at_prompt(server, v), 60, f"{vm_id}'s prompt")
-        type_into(server, vm_id, f"flood {ring}\r")
-    for vm_id in guests:
-        wait_for_progress(
-            lambda v=vm_id: (
-                stats(server, v)["nextOffset"] > ring and at_prompt(server, v)
-            ),
-            lambda v=vm_id: stats(server, v)["nextOffset"],
-            60,
-            f"{vm_id}'s ring to fill",
-        )
-    return guests
 
 
 def run(

@@ -1,5 +1,6 @@
-"""The soak's checks and measurements: bytes against bytes, RSS, fds.
+"""What the soak does around its clients: guests, checks, RSS and fds.
 
+The guests are created, and their rings filled, before the clients start.
 Once the clients are gone, what streams received is compared with
 ``consoleRead``; what ``consoleRead`` answered during the run with what
 streams received; and no token of a chunk whose writer left may have reached
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tests.hardening import fd_count
+from tests.serverproc import ServerProcess, wait_for, wait_for_progress
 from tests.soakhttp import Conn
-from tests.streamhelp import rss_bytes
+from tests.streamhelp import at_prompt, rss_bytes, stats, type_into
 
 if TYPE_CHECKING:
     from tests.soak import Soak
@@ -133,3 +135,29 @@ async def wait_until(check: Any, timeout: float) -> bool:
             return True
         await asyncio.sleep(0.2)
     return bool(await check())
+
+
+def create_guests(server: ServerProcess, count: int) -> list[str]:
+    """Create the guests and fill their rings (1 MiB each by default) with a
+    flood, so RSS growing during the run is not the rings filling up."""
+    proxy = server.rpc()
+    ring = proxy.getVdsCapabilities()["info"]["ringBytes"]
+    guests = [f"soak-{n:02d}" for n in range(count)]
+    for vm_id in guests:
+        reply = proxy.create(
+            {"vmId": vm_id, "console": {"type": "spawn", "command": "demo"}}
+        )
+        assert reply["status"]["code"] == 0, reply
+    for vm_id in guests:
+        wait_for(lambda v=vm_id: at_prompt(server, v), 60, f"{vm_id}'s prompt")
+        type_into(server, vm_id, f"flood {ring}\r")
+    for vm_id in guests:
+        wait_for_progress(
+            lambda v=vm_id: (
+                stats(server, v)["nextOffset"] > ring and at_prompt(server, v)
+            ),
+            lambda v=vm_id: stats(server, v)["nextOffset"],
+            60,
+            f"{vm_id}'s ring to fill",
+        )
+    return guests
