@@ -11,9 +11,11 @@ from vdsmconsole.client import ClientCredentials, ConsoleClient
 from vdsmconsole.pki import PkiPaths
 from vdsmconsole.testing import wait_until
 
+# No heartbeat: the guest's output is only what the tests type.
 DEMO_CONFIG = (
     "[spawn.commands]\n"
-    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]\n'
+    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast",'
+    ' "--heartbeat", "86400"]\n'
 )
 
 

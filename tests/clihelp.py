@@ -15,9 +15,11 @@ PROG = "vdsmconsole-client"
 CLIENT = [sys.executable, "-m", "vdsmconsole.client.cli"]
 
 
+# No heartbeat: the guest's output is only what the tests type.
 DEMO_CONFIG = (
     "[spawn.commands]\n"
-    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]\n'
+    f'demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast",'
+    ' "--heartbeat", "86400"]\n'
 )
 
 

@@ -18,7 +18,11 @@ from tests.serverproc import ServerProcess, wait_for
 
 MiB = 1024 * 1024
 DEMO_PROMPT = b"demo# "
-DEMO_ARGV = [sys.executable, "-m", "vdsmconsole.demoguest", "--fast"]
+# No heartbeat: the guest's output is only what the tests type.
+DEMO_ARGV = [
+    *[sys.executable, "-m", "vdsmconsole.demoguest", "--fast"],
+    *["--heartbeat", "86400"],
+]
 
 
 def config(**console: int | float) -> str:

@@ -13,7 +13,7 @@ import h2.settings
 from hyperframe.frame import Frame
 
 from tests.hardening import H2Client, read_until_closed
-from tests.serverproc import ServerProcess, wait_for
+from tests.serverproc import ServerProcess, wait_for, wait_for_progress
 from tests.streamhelp import at_prompt, rss_bytes, stats, type_into
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import PkiPaths
@@ -150,12 +150,14 @@ class RssWatch:
 def flood(server: ServerProcess, vm_id: str, nbytes: int) -> int:
     start = stats(server, vm_id)["nextOffset"]
     type_into(server, vm_id, f"flood {nbytes}\r")
-    wait_for(
+    # A pty moves a few MB/s on a loaded machine: wait while the console grows.
+    wait_for_progress(
         lambda: (
             stats(server, vm_id)["nextOffset"] >= start + nbytes
             and at_prompt(server, vm_id)
         ),
-        120,
+        lambda: stats(server, vm_id)["nextOffset"],
+        60,
         "the flood to finish",
     )
     return int(stats(server, vm_id)["nextOffset"])

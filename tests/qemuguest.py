@@ -48,10 +48,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
+from tests.tools import unavailable
 from tests.serverproc import wait_for
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
@@ -635,13 +636,6 @@ class QemuGuest:
 # pytest glue
 
 
-def _unavailable(reason: str) -> NoReturn:
-    """Skip, or fail under CI=true where a missing tool is a broken runner."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
 def require_qemu() -> None:
     """Skip (fail when CI=true) unless qemu and a static busybox are here."""
     missing = []
@@ -650,7 +644,7 @@ def require_qemu() -> None:
     if not BUSYBOX.is_file() or not _is_static_elf(BUSYBOX):
         missing.append(f"static {BUSYBOX}")
     if missing:
-        _unavailable(
+        unavailable(
             f"needs {' and '.join(missing)}: apt-get install {' '.join(APT_PACKAGES)}"
         )
 
@@ -702,7 +696,7 @@ def qemu_guest_pool(workdir: Path) -> Iterator[QemuGuestPool]:
     try:
         image = ensure_guest_image()
     except QemuGuestError as e:
-        _unavailable(f"cannot build the test guest image: {e}")
+        unavailable(f"cannot build the test guest image: {e}")
     with QemuGuestPool(workdir, image) as pool:
         yield pool
 

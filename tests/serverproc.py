@@ -88,6 +88,37 @@ def wait_for(
         delay = min(delay * 2, 0.1)
 
 
+def wait_for_progress(
+    condition: Callable[[], Any],
+    progress: Callable[[], Any],
+    stall: float = 60.0,
+    what: str = "condition",
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail only when
+    ``progress()`` has not changed for ``stall`` seconds.
+
+    For long transfers (a 20 MB flood to 50 followers) whose speed is the
+    machine's load, not the behaviour under test: a fixed deadline is either
+    too tight on a busy 2-core machine or too slow to catch a hang.
+    """
+    last = progress()
+    deadline = time.monotonic() + stall
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        now = progress()
+        if now != last:
+            last, deadline = now, time.monotonic() + stall
+        elif time.monotonic() > deadline:
+            raise AssertionError(
+                f"no progress for {stall}s waiting for {what} (at {last!r})"
+            )
+        _pause.wait(delay)  # the poll interval, bounded by the deadline above
+        delay = min(delay * 2, 0.1)
+
+
 def client_context(pki: PkiPaths, cert: Path | None = None, key: Path | None = None):
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
     context.load_cert_chain(str(cert or pki.client_cert), str(key or pki.client_key))
@@ -152,6 +183,14 @@ class ServerProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The records of ``<state_dir>/audit.log``, oldest first."""
+        try:
+            text = (self.state_dir / "audit.log").read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines()]
 
     def url(self, path: str = "/RPC2") -> str:
         return f"https://127.0.0.1:{self.port}{path}"

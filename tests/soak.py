@@ -10,18 +10,28 @@ stays cheap on a small machine.  Each client loops until the deadline, picking
 at random: an RPC call (ping, list, stats, consoleRead, consoleWrite), a
 follower (live or from an offset, for a few seconds), a follower that
 disconnects and resumes from its last offset, a writer (a chunked POST of a
-few commands), a writer that leaves mid-body, a duplex session (type a
-token, see it echoed on the same request), and over HTTP/2
-(``tests/soakh2.py``) a follower that stops reading for a few seconds with a
-2 GiB window open, or stream POSTs answered at once with 404, 400 and 416
-while their bodies are still open, then a ping on the same connection.
+few commands), a writer that leaves mid-chunk, a duplex session (type a
+token, see it echoed on the same request), a flood (a duplex session that
+types ``flood N``), and over HTTP/2 (``tests/soakh2.py``) a follower that
+stops reading for a few seconds with a 2 GiB window open, or stream POSTs
+answered at once with 404, 400 and 416 while their bodies are still open,
+then a ping on the same connection.
 
 Checked at the end, and any failure is an error:
 
 - no unexpected answer or exception on any client;
-- every byte each follower or duplex session received equals what
-  ``consoleRead`` returns for the same offsets (a resumed follower's two
-  sessions join without a gap or a repeat);
+- every byte each follower, duplex session or flood received equals what
+  ``consoleRead`` returns for the same offsets afterwards; a resumed
+  follower's second session starts at the offset it asked for
+  (``X-Console-Offset``), so its two sessions join without a gap or a repeat;
+- what the guest wrote, where it is known: a flood's bytes are exactly the
+  demo guest's flood (``flood_output``), a duplex session sees its token
+  echoed;
+- each ``consoleRead`` answer equals the bytes streaming clients received
+  for the same offsets, where they overlap (counted apart:
+  ``consoleReadRangesChecked``);
+- none of a chunk whose writer left mid-chunk reached a guest (its token is
+  in no console's retained output);
 - the server's RSS after the warm-up (the first ``--warmup`` fraction of the
   run) grows by less than 10 %;
 - once the clients are gone: no reader or writer left on any console, and
@@ -35,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import random
 import ssl
@@ -49,100 +58,33 @@ from pathlib import Path
 from typing import Any
 
 from tests import soakh2
-from tests.serverproc import ServerProcess, client_context, wait_for
-from tests.streamhelp import DEMO_CONFIG, PROMPT, rss_bytes
+from tests.hardening import fd_count
+from tests.serverproc import (
+    ServerProcess,
+    client_context,
+)
+from tests.soakcheck import (
+    Seen,
+    create_guests,
+    sample_rss,
+    settle_fds,
+    verify_nothing_left,
+    verify_polled,
+    verify_seen,
+    wait_until,
+)
+from tests.soakhttp import ANSWER_TIMEOUT, Conn, chunk
+from tests.streamhelp import (
+    DEMO_CONFIG,
+    flood_output,
+    rss_bytes,
+)
 
 COMMANDS = ["uname\r", "date\r", "uptime\r", "help\r", "echo {token}\r"]
-ANSWER_TIMEOUT = 60.0  # seconds for any one answer under full load
 
 
 class SoakError(Exception):
     """Something a client saw that the contract does not allow."""
-
-
-# -- a minimal asyncio HTTP/1.1 client ------------------------------------------
-
-
-class Conn:
-    """One TLS connection speaking HTTP/1.1, keep-alive or streaming."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int, context: ssl.SSLContext) -> Conn:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, server_hostname="localhost"
-            ),
-            ANSWER_TIMEOUT,
-        )
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def head(self) -> tuple[int, dict[str, str]]:
-        raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        return status, headers
-
-    async def chunk(self) -> bytes | None:
-        """The next chunk of a chunked body; None at its end."""
-        size_line = await self.reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            await self.reader.readuntil(b"\r\n")
-            return None
-        data = await self.reader.readexactly(size + 2)
-        return data[:-2]
-
-    async def body(self, headers: dict[str, str]) -> bytes:
-        if "content-length" in headers:
-            return await asyncio.wait_for(
-                self.reader.readexactly(int(headers["content-length"])),
-                ANSWER_TIMEOUT,
-            )
-        if headers.get("transfer-encoding") == "chunked":
-            parts = []
-            while (
-                part := await asyncio.wait_for(self.chunk(), ANSWER_TIMEOUT)
-            ) is not None:
-                parts.append(part)
-            return b"".join(parts)
-        return await asyncio.wait_for(self.reader.read(), ANSWER_TIMEOUT)
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
-        except (OSError, ssl.SSLError, TimeoutError):
-            pass
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-# -- the run ---------------------------------------------------------------------
-
-
-@dataclass
-class Seen:
-    """Bytes a client received from a console, from an absolute offset."""
-
-    vm_id: str
-    offset: int
-    length: int
-    sha256: str
 
 
 @dataclass
@@ -152,7 +94,9 @@ class Soak:
     duration: float
     seed: int = 0
     context: ssl.SSLContext = field(init=False)
-    seen: list[Seen] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)  # by streams
+    polled: list[Seen] = field(default_factory=list)  # by consoleRead
+    left_tokens: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     deadline: float = 0.0
@@ -169,8 +113,7 @@ class Soak:
 
     def record(self, vm_id: str, offset: int, data: bytes) -> None:
         if data:
-            digest = hashlib.sha256(data).hexdigest()
-            self.seen.append(Seen(vm_id, offset, len(data), digest))
+            self.seen.append(Seen(vm_id, offset, data))
 
     # -- RPC --------------------------------------------------------------
 
@@ -215,12 +158,15 @@ class Soak:
             stats, conn = await self.rpc(conn, "getVmStats", vm_id)
             first = stats["statsList"][0]["firstOffset"]
             end = stats["statsList"][0]["nextOffset"]
+            if rng.random() < 0.5:  # recent output, as a polling client reads
+                first = max(first, end - 4096)
             offset = rng.randint(first, end)
             result, conn = await self.rpc(conn, "consoleRead", vm_id, offset, 4096)
             if result["status"]["code"] == 0:
                 if result["lost"] != 0 or result["offset"] != offset:
                     raise SoakError(f"consoleRead {vm_id} {offset}: {result}")
-                self.record(vm_id, offset, result["data"])
+                if result["data"]:
+                    self.polled.append(Seen(vm_id, offset, result["data"]))
         else:
             token = f"rpc-{rng.randrange(10**9)}"
             result, conn = await self.rpc(
@@ -235,9 +181,17 @@ class Soak:
     # -- streams ---------------------------------------------------------
 
     async def follow(
-        self, rng: random.Random, vm_id: str, query: str, seconds: float
+        self,
+        rng: random.Random,
+        vm_id: str,
+        query: str,
+        seconds: float,
+        offset: int | None = None,
     ) -> int:
-        """Follow for a while; record what came; return the next offset."""
+        """Follow for a while (from ``offset``, if given); record what came;
+        return the next offset."""
+        if offset is not None:
+            query = f"?offset={offset}"
         conn = await Conn.open(self.port, self.context)
         try:
             await conn.send(
@@ -250,6 +204,8 @@ class Soak:
             if "x-console-lost" in headers:
                 raise SoakError(f"GET {vm_id}{query}: lost {headers['x-console-lost']}")
             start = int(headers["x-console-offset"])
+            if offset is not None and start != offset:
+                raise SoakError(f"GET {vm_id}{query}: X-Console-Offset {start}")
             received = bytearray()
             stop = min(time.monotonic() + seconds, self.deadline)
             while (left := stop - time.monotonic()) > 0:
@@ -274,7 +230,7 @@ class Soak:
     async def resumer(self, rng: random.Random) -> None:
         vm_id = rng.choice(self.guests)
         nxt = await self.follow(rng, vm_id, "?tail=512", rng.uniform(0.5, 4))
-        await self.follow(rng, vm_id, f"?offset={nxt}", rng.uniform(0.5, 4))
+        await self.follow(rng, vm_id, "", rng.uniform(0.5, 4), offset=nxt)
         self.count("resume")
 
     async def writer(self, rng: random.Random, leave_early: bool = False) -> None:
@@ -292,10 +248,11 @@ class Soak:
                 sent += len(command)
                 await asyncio.sleep(rng.uniform(0, 0.3))
             if leave_early:
-                # Leave in the middle of a chunk.  What arrived of it reaches
-                # the guest, so it is a whole line, not to garble the next
-                # client's command on that guest.
-                await conn.send(b"100\r\necho partial\r")
+                # Leave in the middle of a chunk: none of it may reach the
+                # guest (chunks go whole), which would echo the token.
+                token = f"left-{rng.randrange(10**9)}"
+                self.left_tokens.append(token)
+                await conn.send(b"100\r\necho %s" % token.encode())
                 self.count("writer-left")
                 return
             await conn.send(b"0\r\n\r\n")
@@ -307,7 +264,9 @@ class Soak:
         finally:
             await conn.close()
 
-    async def duplex(self, rng: random.Random) -> None:
+    async def duplex(self, rng: random.Random, flood: bool = False) -> None:
+        """Type a line and wait for the guest's answer on the same request:
+        an echoed token, or a flood of a random size, byte for byte."""
         vm_id = rng.choice(self.guests)
         token = f"d-{rng.randrange(10**9)}"
         conn = await Conn.open(self.port, self.context)
@@ -320,20 +279,32 @@ class Soak:
             if status != 200:
                 raise SoakError(f"duplex {vm_id}: HTTP {status}")
             start = int(headers["x-console-offset"])
-            await conn.send(chunk(f"echo {token}\r".encode()))
-            wanted = f"\r\n{token}\r\n".encode()
+            if flood:
+                # Lines reach the guest whole, so its answer to this one is
+                # one unbroken stretch of its output: what the guest wrote.
+                size = rng.randrange(1000, 30000)
+                command = f"flood {size}"
+                wanted = flood_output(command, size)
+            else:
+                command = f"echo {token}"
+                wanted = f"\r\n{token}\r\n".encode()
+            await conn.send(chunk(f"{command}\r".encode()))
             received = bytearray()
             stop = time.monotonic() + ANSWER_TIMEOUT
             while wanted not in received:
+                echo = received.find(command.encode() + b"\r\n")
+                if flood and echo >= 0 and len(received) - echo >= len(wanted):
+                    raise SoakError(f"duplex {vm_id}: {command} is not the guest's")
                 left = stop - time.monotonic()
-                if left <= 0:
-                    raise SoakError(f"duplex {vm_id}: no echo of {token}")
-                part = await asyncio.wait_for(conn.chunk(), left)
+                try:
+                    part = await asyncio.wait_for(conn.chunk(), left)
+                except TimeoutError:
+                    raise SoakError(f"duplex {vm_id}: no answer to {command}") from None
                 if part is None:
                     raise SoakError(f"duplex {vm_id}: the server ended it")
                 received += part
             self.record(vm_id, start, bytes(received))
-            self.count("duplex")
+            self.count("flood" if flood else "duplex")
         finally:
             await conn.close()
 
@@ -363,9 +334,12 @@ class Soak:
                 elif choice < 0.78:
                     action = "writer-left"
                     await self.writer(rng, leave_early=True)
-                elif choice < 0.88:
+                elif choice < 0.84:
                     action = "duplex"
                     await self.duplex(rng)
+                elif choice < 0.88:
+                    action = "flood"
+                    await self.duplex(rng, flood=True)
                 elif choice < 0.95:
                     action = "h2-stalled"
                     await soakh2.stalled_follower(self, rng)
@@ -392,74 +366,6 @@ class Soak:
 
     # -- checks afterwards ---------------------------------------------------
 
-    async def verify_seen(self) -> int:
-        """Compare every recorded byte range with consoleRead; count mismatches."""
-        conn: Conn | None = None
-        bad = 0
-        for seen in self.seen:
-            data = bytearray()
-            offset = seen.offset
-            while len(data) < seen.length:
-                result, conn = await self.rpc(
-                    conn, "consoleRead", seen.vm_id, offset, seen.length - len(data)
-                )
-                if (
-                    result["status"]["code"] != 0
-                    or result["lost"]
-                    or not result["data"]
-                ):
-                    break
-                data += result["data"]
-                offset = result["nextOffset"]
-            if hashlib.sha256(data).hexdigest() != seen.sha256:
-                bad += 1
-                self.errors.append(
-                    f"{seen.vm_id} [{seen.offset}, +{seen.length}): the client's bytes "
-                    "differ from consoleRead"
-                )
-        if conn is not None:
-            await conn.close()
-        return bad
-
-
-def fd_count(pid: int) -> int:
-    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-async def sample_rss(pid: int, samples: list[tuple[float, int]], every: float) -> None:
-    started = time.monotonic()
-    while True:
-        samples.append((time.monotonic() - started, rss_bytes(pid)))
-        await asyncio.sleep(every)
-
-
-async def wait_until(check: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.2)
-    return bool(await check())
-
-
-def create_guests(server: ServerProcess, count: int) -> list[str]:
-    proxy = server.rpc()
-    guests = [f"soak-{n:02d}" for n in range(count)]
-    for vm_id in guests:
-        reply = proxy.create(
-            {"vmId": vm_id, "console": {"type": "spawn", "command": "demo"}}
-        )
-        assert reply["status"]["code"] == 0, reply
-
-    def at_prompt(vm_id: str) -> bool:
-        end = proxy.getVmStats(vm_id)["statsList"][0]["nextOffset"]
-        tail = proxy.consoleRead(vm_id, max(0, end - len(PROMPT)), 64)["data"].data
-        return bool(tail == PROMPT)
-
-    for vm_id in guests:
-        wait_for(lambda v=vm_id: at_prompt(v), 60, f"guest {vm_id}'s prompt")
-    return guests
-
 
 def run(
     server: ServerProcess,
@@ -478,7 +384,7 @@ def run(
     log_start = len(server.log())
     samples: list[tuple[float, int]] = []
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
         sampler = asyncio.ensure_future(
             sample_rss(pid, samples, max(1.0, duration / 60))
         )
@@ -499,15 +405,18 @@ def run(
 
         if not await wait_until(idle, 30):
             soak.errors.append("readers or writers left after the clients went")
-        if not await wait_until(_fds_back(pid, fds_before), 30):
-            soak.errors.append(f"fds: {fd_count(pid)} after, {fds_before} before")
-        mismatches = await soak.verify_seen()
-        # The check's own connection has just closed: let the server see it.
-        await wait_until(_fds_back(pid, fds_before), 10)
-        return mismatches
+        mismatches = await verify_seen(soak)
+        await verify_nothing_left(soak)
+        # The checks' own connections are closed: the figure reported is the
+        # one waited for, once the server has let go of them too.
+        fds_after = await settle_fds(pid, fds_before, 30)
+        if fds_after > fds_before:
+            soak.errors.append(f"fds: {fds_after} after, {fds_before} before")
+        return mismatches, fds_after
 
     started = time.monotonic()
-    mismatches = asyncio.run(main())
+    mismatches, fds_after = asyncio.run(main())
+    polled_checked = verify_polled(soak)
     elapsed = time.monotonic() - started
     warm = [rss for t, rss in samples if t >= duration * warmup]
     rss_warm = warm[0] if warm else samples[-1][1]
@@ -525,24 +434,20 @@ def run(
         "elapsed": round(elapsed, 1),
         "counts": dict(sorted(soak.counts.items())),
         "byteRangesChecked": len(soak.seen),
-        "bytesChecked": sum(s.length for s in soak.seen),
+        "bytesChecked": sum(len(s.data) for s in soak.seen),
         "mismatches": mismatches,
+        "consoleReadRanges": len(soak.polled),
+        "consoleReadRangesChecked": polled_checked,
+        "leftTokensChecked": len(soak.left_tokens),
         "rssWarmMiB": round(rss_warm / 2**20, 1),
         "rssMaxAfterWarmMiB": round(rss_max / 2**20, 1),
         "rssGrowth": round(growth, 4),
         "fdsBefore": fds_before,
-        "fdsAfter": fd_count(pid),
+        "fdsAfter": fds_after,
         "errors": soak.errors[:50],
         "errorCount": len(soak.errors),
         "ok": not soak.errors,
     }
-
-
-def _fds_back(pid: int, before: int) -> Any:
-    async def check() -> bool:
-        return fd_count(pid) <= before
-
-    return check
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -11,13 +14,25 @@ import xmlrpc.client
 from pathlib import Path
 
 from tests.serverproc import ServerProcess, client_context, wait_for
+from vdsmconsole.demoguest import _flood_bytes
 
+# The demo guest without its heartbeat: its output is then only its boot log
+# and what the tests type, so a test can say exactly what the guest wrote.
 DEMO_CONFIG = f"""
 [spawn.commands]
-demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast"]
+demo = ["{sys.executable}", "-m", "vdsmconsole.demoguest", "--fast",
+        "--heartbeat", "86400"]
 mute = ["/bin/sleep", "100000"]
 """
 PROMPT = b"demo# "
+
+
+def flood_output(command: str, size: int) -> bytes:
+    """What the demo guest writes for ``flood <size>`` typed at its prompt: the
+    echo of the line, the flood itself, and the next prompt."""
+    flood = b"".join(_flood_bytes(size))
+    tail = b"" if flood.endswith(b"\n") or not flood else b"\r\n"
+    return command.encode() + b"\r\n" + flood + tail + PROMPT
 
 
 def create_demo(server: ServerProcess, vm_id: str, command: str = "demo") -> None:
@@ -105,7 +120,11 @@ def sha256(data: bytes) -> str:
 
 
 class Reader:
-    """A background process whose stdout goes to a file the test can poll."""
+    """A background process whose stdout goes to a file the test can poll.
+
+    It runs in a process group of its own, so that stop() also ends what a
+    shell pipeline started (a curl still following after ``head`` is done).
+    """
 
     def __init__(self, argv: list[str], out: Path, shell: bool = False) -> None:
         self.out = out
@@ -116,6 +135,7 @@ class Reader:
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
                 shell=shell,
+                start_new_session=True,
             )
 
     def data(self) -> bytes:
@@ -125,6 +145,6 @@ class Reader:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # its group: our child's id
         self.process.wait(10)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import unavailable
 from tests.hardening import fd_count, read_until_closed
 from tests.serverproc import ServerProcess, client_context, wait_for
 
@@ -41,7 +42,7 @@ def room_for_the_flood() -> None:
     want = 2 * FLOOD + 512
     if soft < want:
         if hard != resource.RLIM_INFINITY and hard < want:
-            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
+            unavailable(f"RLIMIT_NOFILE hard limit {hard} < {want}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.tools import require_tool, unavailable
 from tests.serverproc import client_context
 from tests.streamhelp import DEMO_CONFIG, PROMPT, create_demo
 from tests.tools import IN_CI, require_tool
@@ -40,10 +41,7 @@ def perl() -> str:
     for module, package in PERL_MODULES.items():
         probe = subprocess.run([perl, f"-M{module}", "-e1"], capture_output=True)
         if probe.returncode != 0:
-            message = f"perl module {module} missing (apt-get install {package})"
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable(f"perl module {module} missing (apt-get install {package})")
     return perl
 
 

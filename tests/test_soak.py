@@ -21,6 +21,8 @@ def test_short_soak(server_factory):
     assert summary["errors"] == [], summary
     assert summary["mismatches"] == 0
     assert summary["byteRangesChecked"] > 50, summary
+    assert summary["consoleReadRangesChecked"] > 0, summary
+    assert summary["leftTokensChecked"] > 0, summary
     assert set(summary["counts"]) >= {
         "rpc",
         "follower",
@@ -28,6 +30,7 @@ def test_short_soak(server_factory):
         "writer",
         "writer-left",
         "duplex",
+        "flood",
         "h2-stalled",
         "h2-errors",
     }, summary
