@@ -52,8 +52,8 @@ from typing import Any
 
 import pytest
 
-from tests.tools import unavailable
 from tests.serverproc import wait_for
+from tests.tools import unavailable
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")

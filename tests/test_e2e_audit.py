@@ -13,9 +13,9 @@ import xmlrpc.client
 
 import pytest
 
-from tests.tools import require_tool
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import DEMO_CONFIG, Reader, create_demo, curl_base, stats
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from tests.tools import require_tool
 from tests.serverproc import client_context, wait_for
 from tests.streamhelp import DEMO_CONFIG, Reader, create_demo, curl_base, stats
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import unavailable
 from tests.hardening import fd_count, read_until_closed
 from tests.serverproc import ServerProcess, client_context, wait_for
+from tests.tools import unavailable
 
 pytestmark = pytest.mark.e2e
 

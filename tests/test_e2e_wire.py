@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.tools import require_tool, unavailable
 from tests.serverproc import client_context
 from tests.streamhelp import DEMO_CONFIG, PROMPT, create_demo
-from tests.tools import IN_CI, require_tool
+from tests.tools import require_tool, unavailable
 from tests.xmlrpcspec import read_response
 from vdsmconsole.xmlrpcwire import dumps_response
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import unavailable
 from tests.hardening import Bystander, http_exchange, marker, status_of
 from tests.serverproc import ServerProcess, serve_flags, wait_for
 from tests.streamhelp import (
@@ -27,6 +26,7 @@ from tests.streamhelp import (
     stats,
     type_into,
 )
+from tests.tools import unavailable
 
 pytestmark = pytest.mark.e2e
 

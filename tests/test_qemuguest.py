@@ -28,7 +28,6 @@ from tests.qemuguest import (
     QemuGuestPool,
     qemu_guest_pool,
 )
-
 from tests.tools import unavailable
 
 
