@@ -13,13 +13,16 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from twisted.internet.error import CannotListenError
 
 from tests.serverproc import wait_for
 from tests.tmuxhelp import Tmux
 from tests.tools import require_tool
-from vdsmconsole.cli import _demo_port
+from vdsmconsole.server.config import Config
+from vdsmconsole.server.service import ConsoleService
 
 pytestmark = pytest.mark.e2e
 
@@ -278,17 +281,37 @@ def bind_fails(port: int) -> bool:
     return False
 
 
-def test_demo_port_probe_takes_a_port_in_time_wait():
-    """A port held only by TIME_WAIT is free to the probe, as it is to the server."""
+def demo_listen(port: int, any_port_if_busy: bool = True) -> int:
+    """The port the service's listen ends up on, as the demo configures it."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    config = Config(bind="127.0.0.1", port=port, any_port_if_busy=any_port_if_busy)
+    service = SimpleNamespace(config=config, reactor=reactor)
+    listening = ConsoleService._listen(service, Factory())  # type: ignore[arg-type]
+    try:
+        return listening.getHost().port
+    finally:
+        listening.stopListening()
+
+
+def test_demo_listen_takes_a_port_in_time_wait():
+    """A port held only by TIME_WAIT is the demo's: the server listens there."""
     port = time_wait_port()
     wait_for(lambda: bind_fails(port), 5, "the connection to reach TIME_WAIT")
-    assert _demo_port("127.0.0.1", port) == port
+    assert demo_listen(port) == port
 
 
-def test_demo_port_probe_skips_a_port_in_use():
-    """A port another program listens on is not chosen: any free port instead."""
+def test_demo_listen_moves_off_a_port_in_use():
+    """A port another program listens on when the demo listens: any free port
+    instead (decided by the listen itself, so no probe can race another
+    program); without the demo's flag, the server refuses to start."""
     with socket.socket() as other:
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         other.bind(("127.0.0.1", 0))
         other.listen()
-        assert _demo_port("127.0.0.1", other.getsockname()[1]) == 0
+        taken = other.getsockname()[1]
+        got = demo_listen(taken)
+        assert got not in (taken, 0)
+        with pytest.raises(CannotListenError):
+            demo_listen(taken, any_port_if_busy=False)

@@ -11,7 +11,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from dataclasses import replace
@@ -220,7 +219,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     init_pki(pki, hostname="localhost")
     config = Config(
         bind=args.bind,
-        port=args.port if args.port is not None else _demo_port(args.bind),
+        port=args.port if args.port is not None else DEFAULT_PORT,
+        any_port_if_busy=args.port is None,
         state_dir=workdir / "state",
         spawn_commands={"demo": (sys.executable, "-m", "vdsmconsole.demoguest")},
     ).with_pki(pki)
@@ -243,23 +243,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_service(config, after_start)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _demo_port(bind: str, preferred: int = DEFAULT_PORT) -> int:
-    """``preferred`` if the server can listen there, else 0 (any free port).
-
-    The probe binds as Twisted's listenTCP does, with SO_REUSEADDR: without
-    it the last run's connections in TIME_WAIT would move the demo elsewhere
-    for a minute, although the server itself could listen there.
-    """
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((bind, preferred))
-            s.listen()
-        except OSError:
-            return 0
-    return preferred
 
 
 def build_parser() -> argparse.ArgumentParser:

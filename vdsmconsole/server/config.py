@@ -38,6 +38,9 @@ class ConfigError(ValueError):
 class Config:
     bind: str = "0.0.0.0"  # noqa: S104 - the management port serves the network
     port: int = DEFAULT_PORT
+    # The demo's: when ``port`` is taken at listen time, any free port instead
+    # (a probe before listening would race another program for the port).
+    any_port_if_busy: bool = False
     state_dir: Path = Path("/var/lib/vdsmconsole")
     ca_file: Path = Path(DEFAULT_PKI, "certs/cacert.pem")
     cert_file: Path = Path(DEFAULT_PKI, "certs/vdsmcert.pem")

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task, tcp
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from vdsmconsole.core.console import Console
@@ -181,9 +182,7 @@ class ConsoleService(Service):
             self.tls, self.site, connection_limits(config, self.reactor), self.reactor
         )
         try:
-            self.listening = self.reactor.listenTCP(
-                self.config.port, factory, interface=self.config.bind
-            )
+            self.listening = self._listen(factory)
         except Exception as e:  # noqa: BLE001 - CannotListenError and friends
             raise StartupError(
                 f"cannot listen on {self.config.bind}:{self.config.port}: {e}"
@@ -214,6 +213,15 @@ class ConsoleService(Service):
         if self.tls is None or not self.running:
             return False
         return self.tls.reload(why)
+
+    def _listen(self, factory: Any) -> Any:
+        bind = self.config.bind
+        try:
+            return self.reactor.listenTCP(self.config.port, factory, interface=bind)
+        except CannotListenError:
+            if not self.config.any_port_if_busy:
+                raise
+            return self.reactor.listenTCP(0, factory, interface=bind)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
