@@ -29,8 +29,10 @@ SHARED = (
     "vdsmconsole.terminal",
     "vdsmconsole.transports",
     "vdsmconsole.pki",
+    "vdsmconsole.graphics",
 )
 PACKAGES = (
+    "vdsmconsole.protocols",
     "vdsmconsole.core",
     "vdsmconsole.sources",
     "vdsmconsole.server",
@@ -43,6 +45,13 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "vdsmconsole.client",
     ),
     "vdsmconsole.sources": ("vdsmconsole.server", "vdsmconsole.client"),
+    # Sans-IO wire protocols: bytes in, events out; no reactor, no I/O.
+    "vdsmconsole.protocols": (
+        "vdsmconsole.core",
+        "vdsmconsole.sources",
+        "vdsmconsole.server",
+        "vdsmconsole.client",
+    ),
     "vdsmconsole.client": (
         "vdsmconsole.core",
         "vdsmconsole.sources",
@@ -223,3 +232,24 @@ def test_tests_import_helpers_not_other_tests():
                 elif name in helpers:
                     wrong.append(f"{path.name} imports {name} (use tests.{name})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_protocols_do_no_io():
+    """The sans-IO protocols (vdsmconsole/protocols) import no reactor, no
+    socket, no Twisted: bytes in, events out."""
+    io_modules = ("twisted", "socket", "asyncio", "select", "selectors")
+    wrong = []
+    for path in sorted((PACKAGE / "protocols").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            else:
+                continue
+            wrong += [
+                f"{path.name} imports {n}"
+                for n in names
+                if n.split(".")[0] in io_modules
+            ]
+    assert not wrong, wrong

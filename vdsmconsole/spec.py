@@ -17,10 +17,20 @@ from typing import Any
 
 VM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SOURCE_TYPES = ("pty", "unix", "tcp", "spawn")
+# Remote consoles: the graphics a VM may have, and what a token or a tunnel
+# may name (the serial console, or one of its graphics).
+GRAPHICS_TYPES = ("vnc", "spice", "rdp")
+REMOTE_PROTOCOLS = ("serial", *GRAPHICS_TYPES)
 
 DEFAULT_PORT = 54321  # VDSM's management port
 RPC_PATH = "/RPC2"
 STREAM_PATH = "/consoleStream/"  # then the vmId
+TUNNEL_PATH = "/consoleTunnel/"  # then the vmId; CONNECT ...?protocol=P
+CONNECT_INFO_PATH = "/os-console-auth-tokens/"  # then the token (Nova's shape)
+DEFAULT_TOKEN_TTL = 600  # seconds, as Nova's [consoleauth] token_ttl
+MAX_TOKEN_TTL = 7 * 24 * 3600
+# secrets.token_urlsafe(32): 32 random bytes, 43 URL-safe characters.
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 DEFAULT_READ_BYTES = 64 * 1024  # consoleRead's maxBytes when not given
 
 REQUIRED = object()
@@ -50,6 +60,13 @@ METHODS: dict[str, tuple[Param, ...]] = {
         Param("maxBytes", "int", DEFAULT_READ_BYTES),
     ),
     "consoleWrite": (Param("vmId", "string"), Param("data", "base64")),
+    "remoteConsole": (
+        Param("vmId", "string"),
+        Param("protocol", "string"),
+        Param("params", "struct", {}),
+    ),
+    "revokeConsoleTokens": (Param("vmId", "string"),),
+    "consoleConnectInfo": (Param("token", "string"),),
 }
 
 
@@ -108,6 +125,20 @@ class ConsoleSpec:
         return {"type": "spawn", "command": self.command}
 
 
+def parse_port(port: object, what: str = "console port") -> int:
+    """A TCP port, 1-65535, given as an int or a decimal string."""
+    if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) < 6:
+        port = int(port)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise SpecError(f"{what} must be 1-65535, not {reprlib.repr(port)}")
+    return port
+
+
+def is_valid_token(value: object) -> bool:
+    """The shape of a console token (not whether it is known)."""
+    return isinstance(value, str) and TOKEN_PATTERN.fullmatch(value) is not None
+
+
 def _require_str(desc: Mapping[str, Any], key: str, kind: str) -> str:
     value = desc.get(key)
     if not isinstance(value, str) or not value or "\x00" in value:
@@ -137,17 +168,7 @@ def parse_console_spec(
         return ConsoleSpec(type=kind, path=path)
     if kind == "tcp":
         host = _require_str(desc, "host", kind)
-        port = desc.get("port")
-        if (
-            isinstance(port, str)
-            and port.isascii()
-            and port.isdigit()
-            and len(port) < 6
-        ):
-            port = int(port)
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise SpecError(f"console port must be 1-65535, not {port!r}")
-        return ConsoleSpec(type="tcp", host=host, port=port)
+        return ConsoleSpec(type="tcp", host=host, port=parse_port(desc.get("port")))
     command = _require_str(desc, "command", "spawn")
     if command not in spawn_commands:
         raise SpecError(f"spawn command {command!r} is not named in the configuration")

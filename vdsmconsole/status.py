@@ -22,6 +22,8 @@ class Code(enum.IntEnum):
     DENIED = 101
     CONSOLE_BUSY = 102
     NOT_ALLOWED = 103
+    NO_CONSOLE = 104
+    NO_TOKEN = 105
 
 
 MESSAGES = {
@@ -35,6 +37,8 @@ MESSAGES = {
     Code.DENIED: "Permission denied",
     Code.CONSOLE_BUSY: "Guest is not taking input; retry later",
     Code.NOT_ALLOWED: "Console target not allowed by the server's configuration",
+    Code.NO_CONSOLE: "The VM has no console of that protocol",
+    Code.NO_TOKEN: "Unknown or expired console token",
 }
 
 

@@ -331,6 +331,25 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             lambda n: success(written=n)
         )
 
+    # -- remote consoles (issue 13: being built) ---------------------------
+
+    @rpc_method()
+    def xmlrpc_remoteConsole(
+        self, vmId: object, protocol: object, params: object = None
+    ) -> dict[str, Any]:
+        """A console token for a VM's serial, vnc, spice or rdp console."""
+        raise StatusError(Code.NO_IMPL)
+
+    @rpc_method()
+    def xmlrpc_revokeConsoleTokens(self, vmId: object) -> dict[str, Any]:
+        """Revoke every live console token of a VM."""
+        raise StatusError(Code.NO_IMPL)
+
+    @rpc_method()
+    def xmlrpc_consoleConnectInfo(self, token: object) -> dict[str, Any]:
+        """Connect info of a console token (Nova's os-console-auth-tokens)."""
+        raise StatusError(Code.NO_IMPL)
+
 
 def _bad_introspection_args(function: Any, args: tuple[Any, ...]) -> str:
     """Why args do not fit a system.* method (method names), or ""."""
