@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 
 from tests.serverproc import wait_for
+from tests.streamhelp import curl_base
+from tests.tools import require_tool
 from vdsmconsole.testing import free_port
 
 pytestmark = pytest.mark.e2e
@@ -227,3 +230,26 @@ def test_the_password_is_never_shown_or_logged(
         if p.is_file() and p != registry and PASSWORD.encode() in p.read_bytes()
     ]
     assert unexpected == []
+
+
+@pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+def test_a_stream_of_a_graphics_only_vm_says_it_has_no_console(
+    server: Any, listening: int, version: str
+) -> None:
+    """/consoleStream of a graphics-only VM is 404 "no serial console", not
+    "does not exist"; an unknown vmId keeps noVM's words."""
+    require_tool("curl", "curl")
+    vnc = {"type": "vnc", "host": "127.0.0.1", "port": listening}
+    ok(server.rpc().create({"vmId": "gfx", "graphics": [vnc]}))
+    for vm_id, words in [
+        ("gfx", "VM gfx has no serial console"),
+        ("nobody", "Virtual machine does not exist: nobody"),
+    ]:
+        done = subprocess.run(
+            [*curl_base(server), version, "-i", server.url(f"/consoleStream/{vm_id}")],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        assert done.stdout.split(b" ", 2)[1] == b"404"
+        assert done.stdout.rstrip().endswith(words.encode())
