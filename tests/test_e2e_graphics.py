@@ -194,7 +194,8 @@ def test_the_password_is_never_shown_or_logged(
     server_factory: Any, listening: int
 ) -> None:
     """The VNC password appears in no RPC answer, no audit record, no server
-    log line, also for a refused create: only in registry.json."""
+    log line, also for a refused create: only in registry.json.  (And the
+    probes write no log line each.)"""
     server = server_factory()
     vnc = {"type": "vnc", "host": "127.0.0.1", "port": listening, "password": PASSWORD}
     far = {"type": "vnc", "host": "10.1.2.3", "port": 5900, "password": PASSWORD}
@@ -224,6 +225,7 @@ def test_the_password_is_never_shown_or_logged(
     assert PASSWORD not in audit
     assert "vdsmconsole listening" in server.log()
     assert PASSWORD not in server.log()
+    assert "graphicsprobe" not in server.log()  # no log line per probe
     unexpected = [
         p
         for p in server.workdir.rglob("*")

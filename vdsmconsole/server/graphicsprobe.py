@@ -53,6 +53,7 @@ class _Attempt(protocol.ClientFactory):
     """One probe: reports once, True if the connect was made."""
 
     protocol = _Close
+    noisy = False  # no "Starting factory" log line per probe
 
     def __init__(self, probe: GraphicsProbe, key: Key, endpoint: GraphicsEndpoint):
         self.probe = probe
