@@ -227,10 +227,15 @@ WRONG = b"the VNC server refused the stored VNC password"
             [V38, b"\x01\x02", CHALLENGE, FAILED + reason(b"Authentication failed")],
             WRONG + b" (Authentication failed)",
         ),
+        # qemu's exact bytes: its length counts the C string's NUL.
+        (
+            [V38, b"\x01\x02", CHALLENGE, FAILED + reason(b"Authentication failed\0")],
+            WRONG + b" (Authentication failed)",
+        ),
         ([V37, b"\x01\x02", CHALLENGE, FAILED], WRONG),
         ([V33, u32(2), CHALLENGE, FAILED], WRONG),
     ],
-    ids=["3.8", "3.7", "3.3"],
+    ids=["3.8", "3.8-qemu", "3.7", "3.3"],
 )
 def test_wrong_stored_password(server_messages, why, viewer, one_byte):
     """The server refuses the stored password: the viewer gets no security

@@ -335,7 +335,9 @@ class VncAuthProxy:
             )
         if len(self._from_server) < 4 + length:
             return False
-        reason = printable(self._take(self._from_server, 4 + length)[4:])
+        # C servers (qemu among them) count the string's NUL terminator too.
+        raw = self._take(self._from_server, 4 + length)[4:].rstrip(b"\0")
+        reason = printable(raw)
         return self._refuse(self._refusal_text(reason))
 
     def _refusal_text(self, reason: str) -> str:
