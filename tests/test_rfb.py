@@ -158,7 +158,9 @@ def test_server_offering_none_only(server_messages, to_server):
     though a password is stored."""
     steps = [("viewer", V38), *[("server", m) for m in server_messages]]
     steps += [("viewer", b"\x01"), ("viewer", b"\x00")]
-    sent, to_viewer, events = run(VncAuthProxy(PASSWORD), steps)
+    proxy = VncAuthProxy(PASSWORD)
+    sent, to_viewer, events = run(proxy, steps)
+    assert proxy.security_type == 1
     assert sent == to_server + b"\x00"
     assert to_viewer == V38 + b"\x01\x01" + OK
     assert events == [HandshakeDone(b"", b"")]

@@ -19,7 +19,13 @@ import pytest
 
 from tests.qemuguest import QEMU, GuestImage, QemuGuest
 from tests.tools import require_tool
-from vdsmconsole.protocols.rfb import AuthFailed, HandshakeDone, VncAuthProxy
+from vdsmconsole.protocols.rfb import (
+    SEC_NONE,
+    SEC_VNC_AUTH,
+    AuthFailed,
+    HandshakeDone,
+    VncAuthProxy,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
 
@@ -35,36 +41,56 @@ class VncQemu(QemuGuest):
     The password goes in a 0600 file, not on the command line qemu.log keeps.
     """
 
-    def __init__(self, workdir: Path, password: bytes) -> None:
+    def __init__(self, workdir: Path, password: bytes | None) -> None:
         unused = GuestImage(kernel=Path(os.devnull), initrd=Path(os.devnull))
         super().__init__(unused, "unix", workdir)
         self.vnc_path = self.socket_path.with_name("vnc.sock")
         self.secret_path = self.workdir / "vnc.secret"
-        fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(password)
+        self.password = password
+        if password is not None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            with os.fdopen(os.open(self.secret_path, flags, 0o600), "wb") as f:
+                f.write(password)
 
     def argv(self, paused: bool = False) -> list[str]:
+        vnc = ["-vnc", f"unix:{self.vnc_path}"]
+        if self.password is not None:
+            vnc = [
+                "-object", f"secret,id=vs0,file={self.secret_path}",
+                "-vnc", f"unix:{self.vnc_path},password-secret=vs0",
+            ]  # fmt: skip
         return [
             QEMU,
             "-accel", "tcg", "-nodefaults", "-display", "none", "-vga", "std",
             "-m", "32",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-object", f"secret,id=vs0,file={self.secret_path}",
-            "-vnc", f"unix:{self.vnc_path},password-secret=vs0",
+            *vnc,
         ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def vnc_qemu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VncQemu]:
-    """One qemu for the module, stopped by pid at teardown whatever happens."""
+def running(
+    tmp_path_factory: pytest.TempPathFactory, password: bytes | None
+) -> Iterator[VncQemu]:
+    """Fixture body: a VncQemu, stopped by pid at teardown whatever happens."""
     require_tool(QEMU, "qemu-system-x86")
-    guest = VncQemu(tmp_path_factory.mktemp("vncqemu"), PASSWORD)
+    guest = VncQemu(tmp_path_factory.mktemp("vncqemu"), password)
     try:
         guest.start(timeout=60)
         yield guest
     finally:
         guest.stop()
+
+
+@pytest.fixture(scope="module")
+def vnc_qemu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VncQemu]:
+    """One qemu with a VNC password for the module."""
+    yield from running(tmp_path_factory, PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def open_vnc_qemu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VncQemu]:
+    """One qemu whose VNC server has no password (offers None only)."""
+    yield from running(tmp_path_factory, None)
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -79,7 +105,7 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 def proxied_handshake(
     path: Path, password: bytes, viewer_version: bytes
-) -> tuple[list[object], bytes, socket.socket]:
+) -> tuple[list[object], bytes, socket.socket, VncAuthProxy]:
     """Drive VncAuthProxy between qemu (a real socket) and a scripted viewer
     that answers ``viewer_version``, picks None and sends ClientInit (shared)
     as soon as it is offered None.  Returns (events, bytes the viewer got,
@@ -110,7 +136,7 @@ def proxied_handshake(
             sock.sendall(proxy.data_to_server())
             to_viewer += proxy.data_to_viewer()
         events += proxy.events()
-    return events, to_viewer, sock
+    return events, to_viewer, sock, proxy
 
 
 @pytest.mark.parametrize(
@@ -122,7 +148,22 @@ def test_right_password_reaches_server_init(vnc_qemu, viewer_version):
     """With qemu's password the proxy authenticates (VNC auth, DES), offers
     the viewer None, forwards ClientInit, and qemu's ServerInit follows with
     a sane framebuffer size."""
-    events, _, sock = proxied_handshake(vnc_qemu.vnc_path, PASSWORD, viewer_version)
+    events, _, sock, proxy = proxied_handshake(
+        vnc_qemu.vnc_path, PASSWORD, viewer_version
+    )
+    assert proxy.security_type == SEC_VNC_AUTH
+    assert_server_init(sock, events)
+
+
+def test_server_offering_none_only(open_vnc_qemu):
+    """qemu without a VNC password offers None only: the proxy, although it
+    holds a password, uses None and reaches ServerInit."""
+    events, _, sock, proxy = proxied_handshake(open_vnc_qemu.vnc_path, PASSWORD, V38)
+    assert proxy.security_type == SEC_NONE
+    assert_server_init(sock, events)
+
+
+def assert_server_init(sock: socket.socket, events: list[object]) -> None:
     with contextlib.closing(sock):
         assert events == [HandshakeDone(b"", b"")]
         width, height = struct.unpack(">HH", recv_exactly(sock, 4))
@@ -137,7 +178,7 @@ def test_wrong_password_tells_the_viewer(vnc_qemu):
     """A wrong stored password: qemu refuses it, the viewer gets no security
     types and qemu's reason, AuthFailed is emitted; the password never
     appears in what the viewer got."""
-    events, to_viewer, sock = proxied_handshake(vnc_qemu.vnc_path, b"wrong", V38)
+    events, to_viewer, sock, _ = proxied_handshake(vnc_qemu.vnc_path, b"wrong", V38)
     sock.close()
     why = "the VNC server refused the stored VNC password (Authentication failed)"
     assert events == [AuthFailed(why)]

@@ -161,6 +161,12 @@ class VncAuthProxy:
         return self._state == "done"
 
     @property
+    def security_type(self) -> int | None:
+        """The security type used with the VNC server (1 None, 2 VNC
+        authentication), once chosen; for log lines."""
+        return self._security
+
+    @property
     def failed(self) -> bool:
         """True once AuthFailed or ProtocolError was emitted."""
         return self._state == "failed"
