@@ -146,6 +146,22 @@ def demo_server(
         server.stop()
 
 
+@contextmanager
+def still_serving_after(
+    served: tuple[ServerProcess, Bystander], *forbidden: str
+) -> Iterator[ServerProcess]:
+    """The module's server for one test; afterwards it must still serve the
+    bystander and fresh clients, with no Traceback (nor any of ``forbidden``)
+    logged meanwhile."""
+    server, bystander = served
+    log_start = len(server.log())
+    yield server
+    still_serving(server, bystander, "vm1")
+    new_log = server.log()[log_start:]
+    for word in ("Traceback", *forbidden):
+        assert word not in new_log, new_log
+
+
 def http_exchange(server: ServerProcess, raw: bytes, timeout: float = 10) -> bytes:
     """Send raw bytes on a fresh TLS connection; what came back until close."""
     sock = tls_connect(server, timeout=timeout)

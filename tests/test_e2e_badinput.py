@@ -26,7 +26,7 @@ from tests.hardening import (
     http_exchange,
     read_until_closed,
     status_of,
-    still_serving,
+    still_serving_after,
     tls_connect,
     tree,
 )
@@ -59,12 +59,8 @@ def served(tmp_path_factory, pki):
 @pytest.fixture
 def server(served) -> Any:
     """The module's server; afterwards it must still serve everyone else."""
-    server, bystander = served
-    log_start = len(server.log())
-    yield server
-    still_serving(server, bystander, "vm1")
-    new_log = server.log()[log_start:]
-    assert "Traceback" not in new_log, new_log
+    with still_serving_after(served) as server:
+        yield server
 
 
 def post_rpc(server: ServerProcess, body: bytes) -> tuple[int, bytes, float]:

@@ -37,7 +37,7 @@ from tests.h2help import (
     process_gone,
     read_streams,
 )
-from tests.hardening import H2Client, demo_server, marker, still_serving
+from tests.hardening import H2Client, demo_server, marker, still_serving_after
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import DEMO_CONFIG, console_bytes, create_demo, curl_base, stats
 from tests.tools import require_tool
@@ -65,13 +65,8 @@ def viewer(served, pki, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture
 def server(served) -> Any:
     """The module's server; afterwards it must still serve everyone else."""
-    server, bystander = served
-    log_start = len(server.log())
-    yield server
-    still_serving(server, bystander, "vm1")
-    new_log = server.log()[log_start:]
-    assert "Traceback" not in new_log, new_log
-    assert "Unhandled" not in new_log, new_log
+    with still_serving_after(served, "Unhandled") as server:
+        yield server
 
 
 # -- a stream POST answered at once ----------------------------------------------
