@@ -248,3 +248,22 @@ def test_server_stop_cuts_tunnels(server):
         assert closed["why"] == "the server is stopping"
     finally:
         standin.stop()
+
+
+def test_destroy_closes_the_vms_tunnels(server):
+    """Destroying a VM closes its graphics tunnels and their endpoint
+    connections."""
+    standin = StandIn(lambda conn: conn.recv(1) and None)
+    try:
+        register(server, "doomed", [standin.endpoint("vnc")])
+        tunnel = TunnelSocket(server, "doomed", "vnc")
+        assert tunnel.status == 200, tunnel.head
+        standin.accepted.wait(10)
+        assert server.rpc().destroy("doomed")["status"]["code"] == 0
+        assert tunnel.closed_by_server()
+        standin.conns[0].settimeout(10)
+        assert standin.conns[0].recv(1) == b""
+        closed = wait_for(lambda: tunnel_records(server, "tunnel-close"), 15, "close")
+        assert closed[0]["why"] == "the VM was destroyed"
+    finally:
+        standin.stop()
