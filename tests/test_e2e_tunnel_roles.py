@@ -8,10 +8,10 @@ import struct
 
 import pytest
 
+from tests.connecthelp import StandIn, TunnelSocket, register, tunnel_records
 from tests.h2help import issue_client_cert
 from tests.serverproc import wait_for
 from tests.streamhelp import console_bytes, stats
-from tests.tunnelhelp import StandIn, TunnelSocket, register, tunnel_records
 from vdsmconsole.protocols.vncdes import vnc_auth_response
 
 pytestmark = pytest.mark.e2e

@@ -14,6 +14,7 @@ import h2.errors
 import h2.events
 import pytest
 
+from tests.connecthelp import StandIn, TunnelSocket, register, tunnel_records
 from tests.h2help import RssWatch, ping_on
 from tests.hardening import (
     Bystander,
@@ -24,7 +25,6 @@ from tests.hardening import (
 )
 from tests.serverproc import wait_for
 from tests.streamhelp import DEMO_CONFIG, create_demo, curl_base, sha256
-from tests.tunnelhelp import StandIn, TunnelSocket, register, tunnel_records
 from vdsmconsole.testing import free_port
 
 pytestmark = pytest.mark.e2e
