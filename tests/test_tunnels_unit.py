@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web import resource
 
-from vdsmconsole.core.interfaces import DESTROYED, SERVER_STOPPING
+from vdsmconsole.core.interfaces import DESTROYED, SERVER_STOPPING, SourceState
 from vdsmconsole.server.audit import AuditLog
 from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
@@ -198,3 +198,14 @@ def test_refusals_close_the_connection(head, code):
     assert status_line(transport).split(b" ")[1] == code
     assert transport.disconnecting
     assert source.written == [] and not site.tunnels
+
+
+def test_serial_tunnel_to_a_down_console_is_503():
+    """A serial console whose guest is down is 503, as a duplex POST is."""
+    clock = Clock()
+    site, source, _ = tunnel_site(clock)
+    source.set_state(SourceState.DOWN, "gone")
+    protocol, transport = connect(site)
+    protocol.dataReceived(CONNECT)
+    assert status_line(transport) == b"HTTP/1.1 503 Service Unavailable"
+    assert transport.disconnecting and not site.tunnels
