@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import threading
@@ -56,6 +57,37 @@ class TunnelSocket:
             out += more
         return bytes(out)
 
+    def exchange(self, payload: bytes, expect: int, stall: float = 30) -> bytes:
+        """Send ``payload`` while reading ``expect`` bytes, on this thread
+        (an SSL socket must not be read and written from two threads)."""
+        out = bytearray(self.leftover)
+        self.leftover = b""
+        view = memoryview(payload)
+        sock = self.sock
+        sock.setblocking(False)
+        try:
+            while len(out) < expect or view:
+                want_write = [sock] if view else []
+                readable, writable, _ = select.select([sock], want_write, [], stall)
+                if not readable and not writable:
+                    raise AssertionError(f"stalled at {len(out)} of {expect} bytes")
+                if writable:
+                    with contextlib.suppress(
+                        ssl.SSLWantWriteError, ssl.SSLWantReadError
+                    ):
+                        view = view[sock.send(view[: 1 << 16]) :]
+                while True:  # what TLS has decrypted already, too
+                    try:
+                        more = sock.recv(1 << 20)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        break
+                    if not more:
+                        raise AssertionError(f"closed after {len(out)} bytes")
+                    out += more
+        finally:
+            sock.setblocking(True)
+        return bytes(out)
+
     def read_until(self, needle: bytes, limit: int = 1 << 20) -> bytes:
         out = bytearray(self.leftover)
         self.leftover = b""
@@ -90,18 +122,29 @@ class TunnelSocket:
 
 class StandIn:
     """A TCP endpoint on loopback: each accepted connection is handed to
-    ``handler(conn)`` on a thread; ``stop()`` closes everything."""
+    ``handler(conn, first)`` on a thread; ``stop()`` closes everything.
 
-    def __init__(self, handler: Callable[[socket.socket], Any]) -> None:
+    The server's graphics probe connects too (and closes at once), so by
+    default a connection counts only once it sends something: ``first`` is
+    its first read, and ``tunnel`` the connection (the viewer's early
+    bytes, sent with the CONNECT, make it).  ``speaks_first``: the handler
+    gets every connection at once (an RFB server talks first).
+    """
+
+    def __init__(
+        self, handler: Callable[[socket.socket, bytes], Any], speaks_first=False
+    ) -> None:
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen()
         self.port = int(self.listener.getsockname()[1])
         self.handler = handler
+        self.speaks_first = speaks_first
         self.conns: list[socket.socket] = []
+        self.tunnel: socket.socket | None = None
         self.errors: list[BaseException] = []
         self.threads: list[threading.Thread] = []
-        self.accepted = threading.Event()
+        self.accepted = threading.Event()  # a tunnel's connection came
         thread = threading.Thread(target=self._accept, daemon=True)
         thread.start()
 
@@ -112,14 +155,18 @@ class StandIn:
             except OSError:
                 return
             self.conns.append(conn)
-            self.accepted.set()
             thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
             self.threads.append(thread)
             thread.start()
 
     def _run(self, conn: socket.socket) -> None:
         try:
-            self.handler(conn)
+            first = b"" if self.speaks_first else conn.recv(65536)
+            if not first and not self.speaks_first:
+                return  # a probe: connected and closed
+            self.tunnel = conn
+            self.accepted.set()
+            self.handler(conn, first)
         except OSError:
             pass  # the server cut the connection: what some tests want
         except BaseException as e:  # noqa: BLE001 - reported by the test

@@ -124,7 +124,7 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
 
 
 def _vnc_server(password: bytes):
-    def handle(conn: socket.socket) -> None:
+    def handle(conn: socket.socket, first: bytes) -> None:
         conn.sendall(b"RFB 003.008\n")
         _recv_exactly(conn, 12)
         conn.sendall(b"\x01\x02")  # one security type: VNC authentication
@@ -156,7 +156,7 @@ def _viewer_handshake(tunnel: TunnelSocket) -> bytes:
 def test_vnc_password_stays_on_the_server(server):
     """A VNC endpoint with a password: the viewer is offered None only, the
     server authenticates, then bytes flow raw both ways."""
-    standin = StandIn(_vnc_server(PASSWORD))
+    standin = StandIn(_vnc_server(PASSWORD), speaks_first=True)
     try:
         endpoint = {**standin.endpoint("vnc"), "password": PASSWORD.decode()}
         register(server, "vnc1", [endpoint])
@@ -179,7 +179,7 @@ def test_vnc_password_stays_on_the_server(server):
 def test_wrong_vnc_password_is_a_clear_error_and_a_log_line(server):
     """A stored password the VNC server refuses: the viewer gets an RFB
     failure with a reason, the server one log line, the tunnel closes."""
-    standin = StandIn(_vnc_server(b"another"))
+    standin = StandIn(_vnc_server(b"another"), speaks_first=True)
     try:
         endpoint = {**standin.endpoint("vnc"), "password": PASSWORD.decode()}
         register(server, "vnc2", [endpoint])

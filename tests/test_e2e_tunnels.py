@@ -35,10 +35,10 @@ MiB = 1 << 20
 def _sink_and_send(payload: bytes, received: list[bytes]):
     """An RDP stand-in: sends ``payload``, keeps what comes until EOF."""
 
-    def handle(conn: socket.socket) -> None:
+    def handle(conn: socket.socket, first: bytes) -> None:
         sender = threading.Thread(target=conn.sendall, args=(payload,), daemon=True)
         sender.start()
-        got = bytearray()
+        got = bytearray(first)
         while more := conn.recv(1 << 20):
             got += more
         received.append(bytes(got))
@@ -58,12 +58,7 @@ def test_rdp_tunnel_carries_bytes_both_ways_unchanged(server):
         register(server, "rdp1", [standin.endpoint("rdp")])
         tunnel = TunnelSocket(server, "rdp1", "rdp", early=to_endpoint[:1000])
         assert tunnel.status == 200, tunnel.head
-        sender = threading.Thread(
-            target=tunnel.sock.sendall, args=(to_endpoint[1000:],), daemon=True
-        )
-        sender.start()
-        got = tunnel.read_exactly(len(to_viewer))
-        sender.join(30)
+        got = tunnel.exchange(to_endpoint[1000:], len(to_viewer))
         tunnel.close()
         wait_for(lambda: received, 30, "the endpoint to see the viewer's EOF")
         assert sha256(got) == sha256(to_viewer)
@@ -93,7 +88,7 @@ def test_stalled_viewer_bounds_memory_while_the_endpoint_floods(server_factory):
     bystander = Bystander(server, "vm1")
     sent = [0]
 
-    def flood(conn: socket.socket) -> None:
+    def flood(conn: socket.socket, first: bytes) -> None:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         chunk = os.urandom(MiB)
         for _ in range(200):
@@ -105,7 +100,7 @@ def test_stalled_viewer_bounds_memory_while_the_endpoint_floods(server_factory):
     try:
         register(server, "flood", [standin.endpoint("rdp")])
         watch = RssWatch(server)
-        tunnel = TunnelSocket(server, "flood", "rdp", rcvbuf=64 * 1024)
+        tunnel = TunnelSocket(server, "flood", "rdp", rcvbuf=64 * 1024, early=b"go")
         assert tunnel.status == 200, tunnel.head
         peak = watch.settle(16 * MiB)
         assert peak < 16 * MiB, f"the server grew {peak / MiB:.1f} MiB"
@@ -121,15 +116,16 @@ def test_stalled_viewer_bounds_memory_while_the_endpoint_floods(server_factory):
 def test_stalled_endpoint_stops_reading_the_viewer(server):
     """An endpoint that reads nothing: the server stops reading the viewer,
     so a viewer sending without end is held back after a bounded amount."""
-    standin = StandIn(lambda conn: threading.Event().wait(60))
+    standin = StandIn(lambda conn, first: threading.Event().wait(60))
     tunnel = None
     try:
         register(server, "deaf", [standin.endpoint("rdp")])
         watch = RssWatch(server)
-        tunnel = TunnelSocket(server, "deaf", "rdp")
+        tunnel = TunnelSocket(server, "deaf", "rdp", early=b"x")
         assert tunnel.status == 200, tunnel.head
-        standin.accepted.wait(10)
-        standin.conns[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        assert standin.accepted.wait(10)
+        assert standin.tunnel is not None
+        standin.tunnel.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         tunnel.sock.setblocking(False)
         chunk = os.urandom(MiB)
         pushed = 0
@@ -233,17 +229,17 @@ def test_connect_over_http2_is_refused_at_once(server):
 def test_server_stop_cuts_tunnels(server):
     """SIGTERM: an open tunnel is cut (the viewer and the endpoint both see
     their connection end) and the server exits cleanly."""
-    standin = StandIn(lambda conn: conn.recv(1) and None)
+    standin = StandIn(lambda conn, first: None)
     try:
         register(server, "cut", [standin.endpoint("spice")])
-        tunnel = TunnelSocket(server, "cut", "spice")
+        tunnel = TunnelSocket(server, "cut", "spice", early=b"x")
         assert tunnel.status == 200, tunnel.head
-        standin.accepted.wait(10)
+        assert standin.accepted.wait(10) and standin.tunnel is not None
         server.stop()
         assert server.process is not None and server.process.returncode == 0
         assert tunnel.closed_by_server()
-        standin.conns[0].settimeout(10)
-        assert standin.conns[0].recv(1) == b""
+        standin.tunnel.settimeout(10)
+        assert standin.tunnel.recv(1) == b""
         (closed,) = tunnel_records(server, "tunnel-close")
         assert closed["why"] == "the server is stopping"
     finally:
@@ -253,16 +249,16 @@ def test_server_stop_cuts_tunnels(server):
 def test_destroy_closes_the_vms_tunnels(server):
     """Destroying a VM closes its graphics tunnels and their endpoint
     connections."""
-    standin = StandIn(lambda conn: conn.recv(1) and None)
+    standin = StandIn(lambda conn, first: None)
     try:
         register(server, "doomed", [standin.endpoint("vnc")])
-        tunnel = TunnelSocket(server, "doomed", "vnc")
+        tunnel = TunnelSocket(server, "doomed", "vnc", early=b"x")
         assert tunnel.status == 200, tunnel.head
-        standin.accepted.wait(10)
+        assert standin.accepted.wait(10) and standin.tunnel is not None
         assert server.rpc().destroy("doomed")["status"]["code"] == 0
         assert tunnel.closed_by_server()
-        standin.conns[0].settimeout(10)
-        assert standin.conns[0].recv(1) == b""
+        standin.tunnel.settimeout(10)
+        assert standin.tunnel.recv(1) == b""
         closed = wait_for(lambda: tunnel_records(server, "tunnel-close"), 15, "close")
         assert closed[0]["why"] == "the VM was destroyed"
     finally:
