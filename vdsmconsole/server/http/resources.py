@@ -1,9 +1,11 @@
 """Routing and plain answers: the resources every request meets first.
 
 ``/RPC2`` and ``/`` take XML-RPC POSTs; ``/consoleStream/<vmId>`` takes the
-streams, ``/consoleTunnel/<vmId>`` the CONNECT tunnels.  Anything else is
-404; a known path with the wrong method is 405 with ``Allow``.  Clients
-never see a traceback.
+streams, ``/consoleTunnel/<vmId>`` the CONNECT tunnels;
+``/os-console-auth-tokens/<token>`` is a static child that ``build_site``
+puts on the Root (server/tokens/connectinfo.py).  Anything else is 404; a
+known path with the wrong method is 405 with ``Allow``.  Clients never see
+a traceback.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ console.  The token is in the answer only; the audit line names its id.
 from __future__ import annotations
 
 import reprlib
+from dataclasses import dataclass
 from typing import Any
 
 from vdsmconsole.identity import identity_of
@@ -64,15 +65,13 @@ def _protocol(value: object) -> str:
     return value
 
 
+@dataclass(frozen=True)
 class TokenParams:
     """remoteConsole's ``params``, checked; ``role`` None: the caller's."""
 
-    __slots__ = ("role", "single_use", "ttl")
-
-    def __init__(self, ttl: int, single_use: bool, role: str | None) -> None:
-        self.ttl = ttl
-        self.single_use = single_use
-        self.role = role
+    ttl: int
+    single_use: bool
+    role: str | None
 
 
 def parse_token_params(params: object) -> TokenParams:
