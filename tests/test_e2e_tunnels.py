@@ -224,6 +224,9 @@ def test_connect_over_http2_is_refused_at_once(server):
     )
     assert curl.returncode not in (0, 28), curl  # an error, not a timeout
     assert server.rpc().ping()["status"]["code"] == 0
+    server.stop()  # nothing of those requests is left to trip the stop
+    assert server.process is not None and server.process.returncode == 0
+    assert "Traceback" not in server.log() and "vdsmconsole stopped" in server.log()
 
 
 def test_server_stop_cuts_tunnels(server):
