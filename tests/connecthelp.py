@@ -132,12 +132,21 @@ class StandIn:
     """
 
     def __init__(
-        self, handler: Callable[[socket.socket, bytes], Any], speaks_first=False
+        self,
+        handler: Callable[[socket.socket, bytes], Any],
+        speaks_first: bool = False,
+        path: Path | None = None,
     ) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
+        if path is None:
+            self.listener = socket.socket()
+            self.listener.bind(("127.0.0.1", 0))
+            self.port = int(self.listener.getsockname()[1])
+        else:  # a unix socket, as qemu's -vnc unix:PATH
+            self.listener = socket.socket(socket.AF_UNIX)
+            self.listener.bind(str(path))
+            self.port = 0
+        self.path = path
         self.listener.listen()
-        self.port = int(self.listener.getsockname()[1])
         self.handler = handler
         self.speaks_first = speaks_first
         self.conns: list[socket.socket] = []
@@ -173,6 +182,8 @@ class StandIn:
             self.errors.append(e)
 
     def endpoint(self, kind: str = "rdp") -> dict[str, Any]:
+        if self.path is not None:
+            return {"type": kind, "path": str(self.path)}
         return {"type": kind, "host": "127.0.0.1", "port": self.port}
 
     def stop(self) -> None:

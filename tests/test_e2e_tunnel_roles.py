@@ -65,6 +65,33 @@ def test_serial_tunnel_viewer_cannot_type_operator_can(roles_server):
     operator.close()
 
 
+def test_certificate_without_a_role_is_403(roles_server, tmp_path):
+    """A certificate the [authorization] table does not name opens nothing,
+    and the denial is audited."""
+    server, _ = roles_server
+    stranger = issue_client_cert(server.pki, tmp_path, "stranger")
+    tunnel = TunnelSocket(server, "cat1", "serial", cert=stranger)
+    assert tunnel.status == 403, tunnel.head
+    assert b"stranger" in tunnel.body()
+    denied = [e for e in server.audit() if e["event"] == "denied"]
+    assert [(e["identity"], e["method"]) for e in denied] == [("stranger", "CONNECT")]
+
+
+def test_tunnel_to_a_unix_socket_endpoint(server, tmp_path):
+    """A graphics endpoint on a unix socket is relayed as a TCP one is."""
+    standin = StandIn(
+        lambda conn, first: conn.sendall(first.upper()), path=tmp_path / "spice.sock"
+    )
+    try:
+        register(server, "unix1", [standin.endpoint("spice")])
+        tunnel = TunnelSocket(server, "unix1", "spice", early=b"link")
+        assert tunnel.status == 200, tunnel.head
+        assert tunnel.read_exactly(4) == b"LINK"
+        tunnel.close()
+    finally:
+        standin.stop()
+
+
 def _mint(server, vm_id: str, protocol: str, **params) -> str:
     reply = server.rpc().remoteConsole(vm_id, protocol, params)
     assert reply["status"]["code"] == 0, reply
