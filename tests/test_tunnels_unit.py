@@ -209,3 +209,18 @@ def test_serial_tunnel_to_a_down_console_is_503():
     protocol.dataReceived(CONNECT)
     assert status_line(transport) == b"HTTP/1.1 503 Service Unavailable"
     assert transport.disconnecting and not site.tunnels
+
+
+def test_guest_not_taking_input_stops_reading_the_viewer_from_the_start():
+    """Input that came with the CONNECT, to a guest that takes none: the
+    viewer is not read on until the guest drains (nothing queued meanwhile)."""
+    clock = Clock()
+    site, source, _ = tunnel_site(clock)
+    source.input_full()
+    protocol, transport = connect(site)
+    protocol.dataReceived(CONNECT + b"early")
+    assert transport.producerState == "paused"
+    assert source.written == []
+    source.input_drained()
+    assert source.written == [b"early"]
+    assert transport.producerState == "producing"

@@ -72,12 +72,14 @@ class ViewerLink:
     def start(self, sink: Callable[[bytes], None]) -> None:
         """Hand what came early, then every byte, to ``sink``; read again."""
         self.sink = sink
+        # Resume first (it reads nothing at once): a pause the sink asks for
+        # while it takes the early bytes then stays in force.
+        self.resumeReading("connecting")
         early, self.early = self.early, []
         for data in early:
             if self.gone:
                 return
             sink(data)
-        self.resumeReading("connecting")
 
     def _data(self, data: bytes) -> None:
         if self.gone or not data:
