@@ -46,29 +46,30 @@ class TunnelFollower(Follower):
 class SerialTunnel(Tunnel):
     """Viewer <-> a VM's serial console."""
 
-    follower: TunnelFollower
+    follower: TunnelFollower | None = None
     writer: BodyWriter | None = None
     dropped = 0  # input bytes of a viewer role, never sent to the guest
 
     def begin(self, console: Console, may_type: bool) -> None:
         self.link.accept()
         self.opened(input=may_type)
-        self.follower = TunnelFollower(self, console)
+        follower = self.follower = TunnelFollower(self, console)
         if may_type:
             # The writer pauses and resumes reading the viewer through the
             # request's channel, as it does for a duplex POST.
-            self.writer = BodyWriter(self.link.request, console, True, self.follower)
+            self.writer = BodyWriter(self.link.request, console, True, follower)
             self.writer.start()
             self.link.start(self.writer.bodyChunk)
         else:
             self.link.start(self._drop)
-        self.follower.start()
+        follower.start()
 
     def _drop(self, data: bytes) -> None:
         self.dropped += len(data)
 
     def release(self) -> None:
-        self.follower.stop()
+        if self.follower is not None:
+            self.follower.stop()
         self.link.unregisterProducer()
         if self.writer is not None:
             self.writer.stop()

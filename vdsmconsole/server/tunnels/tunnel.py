@@ -53,9 +53,11 @@ class Tunnel:
         self.audit = audit
         self.site = site
         self.done = False
+        self.isOpen = False  # answered 200 and audited as open
         self.why = ""
 
     def opened(self, **fields: Any) -> None:
+        self.isOpen = True
         self.site.tunnels.add(self)
         self.link.whenLost(lambda: self.close("the viewer closed"))
         grant = self.grant
@@ -78,6 +80,8 @@ class Tunnel:
         self.site.tunnels.discard(self)
         self.release()
         self.link.close()
+        if not self.isOpen:
+            return  # refused before it opened: its answer said why
         self.site.reactor.callLater(CLOSE_GRACE, self._abortViewer)
         grant = self.grant
         self.audit.record(
