@@ -224,3 +224,58 @@ def test_wrong_vnc_password_is_a_clear_error_and_a_log_line(server):
     lines = [line for line in log if "[vdsmconsole.tunnels#" in line]
     assert len(lines) == 1 and "VNC authentication refused" in lines[0], lines
     assert PASSWORD.decode() not in server.log()
+
+
+SET_ENCODINGS = struct.pack(">BxHi", 2, 1, 0)
+KEY_EVENT = struct.pack(">BBxxI", 4, 1, 0x61)
+POINTER_EVENT = struct.pack(">BBHH", 5, 1, 10, 10)
+UPDATE_REQUEST = struct.pack(">BBHHHH", 3, 0, 0, 0, 640, 480)
+MESSAGES = SET_ENCODINGS + KEY_EVENT + POINTER_EVENT + UPDATE_REQUEST
+
+
+def _open_vnc_server(got: list[bytes], expect: int):
+    """An RFB 3.8 server offering None; keeps ``expect`` bytes of messages."""
+
+    def handle(conn: socket.socket, first: bytes) -> None:
+        conn.sendall(b"RFB 003.008\n")
+        _recv_exactly(conn, 12)
+        conn.sendall(b"\x01\x01")
+        assert _recv_exactly(conn, 1) == b"\x01"
+        conn.sendall(struct.pack(">I", 0))
+        _recv_exactly(conn, 1)  # ClientInit
+        conn.sendall(SERVER_INIT)
+        got.append(_recv_exactly(conn, expect))
+        conn.sendall(b"seen")
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("who", "passed"),
+    [
+        ("watcher", SET_ENCODINGS + UPDATE_REQUEST),
+        ("typist", MESSAGES),
+    ],
+)
+def test_viewer_vnc_tunnel_is_view_only(roles_server, who, passed):
+    """Through a viewer's VNC tunnel its key and pointer events never reach
+    the VNC server (what shapes the picture does); an operator's all do."""
+    server, certs = roles_server
+    got: list[bytes] = []
+    standin = StandIn(_open_vnc_server(got, len(passed)), speaks_first=True)
+    try:
+        register(server, "vnc3", [standin.endpoint("vnc")])
+        tunnel = TunnelSocket(server, "vnc3", "vnc", cert=certs[who])
+        assert tunnel.status == 200, tunnel.head
+        assert _viewer_handshake(tunnel) == b"\x01\x01"
+        tunnel.sock.sendall(b"\x01")
+        assert tunnel.read_exactly(4) == b"\x00\x00\x00\x00"
+        tunnel.sock.sendall(b"\x01")
+        assert tunnel.read_exactly(len(SERVER_INIT)) == SERVER_INIT
+        tunnel.sock.sendall(MESSAGES)
+        assert tunnel.read_exactly(4) == b"seen"
+        assert got == [passed]
+        tunnel.close()
+    finally:
+        standin.stop()
+    assert not standin.errors

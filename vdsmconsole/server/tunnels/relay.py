@@ -1,5 +1,7 @@
 """A graphics tunnel: the viewer's connection and the endpoint's, relayed
-with backpressure both ways.
+with backpressure both ways.  A ``viewer``'s VNC tunnel is view-only: its
+RFB messages pass through ``protocols/rfbclient.py``, which drops key,
+pointer and clipboard messages (SPICE and RDP are relayed as they are).
 
 Each side's transport is the other side's consumer: a viewer that stops
 reading fills its send buffer (``[console] client_buffer_bytes``), which
@@ -25,6 +27,8 @@ from zope.interface import implementer
 
 from vdsmconsole.graphics import GraphicsEndpoint
 from vdsmconsole.identity import log_safe
+from vdsmconsole.protocols.rfbclient import ClientMessageFilter
+from vdsmconsole.server.authz import ROLES, Permission
 from vdsmconsole.server.tunnels.connector import connect_endpoint, failure_reason
 from vdsmconsole.server.tunnels.tunnel import CLOSE_GRACE, Tunnel, abort_if_open
 from vdsmconsole.server.tunnels.vncauth import VncAuthStep
@@ -69,6 +73,8 @@ class RelayTunnel(Tunnel):
         self.endpointTransport: Any = None
         self.toEndpoint = 0
         self.auth: VncAuthStep | None = None
+        self.viewOnly = Permission.WRITE not in ROLES[self.grant.role]
+        self.viewFilter: ClientMessageFilter | None = None
         self.connecting: Deferred[Any] | None = connect_endpoint(
             reactor, endpoint, self.protocol
         )
@@ -121,7 +127,9 @@ class RelayTunnel(Tunnel):
             True,
         )
         password = self.endpoint.password
-        if self.endpoint.type == "vnc" and password:
+        if self.endpoint.type == "vnc" and (password or self.viewOnly):
+            # A viewer's VNC is view-only: the handshake is run here (with
+            # the password if there is one) to know where its messages start.
             self.auth = VncAuthStep(
                 password,
                 self.link.write,
@@ -139,8 +147,18 @@ class RelayTunnel(Tunnel):
             return
         if self.auth is not None:
             self.auth.from_viewer(data)
+        elif self.viewFilter is not None:
+            self._filtered(data)
         else:
             self._writeEndpoint(data)
+
+    def _filtered(self, data: bytes) -> None:
+        """A viewer's RFB messages: its input (keys, pointer, clipboard) dropped."""
+        assert self.viewFilter is not None
+        out, unknown = self.viewFilter.feed(data)
+        self._writeEndpoint(out)
+        if unknown:
+            self.close(f"view-only VNC: {unknown[0].reason}")
 
     def fromEndpoint(self, data: bytes) -> None:
         if self.done:
@@ -158,7 +176,11 @@ class RelayTunnel(Tunnel):
     def _authDone(self, to_viewer: bytes, to_endpoint: bytes) -> None:
         self.auth = None
         self.link.write(to_viewer)
-        self._writeEndpoint(to_endpoint)
+        if self.viewOnly:
+            self.viewFilter = ClientMessageFilter(view_only=True)
+            self._filtered(to_endpoint)
+        else:
+            self._writeEndpoint(to_endpoint)
 
     # -- the end ---------------------------------------------------------------
 
@@ -178,7 +200,10 @@ class RelayTunnel(Tunnel):
         self.close(why)
 
     def closeFields(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint.address}
+        fields: dict[str, Any] = {"endpoint": self.endpoint.address}
+        if self.viewFilter is not None:
+            fields["inputMessagesDropped"] = self.viewFilter.dropped
+        return fields
 
     def release(self) -> None:
         transport = self.endpointTransport
