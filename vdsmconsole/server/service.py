@@ -47,6 +47,8 @@ from vdsmconsole.server.tls.files import TLSFiles
 from vdsmconsole.server.tls.reload import ServerTLS
 from vdsmconsole.server.tokens.connectinfo import install_connect_info
 from vdsmconsole.server.tokens.setup import make_token_store, revoker, start_tokens
+from vdsmconsole.server.tunnels.resource import install_tunnels
+from vdsmconsole.server.tunnels.tunnel import cut_tunnels
 from vdsmconsole.sources.factory import make_source
 from vdsmconsole.sources.options import SourceOptions
 from vdsmconsole.spec import ConsoleSpec
@@ -154,6 +156,7 @@ def build_site(context: ServerContext) -> ConsoleSite:
     site = ConsoleSite(root, context.reactor, site_limits(context.config))
     install_streams(site, root, context)
     install_connect_info(root, context)
+    install_tunnels(site, root, context)
     return site
 
 
@@ -253,6 +256,7 @@ class ConsoleService(Service):
         # ended: their consoles come back with the server).
         while self._rpc_in_flight() and self.reactor.seconds() < deadline:
             yield _later(self.reactor, 0.05)
+        cut_tunnels(self.site)  # as streams are cut: their consoles come back
         if self.context.graphics_probe is not None:
             self.context.graphics_probe.stop()
         yield self.context.registry.stop_all()
