@@ -10,7 +10,8 @@ What a tunnel does depends on its vmId:
 - ``flood``: 200, then ``FLOOD`` bytes as fast as the client takes them
   (``sent`` counts them), then closes;
 - ``sink``: 200, then reads nothing until ``release`` is set, then counts
-  and hashes what comes (``received``, ``digest``) until the client closes;
+  and hashes what comes (``received``, ``digest``) until the client closes
+  (``ended`` counts those);
 - ``missing``: 404 with the server's line and a Content-Length;
 - ``down``: 502 with no Content-Length: the text ends with the connection.
 
@@ -49,6 +50,7 @@ class FakeTunnelServer:
         self.requests: list[str] = []  # request lines, in order
         self.sent = 0
         self.received = 0
+        self.ended = 0
         self.digest = hashlib.sha256()
         self.release = threading.Event()
         self.stopping = threading.Event()
@@ -151,6 +153,7 @@ class FakeTunnelServer:
             self._count(rest)
             while data := conn.recv(CHUNK):
                 self._count(data)
+            self.ended += 1  # the client closed its side
             return
         conn.sendall(ok + (b"hello" if vm_id == "hello" else b""))
         if rest:

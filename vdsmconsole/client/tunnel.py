@@ -90,6 +90,7 @@ class Tunnel:
         self._on_data: Callable[[bytes], object] | None = None
         self._pending = b""
         self._held = False  # reading paused until someone takes the bytes
+        self._local: Any = None  # the transport of splice()
 
     @property
     def transport(self) -> Any:
@@ -129,6 +130,9 @@ class Tunnel:
         """Close the tunnel once what was written is sent."""
         if not self.closed:
             self.closed = True
+            if self._local is not None:
+                # A transport with a producer registered never closes.
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def splice(self, local: Any) -> None:
@@ -138,10 +142,17 @@ class Tunnel:
         its own buffer is full (producer and consumer), and when either side
         closes, the other is closed once its pending bytes are out.
         """
+        self._local = local
         local.registerProducer(self.transport, True)
         self.transport.registerProducer(local, True)
         self.on_data = local.write
-        self.done.addCallback(lambda _: local.loseConnection())
+        self.done.addCallback(self._unsplice)
+
+    def _unsplice(self, _: object) -> None:
+        local, self._local = self._local, None
+        if local is not None:
+            local.unregisterProducer()
+            local.loseConnection()  # once what it still has to send is out
 
     def _lost(self) -> None:
         self.closed = True

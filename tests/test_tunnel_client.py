@@ -1,0 +1,292 @@
+"""The client's tunnels against a stand-in CONNECT server on loopback TLS
+(tests/tunnelfake.py): the library on the test's reactor, and the
+``tunnel`` command as a user runs it, with plain sockets as the viewer.
+
+The server's own tunnels are tested against these clients in the
+end-to-end tests of the real server (test_e2e_graphics.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from tests.clienthelp import credentials
+from tests.clihelp import CLIENT
+from tests.serverproc import wait_for
+from tests.tunnelfake import CHUNK, FLOOD, FakeTunnelServer
+from vdsmconsole.client import (
+    ConsoleClient,
+    ConsoleUnavailable,
+    NoSuchConsole,
+    TLSError,
+)
+from vdsmconsole.testing import wait_until
+
+pytestmark = pytest.mark.e2e
+
+LISTENING = re.compile(
+    r"listening on 127\.0\.0\.1:(\d+) \(vncviewer 127\.0\.0\.1::\1\)"
+)
+RSS_BOUND = 16 * 1024 * 1024
+
+
+@pytest.fixture
+def fake(pki) -> Iterator[FakeTunnelServer]:
+    server = FakeTunnelServer(pki)
+    yield server
+    server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def client(fake, pki):
+    c = ConsoleClient("127.0.0.1", fake.port, credentials(pki), reactor, timeout=10)
+    yield c
+    await c.close()
+
+
+# -- the library ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tunnel_carries_bytes_both_ways_unchanged(client, fake):
+    """tunnel() fires once the server said 200; bytes go both ways as they are,
+    those that came with the answer first."""
+    got = bytearray()
+    tunnel = await client.tunnel("hello", "vnc", on_data=got.extend)
+    payload = bytes(range(256)) * 64 + b"HTTP/1.1 200\r\n\r\n"
+    tunnel.write(payload)
+    await wait_until(lambda: len(got) >= 5 + len(payload), "the echo")
+    assert bytes(got) == b"hello" + payload
+    assert fake.tunnels() == ["CONNECT /consoleTunnel/hello?protocol=vnc HTTP/1.1"]
+    tunnel.close()
+    await tunnel.done
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_goes_in_the_query(client, fake):
+    """token= is sent as the tunnel's token parameter."""
+    tunnel = await client.tunnel("echo", "serial", token="T" * 43)
+    tunnel.close()
+    assert fake.tunnels() == [
+        f"CONNECT /consoleTunnel/echo?protocol=serial&token={'T' * 43} HTTP/1.1"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusals_raise_the_usual_errors_with_the_servers_line(client):
+    """404 is NoSuchConsole and 502 ConsoleUnavailable, each with the first
+    line the server sent (with or without a Content-Length)."""
+    with pytest.raises(NoSuchConsole) as missing:
+        await client.tunnel("missing1", "vnc")
+    assert str(missing.value) == "no such VM missing1"
+    with pytest.raises(ConsoleUnavailable) as down:
+        await client.tunnel("down", "vnc")
+    assert str(down.value) == "vnc endpoint of down at /nowhere refused the connection"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_certificate_is_a_tls_error(fake, odd_certs, pki):
+    """The server refusing our certificate is the client's usual TLSError."""
+    cert, key = odd_certs["other_ca"]
+    creds = credentials(pki)
+    creds = type(creds)(creds.ca, cert, key)
+    client = ConsoleClient("127.0.0.1", fake.port, creds, reactor, timeout=10)
+    try:
+        with pytest.raises(TLSError):
+            await client.tunnel("echo", "vnc")
+    finally:
+        await client.close()
+
+
+# -- the command ---------------------------------------------------------------
+
+
+class TunnelCommand:
+    """``vdsmconsole-client ... tunnel VMID --protocol vnc``, as a user runs it."""
+
+    def __init__(self, fake: FakeTunnelServer, pki, workdir: Path, vm_id: str) -> None:
+        self.out = workdir / "tunnel.out"
+        self.err = workdir / "tunnel.err"
+        argv = [*CLIENT, "--pki", str(pki.root), f"127.0.0.1:{fake.port}"]
+        argv += ["tunnel", vm_id, "--protocol", "vnc"]
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+            )
+
+    def listening(self) -> int | None:
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"tunnel exited {self.process.returncode}: {self.err.read_text()}"
+            )
+        found = LISTENING.search(self.out.read_text())
+        return int(found.group(1)) if found else None
+
+    def rss(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def command(fake, pki, tmp_path):
+    started: list[TunnelCommand] = []
+
+    def start(vm_id: str) -> TunnelCommand:
+        tunnel = TunnelCommand(fake, pki, tmp_path, vm_id)
+        started.append(tunnel)
+        return tunnel
+
+    yield start
+    for tunnel in started:
+        tunnel.stop()
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def test_each_local_connection_is_its_own_tunnel_until_a_signal(command, fake):
+    """The command prints one line a viewer can use; two local connections are
+    two tunnels, each carrying its own bytes; SIGINT ends it with 130."""
+    tunnel = command("echo")
+    port = wait_for(tunnel.listening, 30, "the listening line")
+    first = socket.create_connection(("127.0.0.1", port), timeout=10)
+    second = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with first, second:
+        first.sendall(b"one")
+        second.sendall(b"two")
+        assert recv_exactly(first, 3) == b"one"
+        assert recv_exactly(second, 3) == b"two"
+        assert len(fake.tunnels()) == 2
+    tunnel.process.send_signal(signal.SIGINT)
+    assert tunnel.process.wait(10) == 128 + signal.SIGINT
+    assert tunnel.err.read_text() == ""
+
+
+def test_an_unknown_vm_ends_the_command_before_it_listens(command):
+    """An unknown vmId: one line and exit 1, no port opened."""
+    tunnel = command("missing2")
+    assert tunnel.process.wait(30) == 1
+    assert tunnel.out.read_text() == ""
+    assert tunnel.err.read_text() == (
+        "vdsmconsole-client: missing2: Virtual machine does not exist: missing2 "
+        "(status 1)\n"
+    )
+
+
+def test_a_refused_tunnel_is_one_line_and_the_port_stays(command):
+    """A tunnel the server refuses closes that local connection with one line
+    on stderr; the command keeps listening."""
+    tunnel = command("down")
+    port = wait_for(tunnel.listening, 30, "the listening line")
+    for attempt in (1, 2):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as viewer:
+            assert viewer.recv(1) == b""
+        wait_for(
+            lambda n=attempt: tunnel.err.read_text().count("\n") == n,
+            10,
+            "the error line",
+        )
+    line = tunnel.err.read_text().splitlines()[0]
+    assert re.fullmatch(
+        r"vdsmconsole-client: tunnel for 127\.0\.0\.1:\d+: vnc endpoint of down "
+        r"at /nowhere refused the connection",
+        line,
+    )
+    assert tunnel.process.poll() is None
+
+
+def wait_stalled(progress, quiet: float = 2.0, timeout: float = 120.0) -> int:
+    """Until ``progress()`` stays the same for ``quiet`` seconds; its value."""
+    state = {"value": progress(), "since": time.monotonic()}
+
+    def stalled() -> bool:
+        now, value = time.monotonic(), progress()
+        if value != state["value"]:
+            state["value"], state["since"] = value, now
+            return False
+        return now - state["since"] >= quiet
+
+    wait_for(stalled, timeout, "the transfer to stall")
+    return state["value"]
+
+
+def test_a_viewer_that_stops_reading_stops_the_flood(command, fake):
+    """Backpressure towards the server: while the local viewer reads nothing,
+    the server's flood stalls and the client's memory stays bounded; then
+    every byte arrives, in order."""
+    tunnel = command("flood")
+    port = wait_for(tunnel.listening, 30, "the listening line")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as viewer:
+        wait_for(lambda: fake.sent > 0, 30, "the flood to start")
+        base = tunnel.rss()
+        stalled_at = wait_stalled(lambda: fake.sent)
+        assert stalled_at < FLOOD / 2, "the client read the flood regardless"
+        assert tunnel.rss() - base < RSS_BOUND
+        block = bytes(range(256)) * (CHUNK // 256)
+        expected = hashlib.sha256(block * (FLOOD // CHUNK)).hexdigest()
+        digest, count = hashlib.sha256(), 0
+        while chunk := viewer.recv(1 << 20):
+            digest.update(chunk)
+            count += len(chunk)
+    assert (count, digest.hexdigest()) == (FLOOD, expected)
+
+
+def test_a_server_that_stops_reading_stops_the_viewer(command, fake):
+    """Backpressure towards the viewer: while the server reads nothing, the
+    client stops reading the viewer (its sends block) with memory bounded;
+    then every byte arrives, in order, and the viewer leaving closes the
+    tunnel."""
+    tunnel = command("sink")
+    port = wait_for(tunnel.listening, 30, "the listening line")
+    block = os.urandom(CHUNK)
+    sent = {"bytes": 0}
+    viewer = socket.create_connection(("127.0.0.1", port), timeout=60)
+
+    def write() -> None:
+        with viewer:
+            while sent["bytes"] < FLOOD:
+                viewer.sendall(block)
+                sent["bytes"] += len(block)
+            viewer.shutdown(socket.SHUT_WR)
+            viewer.recv(1)  # until the client closes
+
+    writer = threading.Thread(target=write, daemon=True)
+    wait_for(lambda: fake.tunnels(), 30, "the tunnel")
+    base = tunnel.rss()
+    writer.start()
+    try:
+        stalled_at = wait_stalled(lambda: sent["bytes"])
+        assert stalled_at < FLOOD / 2, "the client read the viewer regardless"
+        assert tunnel.rss() - base < RSS_BOUND
+    finally:
+        fake.release.set()
+    writer.join(120)
+    wait_for(lambda: fake.ended == 1, 60, "the tunnel to close")
+    assert fake.received == FLOOD
+    assert (
+        fake.digest.hexdigest() == hashlib.sha256(block * (FLOOD // CHUNK)).hexdigest()
+    )
