@@ -13,20 +13,18 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from tests.clienthelp import credentials
-from tests.clihelp import CLIENT
 from tests.serverproc import wait_for
 from tests.tunnelfake import CHUNK, FLOOD, FakeTunnelServer
+from tests.tunnelhelp import TunnelCommand, recv_exactly
 from vdsmconsole.client import (
     ConsoleClient,
     ConsoleUnavailable,
@@ -37,9 +35,6 @@ from vdsmconsole.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 
-LISTENING = re.compile(
-    r"listening on 127\.0\.0\.1:(\d+) \(vncviewer 127\.0\.0\.1::\1\)"
-)
 RSS_BOUND = 16 * 1024 * 1024
 
 
@@ -114,43 +109,12 @@ async def test_a_refused_certificate_is_a_tls_error(fake, odd_certs, pki):
 # -- the command ---------------------------------------------------------------
 
 
-class TunnelCommand:
-    """``vdsmconsole-client ... tunnel VMID --protocol vnc``, as a user runs it."""
-
-    def __init__(self, fake: FakeTunnelServer, pki, workdir: Path, vm_id: str) -> None:
-        self.out = workdir / "tunnel.out"
-        self.err = workdir / "tunnel.err"
-        argv = [*CLIENT, "--pki", str(pki.root), f"127.0.0.1:{fake.port}"]
-        argv += ["tunnel", vm_id, "--protocol", "vnc"]
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.process = subprocess.Popen(
-                argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL
-            )
-
-    def listening(self) -> int | None:
-        if self.process.poll() is not None:
-            raise AssertionError(
-                f"tunnel exited {self.process.returncode}: {self.err.read_text()}"
-            )
-        found = LISTENING.search(self.out.read_text())
-        return int(found.group(1)) if found else None
-
-    def rss(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-
 @pytest.fixture
 def command(fake, pki, tmp_path):
     started: list[TunnelCommand] = []
 
     def start(vm_id: str) -> TunnelCommand:
-        tunnel = TunnelCommand(fake, pki, tmp_path, vm_id)
+        tunnel = TunnelCommand(fake.port, pki.root, tmp_path, vm_id)
         started.append(tunnel)
         return tunnel
 
@@ -159,20 +123,12 @@ def command(fake, pki, tmp_path):
         tunnel.stop()
 
 
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"closed after {len(data)} of {size} bytes"
-        data += chunk
-    return data
-
-
 def test_each_local_connection_is_its_own_tunnel_until_a_signal(command, fake):
     """The command prints one line a viewer can use; two local connections are
     two tunnels, each carrying its own bytes; SIGINT ends it with 130."""
     tunnel = command("echo")
     port = wait_for(tunnel.listening, 30, "the listening line")
+    assert tunnel.hint() == f"vncviewer 127.0.0.1::{port}"
     first = socket.create_connection(("127.0.0.1", port), timeout=10)
     second = socket.create_connection(("127.0.0.1", port), timeout=10)
     with first, second:
@@ -181,8 +137,7 @@ def test_each_local_connection_is_its_own_tunnel_until_a_signal(command, fake):
         assert recv_exactly(first, 3) == b"one"
         assert recv_exactly(second, 3) == b"two"
         assert len(fake.tunnels()) == 2
-    tunnel.process.send_signal(signal.SIGINT)
-    assert tunnel.process.wait(10) == 128 + signal.SIGINT
+    assert tunnel.interrupt() == 128 + signal.SIGINT
     assert tunnel.err.read_text() == ""
 
 
