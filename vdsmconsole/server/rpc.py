@@ -29,6 +29,7 @@ from vdsmconsole.identity import identity_of
 from vdsmconsole.server.authz import rpc_permission
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin
+from vdsmconsole.server.tokens import methods as tokens
 from vdsmconsole.spec import (
     DEFAULT_READ_BYTES,
     SOURCE_TYPES,
@@ -331,24 +332,24 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             lambda n: success(written=n)
         )
 
-    # -- remote consoles (issue 13: being built) ---------------------------
+    # -- remote consoles: console tokens (bodies in server/tokens/methods.py) --
 
-    @rpc_method()
+    @rpc_method(with_request=True)
     def xmlrpc_remoteConsole(
-        self, vmId: object, protocol: object, params: object = None
+        self, request: Any, vmId: object, protocol: object, params: object = None
     ) -> dict[str, Any]:
         """A console token for a VM's serial, vnc, spice or rdp console."""
-        raise StatusError(Code.NO_IMPL)
+        return tokens.remote_console(self.context, request, vmId, protocol, params)
 
-    @rpc_method()
-    def xmlrpc_revokeConsoleTokens(self, vmId: object) -> dict[str, Any]:
+    @rpc_method(with_request=True)
+    def xmlrpc_revokeConsoleTokens(self, request: Any, vmId: object) -> dict[str, Any]:
         """Revoke every live console token of a VM."""
-        raise StatusError(Code.NO_IMPL)
+        return tokens.revoke_console_tokens(self.context, request, vmId)
 
-    @rpc_method()
-    def xmlrpc_consoleConnectInfo(self, token: object) -> dict[str, Any]:
+    @rpc_method(with_request=True)
+    def xmlrpc_consoleConnectInfo(self, request: Any, token: object) -> dict[str, Any]:
         """Connect info of a console token (Nova's os-console-auth-tokens)."""
-        raise StatusError(Code.NO_IMPL)
+        return tokens.console_connect_info(self.context, request, token)
 
 
 def _bad_introspection_args(function: Any, args: tuple[Any, ...]) -> str:

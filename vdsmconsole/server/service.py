@@ -44,6 +44,10 @@ from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.streams.resource import install_streams
 from vdsmconsole.server.tls.files import TLSFiles
 from vdsmconsole.server.tls.reload import ServerTLS
+from vdsmconsole.server.tokens.connectinfo import install_connect_info
+from vdsmconsole.server.tokens.setup import make_token_store, revoker, start_tokens
+from vdsmconsole.server.tunnels.resource import install_tunnels
+from vdsmconsole.server.tunnels.tunnel import cut_tunnels
 from vdsmconsole.sources.factory import make_source
 from vdsmconsole.sources.options import SourceOptions
 from vdsmconsole.spec import ConsoleSpec
@@ -129,6 +133,8 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
         config.spawn_commands,
         context.policy,
     )
+    context.tokens = make_token_store(config.state_dir, reactor)
+    context.registry.destroyed.append(revoker(context.tokens, context.audit))
     return context
 
 
@@ -146,6 +152,8 @@ def build_site(context: ServerContext) -> ConsoleSite:
     root = Root(rpc)
     site = ConsoleSite(root, context.reactor, site_limits(context.config))
     install_streams(site, root, context)
+    install_connect_info(root, context)
+    install_tunnels(site, root, context)
     return site
 
 
@@ -164,6 +172,7 @@ class ConsoleService(Service):
         self.listening: Any = None
         self.tls: ServerTLS | None = None
         self._expiry_check: task.LoopingCall | None = None
+        self._token_pruning: task.LoopingCall | None = None
 
     def startService(self) -> None:
         """Listen; raise StartupError (one line) if anything is missing."""
@@ -192,6 +201,7 @@ class ConsoleService(Service):
             self.listening.transport = EagerServer
         self.context.port = self.listening.getHost().port
         self.context.registry.load()
+        self._token_pruning = start_tokens(self.context.tokens, self.reactor)
         super().startService()
         log.info(
             "vdsmconsole listening on {bind}:{port}",
@@ -226,8 +236,9 @@ class ConsoleService(Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        if self._expiry_check is not None and self._expiry_check.running:
-            self._expiry_check.stop()
+        for looping in (self._expiry_check, self._token_pruning):
+            if looping is not None and looping.running:
+                looping.stop()
         assert self.site is not None and self.context is not None
         # From now on no new request: those on open connections get 503
         # (HTTP/1.1, then closed) or a GOAWAY (HTTP/2), so that no client
@@ -240,6 +251,7 @@ class ConsoleService(Service):
         # ended: their consoles come back with the server).
         while self._rpc_in_flight() and self.reactor.seconds() < deadline:
             yield _later(self.reactor, 0.05)
+        cut_tunnels(self.site)  # as streams are cut: their consoles come back
         yield self.context.registry.stop_all()
         self.context.audit.close()
         log.info("vdsmconsole stopped")

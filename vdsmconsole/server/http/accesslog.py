@@ -3,7 +3,8 @@
 The user field is the peer's certificate name.  Names, paths and headers
 come from the client, so each field has its control characters escaped
 (``identity.log_safe``) and its quotes and spaces percent-encoded: no
-request can split the line or forge another.
+request can split the line or forge another.  Console tokens in the target
+are replaced by ``***`` (redact.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from vdsmconsole.identity import identity_of, log_safe
+from vdsmconsole.server.http.redact import redact_target
 
 __all__ = ["access_log_line"]
 
@@ -29,7 +31,7 @@ def access_log_line(timestamp: str, request: Any) -> str:
         user=_quote(str(identity_of(request)), escaped=True),
         timestamp=timestamp,
         method=_quote(request.method),
-        uri=_quote(request.uri),
+        uri=_quote(redact_target(request.uri)),
         protocol=_quote(request.clientproto),
         code=request.code,
         length=request.sentLength or "-",
