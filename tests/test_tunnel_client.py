@@ -21,13 +21,14 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.clienthelp import credentials
+from tests.clienthelp import DEMO_CONFIG, create, credentials
 from tests.serverproc import wait_for
 from tests.tunnelfake import CHUNK, FLOOD, FakeTunnelServer
 from tests.tunnelhelp import TunnelCommand, recv_exactly
 from vdsmconsole.client import (
     ConsoleClient,
     ConsoleUnavailable,
+    HTTPError,
     NoSuchConsole,
     TLSError,
 )
@@ -245,3 +246,44 @@ def test_a_server_that_stops_reading_stops_the_viewer(command, fake):
     assert (
         fake.digest.hexdigest() == hashlib.sha256(block * (FLOOD // CHUNK)).hexdigest()
     )
+
+
+# -- against the real server ---------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def real(server_factory, pki):
+    """The real server with a demo guest ``vm1``, and a client of it."""
+    server = server_factory(DEMO_CONFIG)
+    c = ConsoleClient("127.0.0.1", server.port, credentials(pki), reactor, timeout=10)
+    await create(c, "vm1")
+    yield c
+    await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_serial_tunnel_to_the_real_server_types_and_reads(real):
+    """Through the real server's serial tunnel the guest gets what we type
+    and we get its output, with no HTTP framing."""
+    got = bytearray()
+    tunnel = await real.tunnel("vm1", "serial", on_data=got.extend)
+    tunnel.write(b"echo through-the-tunnel\r")
+    await wait_until(lambda: b"through-the-tunnel\r\n" in got, "the echo", timeout=10)
+    assert b"\r\n0\r\n" not in got  # no chunk framing
+    tunnel.close()
+    await tunnel.done
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_real_servers_refusals_are_the_usual_errors(real):
+    """Unknown vmId and no such console on the VM: NoSuchConsole with the
+    server's line; an unknown protocol: HTTPError 400."""
+    with pytest.raises(NoSuchConsole) as unknown:
+        await real.tunnel("nosuch", "vnc")
+    assert "nosuch" in str(unknown.value)
+    with pytest.raises(NoSuchConsole) as no_vnc:
+        await real.tunnel("vm1", "vnc")
+    assert "vm1" in str(no_vnc.value) and "vnc" in str(no_vnc.value)
+    with pytest.raises(HTTPError) as bad:
+        await real.tunnel("vm1", "telnet")
+    assert bad.value.code == 400
