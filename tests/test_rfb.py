@@ -158,7 +158,9 @@ def test_server_offering_none_only(server_messages, to_server):
     though a password is stored."""
     steps = [("viewer", V38), *[("server", m) for m in server_messages]]
     steps += [("viewer", b"\x01"), ("viewer", b"\x00")]
-    sent, to_viewer, events = run(VncAuthProxy(PASSWORD), steps)
+    proxy = VncAuthProxy(PASSWORD)
+    sent, to_viewer, events = run(proxy, steps)
+    assert proxy.security_type == 1
     assert sent == to_server + b"\x00"
     assert to_viewer == V38 + b"\x01\x01" + OK
     assert events == [HandshakeDone(b"", b"")]
@@ -227,10 +229,15 @@ WRONG = b"the VNC server refused the stored VNC password"
             [V38, b"\x01\x02", CHALLENGE, FAILED + reason(b"Authentication failed")],
             WRONG + b" (Authentication failed)",
         ),
+        # qemu's exact bytes: its length counts the C string's NUL.
+        (
+            [V38, b"\x01\x02", CHALLENGE, FAILED + reason(b"Authentication failed\0")],
+            WRONG + b" (Authentication failed)",
+        ),
         ([V37, b"\x01\x02", CHALLENGE, FAILED], WRONG),
         ([V33, u32(2), CHALLENGE, FAILED], WRONG),
     ],
-    ids=["3.8", "3.7", "3.3"],
+    ids=["3.8", "3.8-qemu", "3.7", "3.3"],
 )
 def test_wrong_stored_password(server_messages, why, viewer, one_byte):
     """The server refuses the stored password: the viewer gets no security

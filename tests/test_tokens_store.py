@@ -10,6 +10,11 @@ import stat
 import pytest
 from twisted.internet.task import Clock
 
+from vdsmconsole.server.tokens.setup import (
+    PRUNE_SECONDS,
+    make_token_store,
+    start_tokens,
+)
 from vdsmconsole.server.tokens.store import (
     TokenGrant,
     TokenStore,
@@ -251,3 +256,21 @@ def test_a_bad_file_loads_nothing(tmp_path, content):
     path.write_text(content)
     store = TokenStore(_clock(), path)
     assert store.load() == 0
+
+
+def test_the_server_prunes_expired_tokens_every_minute(tmp_path):
+    """start_tokens loads the file and prunes it every PRUNE_SECONDS on the clock."""
+    path = tmp_path / "tokens.json"
+    clock = _clock()
+    TokenStore(clock, path).mint("vm1", "vnc", "viewer", 5, False)
+    store = make_token_store(tmp_path, clock)
+    pruning = start_tokens(store, clock)
+    try:
+        assert len(store) == 1
+        clock.advance(PRUNE_SECONDS - 1)
+        assert len(store) == 1  # expired (refused) but not yet pruned
+        clock.advance(1)
+        assert len(store) == 0
+        assert json.loads(path.read_text())["tokens"] == {}
+    finally:
+        pruning.stop()

@@ -161,6 +161,12 @@ class VncAuthProxy:
         return self._state == "done"
 
     @property
+    def security_type(self) -> int | None:
+        """The security type used with the VNC server (1 None, 2 VNC
+        authentication), once chosen; for log lines."""
+        return self._security
+
+    @property
     def failed(self) -> bool:
         """True once AuthFailed or ProtocolError was emitted."""
         return self._state == "failed"
@@ -335,7 +341,9 @@ class VncAuthProxy:
             )
         if len(self._from_server) < 4 + length:
             return False
-        reason = printable(self._take(self._from_server, 4 + length)[4:])
+        # C servers (qemu among them) count the string's NUL terminator too.
+        raw = self._take(self._from_server, 4 + length)[4:].rstrip(b"\0")
+        reason = printable(raw)
         return self._refuse(self._refusal_text(reason))
 
     def _refusal_text(self, reason: str) -> str:

@@ -8,12 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    UNIXClientEndpoint,
-    connectProtocol,
-)
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 
 from vdsmconsole.graphics import GraphicsEndpoint
 
@@ -30,7 +26,9 @@ def connect_endpoint(
         client = HostnameEndpoint(
             reactor, endpoint.host, endpoint.port, CONNECT_TIMEOUT
         )
-    connected: defer.Deferred[Protocol] = connectProtocol(client, protocol)
+    factory = Factory.forProtocol(lambda: protocol)
+    factory.noisy = False  # no "Starting factory" lines: one line per tunnel
+    connected: defer.Deferred[Protocol] = client.connect(factory)
     return connected
 
 

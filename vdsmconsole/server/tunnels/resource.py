@@ -36,7 +36,7 @@ from vdsmconsole.server.tunnels.query import (
 from vdsmconsole.server.tunnels.relay import RelayTunnel
 from vdsmconsole.server.tunnels.serial import SerialTunnel
 from vdsmconsole.server.tunnels.takeover import ViewerLink
-from vdsmconsole.server.tunnels.tunnel import TunnelGrant
+from vdsmconsole.server.tunnels.tunnel import TunnelGrant, close_vm_tunnels
 from vdsmconsole.spec import is_valid_vm_id
 from vdsmconsole.status import Code, StatusError, no_vm_message
 
@@ -175,8 +175,10 @@ def _reset_h2_connect(request: ConsoleRequest) -> None:
 
 
 def install_tunnels(site: ConsoleSite, root: Root, context: ServerContext) -> None:
-    """Route /consoleTunnel/<vmId> and check CONNECT requests' headers."""
+    """Route /consoleTunnel/<vmId>, check CONNECT requests' headers, and
+    close a VM's tunnels when it is destroyed."""
     root.tunnels = lambda vm_id: TunnelResource(context, vm_id)
+    context.registry.destroyed.append(lambda vm_id: close_vm_tunnels(site, vm_id))
     previous = site.headersReceivedHook
 
     def headers_received(request: ConsoleRequest) -> None:

@@ -112,3 +112,10 @@ def cut_tunnels(site: Any) -> None:
     """Cut every open tunnel of ``site`` (the server stops)."""
     for tunnel in list(site.tunnels):
         tunnel.cut()
+
+
+def close_vm_tunnels(site: Any, vm_id: str) -> None:
+    """Close the tunnels of a destroyed VM (a serial one ends with its console)."""
+    for tunnel in list(site.tunnels):
+        if tunnel.grant.vm_id == vm_id:
+            tunnel.close("the VM was destroyed")

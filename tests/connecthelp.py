@@ -1,0 +1,148 @@
+"""Helpers for the tunnel tests: a CONNECT over TLS, stand-in endpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.hardening import tls_connect
+from tests.serverproc import ServerProcess
+
+
+class TunnelSocket:
+    """A CONNECT sent on a fresh TLS connection; ``status`` and ``head`` are
+    the answer's, ``leftover`` what came after its headers."""
+
+    def __init__(
+        self,
+        server: ServerProcess,
+        vm_id: str,
+        protocol: str,
+        token: str | None = None,
+        cert: tuple[Path, Path] | None = None,
+        rcvbuf: int | None = None,
+        early: bytes = b"",
+        timeout: float = 20,
+    ) -> None:
+        self.sock = tls_connect(server, timeout=timeout, cert=cert, rcvbuf=rcvbuf)
+        query = f"protocol={protocol}" + (f"&token={token}" if token else "")
+        self.sock.sendall(
+            f"CONNECT /consoleTunnel/{vm_id}?{query} HTTP/1.1\r\n"
+            "Host: localhost\r\n\r\n".encode()
+            + early
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = self.sock.recv(65536)
+            if not more:
+                break
+            data += more
+        self.head, _, self.leftover = data.partition(b"\r\n\r\n")
+        self.status = int(self.head[9:12]) if self.head.startswith(b"HTTP/1.1 ") else 0
+
+    def read_exactly(self, n: int) -> bytes:
+        """``n`` bytes of the tunnel (what came with the headers first)."""
+        out = bytearray(self.leftover)
+        self.leftover = b""
+        while len(out) < n:
+            more = self.sock.recv(min(1 << 20, n - len(out)))
+            if not more:
+                raise AssertionError(f"tunnel closed after {len(out)} of {n} bytes")
+            out += more
+        return bytes(out)
+
+    def read_until(self, needle: bytes, limit: int = 1 << 20) -> bytes:
+        out = bytearray(self.leftover)
+        self.leftover = b""
+        while needle not in out:
+            more = self.sock.recv(65536)
+            if not more or len(out) > limit:
+                raise AssertionError(f"no {needle!r} in {bytes(out[-300:])!r}")
+            out += more
+        return bytes(out)
+
+    def body(self) -> bytes:
+        """The rest until the server closes (an error answer's body)."""
+        out = bytearray(self.leftover)
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+            while more := self.sock.recv(65536):
+                out += more
+        return bytes(out)
+
+    def closed_by_server(self) -> bool:
+        """Whether the server closed the tunnel (EOF or reset), reading on."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class StandIn:
+    """A TCP endpoint on loopback: each accepted connection is handed to
+    ``handler(conn)`` on a thread; ``stop()`` closes everything."""
+
+    def __init__(self, handler: Callable[[socket.socket], Any]) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = int(self.listener.getsockname()[1])
+        self.handler = handler
+        self.conns: list[socket.socket] = []
+        self.errors: list[BaseException] = []
+        self.threads: list[threading.Thread] = []
+        self.accepted = threading.Event()
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            self.accepted.set()
+            thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass  # the server cut the connection: what some tests want
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.errors.append(e)
+
+    def endpoint(self, kind: str = "rdp") -> dict[str, Any]:
+        return {"type": kind, "host": "127.0.0.1", "port": self.port}
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def register(server: ServerProcess, vm_id: str, graphics: list, **params: Any) -> None:
+    """Create a VM with these graphics endpoints (and maybe a console)."""
+    reply = server.rpc().create({"vmId": vm_id, "graphics": graphics, **params})
+    assert reply["status"]["code"] == 0, reply
+
+
+def tunnel_records(server: ServerProcess, event: str) -> list[dict[str, Any]]:
+    return [entry for entry in server.audit() if entry["event"] == event]
