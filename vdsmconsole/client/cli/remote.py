@@ -29,13 +29,15 @@ def _say(line: str) -> None:
 
 
 async def check_console(client: ConsoleClient, vm_id: str, protocol: str) -> None:
-    """Before listening: the VM exists and, where the server lists its
-    graphics, has one of ``protocol`` (a tunnel would be refused anyway,
-    but only once a viewer connects)."""
+    """Before listening: the VM exists (noVM ends the command) and, where
+    the server lists its graphics, has one of ``protocol`` (a tunnel would
+    be refused anyway, but only once a viewer connects)."""
     result = await client.call("getVmStats", vm_id)
     code, message = status_of(result)
-    if code != 0:
+    if code == EXIT_NO_VM:  # noVM; anything else is for the tunnel to say
         fail(f"{vm_id}: {message} (status {code})", exit_code(code))
+    if code != 0:
+        return
     stats = (result.get("statsList") or [{}])[0]
     graphics = stats.get("graphics") if isinstance(stats, dict) else None
     if protocol != "serial" and isinstance(graphics, list):
