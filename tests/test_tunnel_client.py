@@ -9,6 +9,7 @@ end-to-end tests of the real server (test_e2e_graphics.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.clienthelp import DEMO_CONFIG, create, credentials
+from tests.clihelp import client_args, demo_server, run_client
 from tests.serverproc import wait_for
 from tests.tunnelfake import CHUNK, FLOOD, FakeTunnelServer
 from tests.tunnelhelp import TunnelCommand, recv_exactly
@@ -287,3 +289,44 @@ async def test_the_real_servers_refusals_are_the_usual_errors(real):
     with pytest.raises(HTTPError) as bad:
         await real.tunnel("vm1", "telnet")
     assert bad.value.code == 400
+
+
+def test_remote_console_prints_the_url_and_token_of_the_real_server(
+    server_factory, pki
+):
+    """remote-console prints url, token and expires (a token the tunnel then
+    takes); --json prints the answer as is; an unknown VM is one line and
+    the RPC's status."""
+    server = demo_server(server_factory, "vm1")
+    args = ["remote-console", "vm1", "--protocol", "serial", "--ttl", "60"]
+    done = run_client(client_args(server, pki, *args, "--single-use"))
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert list(lines) == ["url", "token", "expires"]
+    assert lines["url"] == (
+        f"https://127.0.0.1:{server.port}/consoleTunnel/vm1?protocol=serial"
+        f"&token={lines['token']}"
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(\d+\)", lines["expires"])
+    shown = run_client(client_args(server, pki, "--json", *args))
+    assert shown.returncode == 0, shown.stderr
+    answer = json.loads(shown.stdout)
+    assert answer["console"]["protocol"] == "serial"
+    assert answer["status"]["code"] == 0
+    missing = run_client(
+        client_args(server, pki, "remote-console", "nosuch", "--protocol", "vnc")
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1 and "nosuch" in missing.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_use_token_opens_one_tunnel(real):
+    """A token from remote_console() opens a tunnel once (single use); the
+    second time the server refuses it."""
+    answer = await real.remote_console("vm1", "serial", ttl=60, single_use=True)
+    token = answer["console"]["token"]
+    tunnel = await real.tunnel("vm1", "serial", token=token)
+    tunnel.close()
+    with pytest.raises(HTTPError):
+        await real.tunnel("vm1", "serial", token=token)
