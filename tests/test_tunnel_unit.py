@@ -43,7 +43,10 @@ class Exchange:
 
     def __init__(self) -> None:
         self.protocol = _TunnelProtocol(
-            HEAD, "vm1", "vnc", describe=lambda code, text: Refused(code, text)
+            HEAD,
+            "vm1",
+            "vnc",
+            describe=lambda code, text, end: Refused(code, text, end),
         )
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
@@ -128,7 +131,7 @@ def test_a_refusal_with_a_length_is_described_with_its_text(piece):
         b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text),
         piece,
     )
-    assert exchange.failure().args == (404, text)
+    assert exchange.failure().args == (404, text, None)
     assert exchange.transport.disconnecting
 
 
@@ -138,7 +141,7 @@ def test_a_refusal_without_a_length_ends_with_the_connection():
     exchange.feed(b"HTTP/1.1 502 Bad Gateway\r\n\r\nrefused", 3)
     assert exchange.started == []
     exchange.protocol.connectionLost(Failure(ConnectionError()))
-    assert exchange.failure().args == (502, b"refused")
+    assert exchange.failure().args == (502, b"refused", None)
 
 
 def test_garbage_and_an_endless_head_are_refused():
@@ -172,7 +175,7 @@ def test_cancelling_the_opening_aborts_the_connection():
     [
         (404, NoSuchConsole, "no such VM vm1"),
         (502, ConsoleUnavailable, "no such VM vm1"),
-        (503, ServerStopping, "no such VM vm1"),
+        (503, ConsoleUnavailable, "no such VM vm1"),
         (400, HTTPError, "h:1 answered 400: no such VM vm1"),
         (403, HTTPError, "h:1 answered 403: no such VM vm1"),
     ],
@@ -184,6 +187,20 @@ def test_refusals_are_the_clients_usual_errors_with_the_servers_line(
     error = refusal(code, b"no such VM vm1\nmore\n", "h:1", "vm1")
     assert type(error) is kind
     assert str(error) == message and error.code == code
+
+
+def test_503_while_stopping_is_server_stopping():
+    """503 with X-Console-End: stopping (from the wire) is ServerStopping; a
+    503 without it (a serial guest down) is ConsoleUnavailable."""
+    exchange = Exchange()
+    exchange.feed(
+        b"HTTP/1.1 503 Service Unavailable\r\nX-Console-End: stopping\r\n"
+        b"Content-Length: 23\r\n\r\nthe server is stopping\n",
+        4,
+    )
+    code, text, end = exchange.failure().args
+    error = refusal(code, text, "h:1", "vm1", end)
+    assert type(error) is ServerStopping and str(error) == "the server is stopping"
 
 
 def test_a_refusal_without_text_still_says_something():

@@ -315,9 +315,10 @@ class ConsoleClient:
         Fires with the ``Tunnel`` once the server answered 200: ``write()``,
         ``on_data`` (or given here), ``close()``, ``done``, ``splice()``.
         Refusals raise the usual classes with the server's line: 404
-        ``NoSuchConsole`` (no such VM, or no such console on it), 502
-        ``ConsoleUnavailable`` (the endpoint did not answer), 503
-        ``ServerStopping``, others ``HTTPError`` (400, 403).
+        ``NoSuchConsole`` (no such VM, or no such console on it), 502 and
+        503 ``ConsoleUnavailable`` (the endpoint did not answer, a serial
+        guest is down), 503 ``ServerStopping`` (``X-Console-End:
+        stopping``), others ``HTTPError`` (400, 403).
         """
         d = open_tunnel(
             self.reactor,
@@ -327,7 +328,9 @@ class ConsoleClient:
             vm_id,
             protocol,
             token=token,
-            describe=lambda code, text: refusal(code, text, self.where, vm_id),
+            describe=lambda code, text, end: refusal(
+                code, text, self.where, vm_id, end
+            ),
             timeout=self.timeout,
         )
         d.addErrback(self._duplexFailed)

@@ -33,6 +33,7 @@ from vdsmconsole.client.errors import (
 )
 from vdsmconsole.spec import TUNNEL_PATH
 from vdsmconsole.status import no_vm_message
+from vdsmconsole.streamend import END_HEADER, StreamEnd, parse_end
 
 __all__ = ["MAX_HEAD", "Tunnel", "open_tunnel", "refusal", "tunnel_head"]
 
@@ -56,19 +57,23 @@ def tunnel_head(
     return f"CONNECT {target} HTTP/1.1\r\nHost: {netloc}:{port}\r\n\r\n".encode("ascii")
 
 
-def refusal(code: int, text: bytes, where: str, vm_id: str) -> ClientError:
+def refusal(
+    code: int, text: bytes, where: str, vm_id: str, end: StreamEnd | None = None
+) -> ClientError:
     """The error for a CONNECT answered ``code`` with the server's ``text``:
-    its first line, in the client's usual classes (404 ``NoSuchConsole``,
-    502 ``ConsoleUnavailable``: the endpoint did not answer, 503
-    ``ServerStopping``, any other ``HTTPError``)."""
+    its first line, in the client's usual classes (404 ``NoSuchConsole``;
+    502 ``ConsoleUnavailable``: the endpoint did not answer; 503
+    ``ServerStopping`` with ``X-Console-End: stopping``, else
+    ``ConsoleUnavailable``: a serial console whose guest is down; any other
+    ``HTTPError``)."""
     lines = text.decode("utf-8", "replace").strip().splitlines()
     line = lines[0].strip()[:200] if lines else ""
     if code == 404:
         return NoSuchConsole(code, line or no_vm_message(vm_id))
-    if code == 502:
-        return ConsoleUnavailable(code, line or f"the console of {vm_id} is down")
-    if code == 503:
+    if code == 503 and end is StreamEnd.STOPPING:
         return ServerStopping(code, line or f"the server at {where} is stopping")
+    if code in (502, 503):
+        return ConsoleUnavailable(code, line or f"the console of {vm_id} is down")
     return HTTPError(code, f"{where} answered {code}: {line or 'no reason given'}")
 
 
@@ -168,7 +173,7 @@ class _TunnelProtocol(Protocol):
         head: bytes,
         vm_id: str,
         protocol: str,
-        describe: Callable[[int, bytes], Exception],
+        describe: Callable[[int, bytes, StreamEnd | None], Exception],
     ) -> None:
         self.head = head
         self.describe = describe
@@ -176,8 +181,9 @@ class _TunnelProtocol(Protocol):
         # Cancelled (a timeout) before the answer: the connection goes too.
         self.started: defer.Deferred[Tunnel] = defer.Deferred(self._cancel)
         self._buffer = b""
-        # (code, Content-Length) of a refusal whose text is still coming.
-        self._refusal: tuple[int, int | None] | None = None
+        # (code, Content-Length, X-Console-End) of a refusal whose text is
+        # still coming.
+        self._refusal: tuple[int, int | None, StreamEnd | None] | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -226,24 +232,30 @@ class _TunnelProtocol(Protocol):
             self.started.callback(self.tunnel)
             return
         length: int | None = None
+        end: StreamEnd | None = None
         for line in lines[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length" and value.strip().isdigit():
-                length = int(value.strip())
-        self._refusal = (code, length)
+            name, value = name.strip().lower(), value.strip()
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+            elif name == END_HEADER.lower():
+                end = parse_end(value)
+        self._refusal = (code, length, end)
         self._buffer = rest
         self._checkRefusal()
 
     def _checkRefusal(self) -> None:
         assert self._refusal is not None
-        code, length = self._refusal
+        code, length, _ = self._refusal
         if length is not None and len(self._buffer) >= length:
-            self._refuse(code, self._buffer[:length])
+            self._refuse(self._buffer[:length])
         elif len(self._buffer) > MAX_HEAD:
-            self._refuse(code, self._buffer[:MAX_HEAD])
+            self._refuse(self._buffer[:MAX_HEAD])
 
-    def _refuse(self, code: int, text: bytes) -> None:
-        self._fail(self.describe(code, text))
+    def _refuse(self, text: bytes) -> None:
+        assert self._refusal is not None
+        code, _, end = self._refusal
+        self._fail(self.describe(code, text, end))
 
     def _fail(self, error: Exception | Failure) -> None:
         if not self.started.called:
@@ -256,7 +268,7 @@ class _TunnelProtocol(Protocol):
         if not self.started.called:
             if self._refusal is not None:
                 # The text of a refusal without a length ends with the connection.
-                self._refuse(self._refusal[0], self._buffer)
+                self._refuse(self._buffer)
             else:
                 self.started.errback(reason)
         self.tunnel._lost()
@@ -271,11 +283,12 @@ def open_tunnel(
     protocol: str,
     *,
     token: str | None = None,
-    describe: Callable[[int, bytes], Exception],
+    describe: Callable[[int, bytes, StreamEnd | None], Exception],
     timeout: float | None,
 ) -> defer.Deferred[Tunnel]:
     """Connect and send the CONNECT; fires with the ``Tunnel`` once the server
-    answered 200, or fails with ``describe(code, text)`` for a refusal (or
+    answered 200, or fails with ``describe(code, text, X-Console-End)`` for a
+    refusal (or
     the low-level failure, for the caller to describe)."""
     head = tunnel_head(host, port, vm_id, protocol, token)
     wire = _TunnelProtocol(head, vm_id, protocol, describe)
