@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web import resource
 
-from tests.test_site_limits import Quick, connect, status_line
-from vdsmconsole.core.interfaces import DESTROYED, SERVER_STOPPING
+from vdsmconsole.core.interfaces import DESTROYED, SERVER_STOPPING, SourceState
 from vdsmconsole.server.audit import AuditLog
 from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
@@ -69,6 +71,23 @@ def test_lower_role():
 # -- a serial tunnel over a StringTransport ------------------------------------
 
 
+class NoRPC(resource.Resource):
+    isLeaf = True
+
+
+def connect(site: ConsoleSite) -> tuple[Any, StringTransport]:
+    """The site's protocol over an in-memory transport, as accepted."""
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    protocol = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def status_line(transport: StringTransport) -> bytes:
+    return transport.value().split(b"\r\n", 1)[0]
+
+
 class FakeRegistry:
     def __init__(self, console: Any) -> None:
         self.console = console
@@ -96,7 +115,7 @@ class FakeContext:
 def tunnel_site(clock: Clock) -> tuple[ConsoleSite, FakeSource, Any]:
     source = FakeSource(clock)
     console = make_console(source)
-    root = Root(Quick())
+    root = Root(NoRPC())
     site = ConsoleSite(root, clock, site_limits(Config()))
     install_tunnels(site, root, FakeContext(console, clock))  # type: ignore[arg-type]
     return site, source, console
@@ -179,3 +198,14 @@ def test_refusals_close_the_connection(head, code):
     assert status_line(transport).split(b" ")[1] == code
     assert transport.disconnecting
     assert source.written == [] and not site.tunnels
+
+
+def test_serial_tunnel_to_a_down_console_is_503():
+    """A serial console whose guest is down is 503, as a duplex POST is."""
+    clock = Clock()
+    site, source, _ = tunnel_site(clock)
+    source.set_state(SourceState.DOWN, "gone")
+    protocol, transport = connect(site)
+    protocol.dataReceived(CONNECT)
+    assert status_line(transport) == b"HTTP/1.1 503 Service Unavailable"
+    assert transport.disconnecting and not site.tunnels

@@ -101,8 +101,9 @@ class RelayTunnel(Tunnel):
         self.connecting = None
         transport: Any = protocol.transport
         self.endpointTransport = transport
-        if self.link.gone:
+        if self.link.gone or self.site.stopping:
             transport.loseConnection()
+            self.link.refuse(503, "the server is stopping")  # if still there
             return
         self.link.accept()
         self.opened(endpoint=self.endpoint.address)

@@ -5,10 +5,11 @@ Refusals are short text answers and the connection closes after them: 400
 for a missing or unknown protocol or a malformed token, 403 for a role (or
 a token) that does not allow it, 404 for an unknown vmId or a VM without
 that console, 502 when the endpoint refuses or fails, 503 while the server
-stops.  CONNECT is HTTP/1.1's: over HTTP/2 the stream is reset with
-``HTTP_1_1_REQUIRED`` as soon as its headers are in (an HTTP/2 CONNECT never
-ends its request, so waiting for it would hang), and an HTTP/1.1 CONNECT
-that announces a body is 400 (its bytes are the tunnel's).
+stops or for a serial console whose guest is down.  CONNECT is HTTP/1.1's:
+over HTTP/2 the stream is reset with ``HTTP_1_1_REQUIRED`` as soon as its
+headers are in (an HTTP/2 CONNECT never ends its request, so waiting for it
+would hang), and an HTTP/1.1 CONNECT that announces a body is 400 (its
+bytes are the tunnel's).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.identity import identity_of, peer_address
 from vdsmconsole.server.authz import ROLES, Permission
 from vdsmconsole.server.context import ServerContext
@@ -94,6 +96,11 @@ class TunnelResource(MethodsMixin, resource.Resource):
                 target = registry.endpoint(vm_id, query.protocol)
         except StatusError as e:
             raise Refusal(STATUS_CODES.get(e.code, 404), e.message) from None
+        if query.protocol == "serial" and (
+            target.closed or target.state == SourceState.DOWN
+        ):
+            # As for a duplex POST: nothing would come, nothing could go.
+            raise Refusal(503, f"console {vm_id} is down")
         grant = TunnelGrant(identity, vm_id, query.protocol, role, token_used)
         return grant, target
 

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 log = Logger(namespace="vdsmconsole.tunnels")
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-REASONS = {502: b"Bad Gateway", 503: b"Service Unavailable"}
+REASONS = {502: b"Bad Gateway", 503: b"Service Unavailable"}  # after takeover
 
 
 def plain_answer(code: int, message: str) -> bytes:
