@@ -177,6 +177,23 @@ def test_a_refused_tunnel_is_one_line_and_the_port_stays(command):
     assert tunnel.process.poll() is None
 
 
+def test_a_busy_listen_port_is_one_line_and_exit_2(fake, pki, tmp_path):
+    """--listen on a port another program holds: one line, exit 2."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        taken = other.getsockname()[1]
+        tunnel = TunnelCommand(
+            fake.port, pki.root, tmp_path, "echo", "vnc", "--listen", str(taken)
+        )
+        try:
+            assert tunnel.process.wait(30) == 2
+        finally:
+            tunnel.stop()
+    assert tunnel.err.read_text() == (
+        f"vdsmconsole-client: cannot listen on 127.0.0.1:{taken}: "
+        "Address already in use\n"
+    )
+
+
 def wait_stalled(progress, quiet: float = 2.0, timeout: float = 120.0) -> int:
     """Until ``progress()`` stays the same for ``quiet`` seconds; its value."""
     state = {"value": progress(), "since": time.monotonic()}
