@@ -48,7 +48,7 @@ class _LocalSide(Protocol):
         transport: Any = self.transport
         transport.pauseProducing()  # nothing to send it to yet
         self.owner.sides.add(self)
-        self.opening = self.owner.open()
+        self.opening = defer.maybeDeferred(self.owner.open)
         self.opening.addCallbacks(self._opened, self._refused)
 
     def _opened(self, tunnel: Tunnel) -> None:
