@@ -33,7 +33,7 @@ from tests.tunnelhelp import (
     spice_link_reply,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
+pytestmark = pytest.mark.e2e
 
 BOOTED = b"vdsmconsole-test-guest: booted"
 
@@ -117,6 +117,7 @@ def booted(server, vm_id: str) -> bool:
 # -- the rig -------------------------------------------------------------------
 
 
+@pytest.mark.qemu
 def test_the_rigs_endpoints_answer_as_qemu_does(guests, tmp_path):
     """The guests' own endpoints, no server between: the unix VNC with a
     password offers only VNC authentication; the TCP VNC shows the screen
@@ -136,6 +137,7 @@ def test_the_rigs_endpoints_answer_as_qemu_does(guests, tmp_path):
 # -- through the server --------------------------------------------------------
 
 
+@pytest.mark.qemu
 def test_vnc_with_a_password_on_a_unix_socket_through_the_tunnel(
     server_factory, guests, tunnels, tmp_path
 ):
@@ -156,6 +158,7 @@ def test_vnc_with_a_password_on_a_unix_socket_through_the_tunnel(
     assert password not in repr(stats)
 
 
+@pytest.mark.qemu
 def test_vnc_on_tcp_without_a_password_through_the_tunnel(
     server_factory, guests, tunnels, tmp_path
 ):
@@ -168,6 +171,7 @@ def test_vnc_on_tcp_without_a_password_through_the_tunnel(
     capture_not_flat(port, tmp_path / "shot.png")
 
 
+@pytest.mark.qemu
 def test_spice_link_message_through_the_tunnel(server_factory, guests, tunnels):
     """A guest with -spice port=N,disable-ticketing=on: a SPICE link message
     through the tunnel gets qemu's link reply (magic REDQ, version 2.2)."""
