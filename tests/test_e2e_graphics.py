@@ -9,6 +9,7 @@ failure below is the server's or the client's, not the guest's.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
@@ -188,25 +189,35 @@ def test_spice_link_message_through_the_tunnel(server_factory, guests, tunnels):
 
 
 class EchoServer:
-    """A stand-in RDP endpoint on loopback: every byte back, unchanged."""
+    """A stand-in RDP endpoint on loopback: every byte back, unchanged, on
+    every connection (the server's probe connects too)."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
-        with conn:
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
             while data := conn.recv(65536):
                 conn.sendall(data)
 
     def close(self) -> None:
         self.listener.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         self.thread.join(10)
 
 
