@@ -1,281 +1,229 @@
-"""Issue 13's acceptance for graphical consoles: a real server on loopback
-TLS, real qemu guests under TCG with a VGA screen (tests/qemugraphics.py),
-the client's ``tunnel`` command, and real viewers: ``vncdo`` (vncdotool)
-captures the screen, a SPICE link message gets qemu's own reply.
+"""Graphics endpoints against the real server over xmlrpc.client: create,
+list(fullStatus), getVmStats with whether each answers, a restart, destroy,
+the [sources] policy, and a VNC password that no answer or log ever shows.
 
-First the rig itself (the guests' endpoints, without the server), so that a
-failure below is the server's or the client's, not the guest's.
+The endpoints are stand-ins: a listening TCP socket and a listening unix
+socket (the kernel completes a connect to a listening socket without an
+accept), and a port held bound but not listening (refused).
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
-import shutil
 import socket
-import struct
-import subprocess
-import sys
-import threading
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.clihelp import client_args, run_client
-from tests.qemugraphics import GraphicsGuest, start_graphics
 from tests.serverproc import wait_for
-from tests.tools import unavailable
-from tests.tunnelhelp import (
-    SPICE_MAGIC,
-    TunnelCommand,
-    is_flat,
-    recv_exactly,
-    spice_link_reply,
-)
+from vdsmconsole.testing import free_port
 
 pytestmark = pytest.mark.e2e
 
-BOOTED = b"vdsmconsole-test-guest: booted"
-
-
-def vncdo() -> str:
-    """vncdotool's command, installed with the test extra beside our Python."""
-    beside = Path(sys.executable).parent / "vncdo"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("vncdo")
-    if found:
-        return found
-    unavailable("vncdo not found: pip install -e '.[test]' (vncdotool)")
-
-
-def capture(port: int, png: Path) -> subprocess.CompletedProcess[str]:
-    """``vncdo -s 127.0.0.1::PORT capture PNG``, with no password given (and
-    nothing on its standard input to give one)."""
-    return subprocess.run(
-        [vncdo(), "-t", "60", "-s", f"127.0.0.1::{port}", "capture", str(png)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-
-
-def capture_not_flat(port: int, png: Path, timeout: float = 60) -> Path:
-    """Capture until the screen shows something (the guest draws its text
-    within a second or two of starting); fail after ``timeout``."""
-
-    def shown() -> bool:
-        done = capture(port, png)
-        assert done.returncode == 0, f"vncdo: {done.stdout}{done.stderr}"
-        return not is_flat(png)
-
-    wait_for(shown, timeout, "a screen that is not one flat colour")
-    return png
-
-
-def rfb_security_types(sock: socket.socket) -> list[int]:
-    """An RFB 3.8 viewer's first steps: the security types offered."""
-    version = recv_exactly(sock, 12)
-    assert re.fullmatch(rb"RFB \d{3}\.\d{3}\n", version), version
-    sock.sendall(b"RFB 003.008\n")
-    (count,) = recv_exactly(sock, 1)
-    assert count, "the server refused the connection"
-    return list(recv_exactly(sock, count))
+PASSWORD = "Pw-e2e-7f3a9c"  # what must never leave registry.json
 
 
 @pytest.fixture
-def tunnels(tmp_path, pki) -> Iterator:
-    """Start ``tunnel`` commands; each is killed by pid at the end."""
-    started: list[TunnelCommand] = []
-
-    def start(server, vm_id: str, protocol: str, *extra: str) -> int:
-        tunnel = TunnelCommand(
-            server.port, pki.root, tmp_path / "tunnels", vm_id, protocol, *extra
-        )
-        started.append(tunnel)
-        return wait_for(tunnel.listening, 30, "the tunnel's listening line")
-
-    yield start
-    for tunnel in started:
-        tunnel.stop()
+def listening() -> Iterator[int]:
+    """A TCP port on loopback that something listens on (never accepts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
 
 
-def create(server, vm_id: str, guest: GraphicsGuest, serial: bool) -> None:
-    spec = {"vmId": vm_id, "graphics": guest.graphics}
-    if serial:
-        spec["console"] = guest.console
-    result = server.rpc().create(spec)
-    assert result["status"]["code"] == 0, result
+@pytest.fixture
+def closed() -> Iterator[int]:
+    """A TCP port on loopback that nothing listens on: connects are refused."""
+    held = free_port()
+    with held as port:
+        yield port
 
 
-def booted(server, vm_id: str) -> bool:
-    result = server.rpc().consoleRead(vm_id, 0, 1024 * 1024)
-    return BOOTED in result["data"].data
-
-
-# -- the rig -------------------------------------------------------------------
-
-
-@pytest.mark.qemu
-def test_the_rigs_endpoints_answer_as_qemu_does(guests, tmp_path):
-    """The guests' own endpoints, no server between: the unix VNC with a
-    password offers only VNC authentication; the TCP VNC shows the screen
-    to vncdo; SPICE answers a link message with REDQ 2.2."""
-    locked = start_graphics(guests, vnc="unix", password="s3cret!")
+@pytest.fixture
+def unix_listening(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "spice.sock")
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(30)
-        sock.connect(str(locked.vnc_path))
-        assert rfb_security_types(sock) == [2]
-    screen = start_graphics(guests, vnc="tcp", spice=True)
-    capture_not_flat(screen.vnc_port, tmp_path / "direct.png")
-    with socket.create_connection(("127.0.0.1", screen.spice_port), 30) as sock:
-        assert spice_link_reply(sock)[:3] == (SPICE_MAGIC, 2, 2)
-    assert "s3cret!" not in " ".join(locked.argv())
+        sock.bind(path)
+        sock.listen(16)
+        yield path
 
 
-# -- through the server --------------------------------------------------------
+def ok(answer: dict[str, Any]) -> dict[str, Any]:
+    assert answer["status"]["code"] == 0, answer["status"]
+    return answer
 
 
-@pytest.mark.qemu
-def test_vnc_with_a_password_on_a_unix_socket_through_the_tunnel(
-    server_factory, guests, tunnels, tmp_path
-):
-    """A guest with -vnc unix:PATH and a password, registered with its serial
-    console and graphics: vncdo through the client's tunnel, given no
-    password, captures a screen that is not one flat colour; the password is
-    in no log."""
-    password = "pw-7f3a"
-    guest = start_graphics(guests, vnc="unix", password=password)
+def answers_of(server: Any, vm_id: str) -> dict[str, bool]:
+    [entry] = ok(server.rpc().list(True, [vm_id]))["vmList"]
+    return {e["type"]: e["answers"] for e in entry["graphics"]}
+
+
+def test_graphics_created_listed_probed_restored_destroyed(
+    server_factory: Any, listening: int, closed: int, unix_listening: str
+) -> None:
+    """A graphics-only VM: list(fullStatus) and getVmStats show its endpoints
+    without the password, answers true for a listening server (TCP and unix)
+    and false for a closed port; a restart keeps them; destroy removes them."""
     server = server_factory()
-    create(server, "vncpw", guest, serial=True)
-    wait_for(lambda: booted(server, "vncpw"), 60, "the guest to boot")
-    port = tunnels(server, "vncpw", "vnc")
-    png = capture_not_flat(port, tmp_path / "shot.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert password not in server.log()
-    stats = server.rpc().getVmStats("vncpw")["statsList"][0]
-    assert password not in repr(stats)
+    graphics = [
+        {"type": "vnc", "host": "127.0.0.1", "port": listening, "password": PASSWORD},
+        {"type": "spice", "path": unix_listening},
+        {"type": "rdp", "host": "127.0.0.1", "port": closed},
+    ]
+    shown = [
+        {"type": "vnc", "host": "127.0.0.1", "port": listening},
+        {"type": "spice", "path": unix_listening},
+        {"type": "rdp", "host": "127.0.0.1", "port": closed},
+    ]
+    created = ok(server.rpc().create({"vmId": "gfx", "graphics": graphics}))
+    assert [e["vmId"] for e in created["vmList"]] == ["gfx"]
+    want = {"vnc": True, "spice": True, "rdp": False}
+    wait_for(lambda: answers_of(server, "gfx") == want, 10, "probe answers")
+
+    [entry] = ok(server.rpc().list(True))["vmList"]
+    assert entry == {
+        "vmId": "gfx",
+        "status": "up",
+        "graphics": [dict(s, answers=want[s["type"]]) for s in shown],
+    }
+    assert ok(server.rpc().list())["vmList"] == [{"vmId": "gfx", "status": "up"}]
+    [stats] = ok(server.rpc().getVmStats("gfx"))["statsList"]
+    assert stats == {"vmId": "gfx", "state": "up", "graphics": entry["graphics"]}
+    assert ok(server.rpc().getAllVmStats())["statsList"] == [stats]
+    # No serial console: console calls say so (104), not "no such VM".
+    assert server.rpc().consoleRead("gfx")["status"]["code"] == 104
+    registry = server.state_dir / "registry.json"
+    assert stat.S_IMODE(registry.stat().st_mode) == 0o600
+    server.stop()
+
+    again = server_factory()  # same workdir: state, PKI, config
+    wait_for(lambda: answers_of(again, "gfx") == want, 10, "answers after restart")
+    [entry] = ok(again.rpc().list(True))["vmList"]
+    assert [
+        {k: v for k, v in e.items() if k != "answers"} for e in entry["graphics"]
+    ] == shown
+    ok(again.rpc().destroy("gfx"))
+    assert ok(again.rpc().list())["vmList"] == []
+    assert again.rpc().getVmStats("gfx")["status"]["code"] == 1
+    assert "gfx" not in registry.read_text()
 
 
-@pytest.mark.qemu
-def test_vnc_on_tcp_without_a_password_through_the_tunnel(
-    server_factory, guests, tunnels, tmp_path
-):
-    """A graphics-only VM (no serial console) with -vnc 127.0.0.1:N: vncdo
-    through the tunnel captures its screen."""
-    guest = start_graphics(guests, vnc="tcp")
+def test_a_vm_with_console_and_graphics(server_factory: Any, listening: int) -> None:
+    """A VM with both: the console's status and facts, plus its graphics;
+    a console-only VM shows an empty graphics list."""
     server = server_factory()
-    create(server, "vnctcp", guest, serial=False)
-    port = tunnels(server, "vnctcp", "vnc")
-    capture_not_flat(port, tmp_path / "shot.png")
+    console = {"type": "tcp", "host": "127.0.0.1", "port": listening}
+    vnc = {"type": "vnc", "host": "127.0.0.1", "port": listening}
+    ok(server.rpc().create({"vmId": "both", "console": console, "graphics": [vnc]}))
+    ok(server.rpc().create({"vmId": "plain", "console": console}))
+    wait_for(lambda: answers_of(server, "both") == {"vnc": True}, 10, "probe")
+    full = {e["vmId"]: e for e in ok(server.rpc().list(True))["vmList"]}
+    assert full["both"]["console"] == console and full["plain"]["graphics"] == []
+    [stats] = ok(server.rpc().getVmStats("both"))["statsList"]
+    assert stats["graphics"] == [dict(vnc, answers=True)] and "bytesIn" in stats
 
 
-@pytest.mark.qemu
-def test_spice_link_message_through_the_tunnel(server_factory, guests, tunnels):
-    """A guest with -spice port=N,disable-ticketing=on: a SPICE link message
-    through the tunnel gets qemu's link reply (magic REDQ, version 2.2)."""
-    guest = start_graphics(guests, spice=True)
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"vmId": "x"}, 11),  # neither console nor graphics
+        ({"vmId": "x", "graphics": []}, 11),
+        ({"vmId": "x", "graphics": [{"type": "telnet", "host": "h", "port": 1}]}, 11),
+        ({"vmId": "x", "graphics": [{"type": "vnc", "path": "rel.sock"}]}, 11),
+        ({"vmId": "x", "graphics": [{"type": "rdp", "host": "h", "port": 0}]}, 11),
+        (
+            {
+                "vmId": "x",
+                "graphics": [
+                    {"type": "vnc", "host": "127.0.0.1", "port": 5901},
+                    {"type": "vnc", "host": "127.0.0.1", "port": 5902},
+                ],
+            },
+            11,
+        ),
+        (
+            {
+                "vmId": "x",
+                "graphics": [
+                    {"type": "spice", "host": "127.0.0.1", "port": 1, "password": "p"}
+                ],
+            },
+            11,
+        ),
+        (
+            {
+                "vmId": "x",
+                "graphics": [
+                    {"type": "vnc", "path": "/a.sock", "host": "127.0.0.1", "port": 1}
+                ],
+            },
+            11,
+        ),
+        # [sources]: loopback TCP only; libvirt's own socket is not a guest's.
+        (
+            {
+                "vmId": "x",
+                "graphics": [{"type": "rdp", "host": "10.1.2.3", "port": 3389}],
+            },
+            103,
+        ),
+        (
+            {
+                "vmId": "x",
+                "graphics": [{"type": "vnc", "path": "/run/libvirt/libvirt-sock"}],
+            },
+            103,
+        ),
+    ],
+)
+def test_bad_graphics_register_nothing(server: Any, params: dict, code: int) -> None:
+    """Malformed graphics are MissParam, disallowed ones notAllowed; nothing
+    is registered."""
+    answer = server.rpc().create(params)
+    assert answer["status"]["code"] == code, answer["status"]
+    assert ok(server.rpc().list())["vmList"] == []
+
+
+def test_the_password_is_never_shown_or_logged(
+    server_factory: Any, listening: int
+) -> None:
+    """The VNC password appears in no RPC answer, no audit record, no server
+    log line, also for a refused create: only in registry.json."""
     server = server_factory()
-    create(server, "spice", guest, serial=False)
-    port = tunnels(server, "spice", "spice")
-    with socket.create_connection(("127.0.0.1", port), 30) as sock:
-        sock.settimeout(30)
-        magic, major, minor, size = spice_link_reply(sock)
-        assert (magic, major, minor) == (SPICE_MAGIC, 2, 2)
-        (error,) = struct.unpack("<I", recv_exactly(sock, size)[:4])
-        assert error == 0  # SPICE_LINK_ERR_OK: no ticket asked
-
-
-class EchoServer:
-    """A stand-in RDP endpoint on loopback: every byte back, unchanged, on
-    every connection (the server's probe connects too)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    def _echo(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def close(self) -> None:
-        self.listener.close()
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self.thread.join(10)
-
-
-@pytest.fixture
-def rdp() -> Iterator[EchoServer]:
-    server = EchoServer()
-    yield server
-    server.close()
-
-
-def test_rdp_bytes_both_ways_and_a_token_for_it(server_factory, rdp, tunnels, pki):
-    """An RDP endpoint (a stand-in echo server): the tunnel carries every
-    byte value both ways unchanged; remote-console prints a URL and a token
-    whose connect info is the endpoint's host and port."""
-    server = server_factory()
-    spec = {"vmId": "rdp", "graphics": [{"type": "rdp", "host": "127.0.0.1"}]}
-    spec["graphics"][0]["port"] = rdp.port
-    assert server.rpc().create(spec)["status"]["code"] == 0
-    port = tunnels(server, "rdp", "rdp")
-    payload = bytes(range(256)) * 256
-    with socket.create_connection(("127.0.0.1", port), 30) as sock:
-        sock.settimeout(30)
-        sock.sendall(payload)
-        assert recv_exactly(sock, len(payload)) == payload
-
-    done = run_client(
-        client_args(server, pki, "remote-console", "rdp", "--protocol", "rdp")
-    )
-    assert done.returncode == 0, done.stderr
-    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
-    assert set(lines) == {"url", "token", "expires"}
-    token = lines["token"]
-    assert lines["url"] == (
-        f"https://127.0.0.1:{server.port}/consoleTunnel/rdp?protocol=rdp&token={token}"
-    )
-    info = server.rpc().consoleConnectInfo(token)
-    assert info["console"]["host"] == "127.0.0.1"
-    assert info["console"]["port"] == rdp.port
-    assert info["console"]["console_type"] == "rdp"
-
-
-def test_the_tunnel_command_refuses_what_the_server_refuses(
-    server_factory, rdp, tunnels, pki
-):
-    """An unknown VM ends the command at once (exit 1, one line); a VM
-    without that protocol's console too; remote-console for an unknown VM
-    exits with the RPC's status, one line."""
-    server = server_factory()
-    spec = {"vmId": "rdp", "graphics": [{"type": "rdp", "host": "127.0.0.1"}]}
-    spec["graphics"][0]["port"] = rdp.port
-    assert server.rpc().create(spec)["status"]["code"] == 0
-    for vm_id, protocol in (("nosuch", "vnc"), ("rdp", "vnc")):
-        done = run_client(
-            client_args(server, pki, "tunnel", vm_id, "--protocol", protocol)
-        )
-        assert done.returncode == 1, done
-        assert done.stdout == "" and len(done.stderr.splitlines()) == 1
-    done = run_client(
-        client_args(server, pki, "remote-console", "nosuch", "--protocol", "vnc")
-    )
-    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done
+    vnc = {"type": "vnc", "host": "127.0.0.1", "port": listening, "password": PASSWORD}
+    far = {"type": "vnc", "host": "10.1.2.3", "port": 5900, "password": PASSWORD}
+    answers = [
+        server.rpc().create({"vmId": "refused", "graphics": [far]}),
+        server.rpc().create({"vmId": "gfx", "graphics": [vnc]}),
+    ]
+    wait_for(lambda: answers_of(server, "gfx") == {"vnc": True}, 10, "probe")
+    answers += [
+        server.rpc().list(),
+        server.rpc().list(True),
+        server.rpc().getVmStats("gfx"),
+        server.rpc().getAllVmStats(),
+    ]
+    assert answers[0]["status"]["code"] == 103
+    assert [a["status"]["code"] for a in answers[1:]] == [0] * 5
+    registry = server.state_dir / "registry.json"
+    assert PASSWORD in registry.read_text()
+    server.stop()  # its log is complete
+    again = server_factory()
+    answers.append(again.rpc().list(True))
+    answers.append(again.rpc().destroy("gfx"))
+    again.stop()
+    assert PASSWORD not in repr(answers)
+    audit = (server.state_dir / "audit.log").read_text()
+    assert '"event": "refused"' in audit and '"event": "create"' in audit
+    assert PASSWORD not in audit
+    assert "vdsmconsole listening" in server.log()
+    assert PASSWORD not in server.log()
+    unexpected = [
+        p
+        for p in server.workdir.rglob("*")
+        if p.is_file() and p != registry and PASSWORD.encode() in p.read_bytes()
+    ]
+    assert unexpected == []

@@ -191,6 +191,9 @@ def test_wrong_vnc_password_is_a_clear_error_and_a_log_line(server):
         assert b"Authentication failed" in rest or b"refused" in rest.lower(), rest
     finally:
         standin.stop()
-    lines = [line for line in server.log().splitlines() if "VNC authentication" in line]
-    assert len(lines) == 1, lines
+    closed = wait_for(lambda: tunnel_records(server, "tunnel-close"), 15, "close")
+    assert closed[0]["why"].startswith("VNC authentication refused")
+    log = server.log().splitlines()
+    lines = [line for line in log if "[vdsmconsole.tunnels#" in line]
+    assert len(lines) == 1 and "VNC authentication refused" in lines[0], lines
     assert PASSWORD.decode() not in server.log()

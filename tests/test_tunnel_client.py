@@ -3,7 +3,7 @@
 ``tunnel`` command as a user runs it, with plain sockets as the viewer.
 
 The server's own tunnels are tested against these clients in the
-end-to-end tests of the real server (test_e2e_graphics.py).
+end-to-end tests of the real server (test_e2e_viewers.py).
 """
 
 from __future__ import annotations

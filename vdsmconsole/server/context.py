@@ -14,6 +14,7 @@ from vdsmconsole.core.registry import Registry
 from vdsmconsole.server.audit import AuditLog
 from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
+from vdsmconsole.server.graphicsprobe import GraphicsProbe
 from vdsmconsole.server.policy import SourcePolicy
 from vdsmconsole.server.tls.reload import ServerTLS
 from vdsmconsole.server.tokens.store import TokenStore
@@ -33,3 +34,5 @@ class ServerContext:
     tls: ServerTLS | None = None
     authz: Authorizer = field(default_factory=Authorizer)
     policy: SourcePolicy = field(default_factory=SourcePolicy)
+    # Whether graphics endpoints answer (None: shown as not answering).
+    graphics_probe: GraphicsProbe | None = None

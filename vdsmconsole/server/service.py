@@ -35,6 +35,7 @@ from vdsmconsole.server.connlimits import (
     raise_open_file_limit,
 )
 from vdsmconsole.server.context import ServerContext
+from vdsmconsole.server.graphicsprobe import GraphicsProbe
 from vdsmconsole.server.http.endings import begin_shutdown
 from vdsmconsole.server.http.resources import Root
 from vdsmconsole.server.http.routes import is_stream_target
@@ -135,6 +136,8 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
     )
     context.tokens = make_token_store(config.state_dir, reactor)
     context.registry.destroyed.append(revoker(context.tokens, context.audit))
+    context.graphics_probe = GraphicsProbe(context.registry, reactor)
+    context.graphics_probe.watch(context.registry)
     return context
 
 
@@ -202,6 +205,8 @@ class ConsoleService(Service):
         self.context.port = self.listening.getHost().port
         self.context.registry.load()
         self._token_pruning = start_tokens(self.context.tokens, self.reactor)
+        if self.context.graphics_probe is not None:
+            self.context.graphics_probe.start()
         super().startService()
         log.info(
             "vdsmconsole listening on {bind}:{port}",
@@ -252,6 +257,8 @@ class ConsoleService(Service):
         while self._rpc_in_flight() and self.reactor.seconds() < deadline:
             yield _later(self.reactor, 0.05)
         cut_tunnels(self.site)  # as streams are cut: their consoles come back
+        if self.context.graphics_probe is not None:
+            self.context.graphics_probe.stop()
         yield self.context.registry.stop_all()
         self.context.audit.close()
         log.info("vdsmconsole stopped")
