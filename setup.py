@@ -22,6 +22,8 @@ setup(
         "treq>=23.11",
         "cryptography>=41",
         "defusedxml>=0.7",
+        # Websockets (server/websockets/): see docs/architecture.rst for why.
+        "autobahn>=24.4",
     ],
     extras_require={
         "test": [
@@ -30,6 +32,7 @@ setup(
             "hypothesis>=6.100",
             "ruff>=0.5",
             "mypy>=1.10",
+            "websockets>=14",
         ],
     },
     entry_points={
