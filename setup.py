@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["vdsmconsole", "vdsmconsole.*"])
     + ["twisted.plugins"],
-    package_data={"vdsmconsole": ["py.typed"]},
+    package_data={"vdsmconsole": ["py.typed", "server/web/static/*"]},
     install_requires=[
         "twisted[tls,http2]>=23.10",
         "pyopenssl>=23.2",
