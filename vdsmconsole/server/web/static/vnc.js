@@ -1,6 +1,6 @@
 // The VNC page: noVNC's RFB on /websockify?token=T.  The server completes the
 // VNC server's authentication and offers the browser security type None.
-import RFB from "/assets/@novnc/novnc/lib/rfb.js";
+import RFB from "/assets/@novnc/novnc/core/rfb.js";
 
 const token = new URLSearchParams(location.search).get("token") || "";
 const status = document.getElementById("status");
