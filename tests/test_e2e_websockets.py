@@ -12,11 +12,16 @@ import random
 import socket
 import ssl
 
+import h2.events
+import h2.settings
 import pytest
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.consolehelp import proc_status, server_pid
+from tests.h2help import headers as h2headers
+from tests.h2help import ping_on
+from tests.hardening import H2Client
 from tests.serverproc import ServerProcess, client_context, wait_for, wait_for_progress
 from tests.streamhelp import (
     DEMO_CONFIG,
@@ -258,3 +263,46 @@ def test_stalled_websocket_holds_the_server_to_bounded_memory(server_factory):
         )
         growth = proc_status(pid, "VmHWM") - baseline
         assert growth < 12 * MiB, f"the server grew by {growth / MiB:.1f} MiB"
+
+
+def test_http2_refuses_websockets_clearly(demo):
+    """Over HTTP/2 no websocket opens: RFC 8441 is not offered, an extended
+    CONNECT and a GET with Upgrade are refused at once, and the connection
+    still serves other requests."""
+    client = H2Client(demo)
+    try:
+        assert ping_on(client) == 200  # the server's SETTINGS are in
+        offered = client.conn.remote_settings.get(
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL
+        )
+        assert offered != 1
+        connect_headers = [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "https"),
+            (":path", "/consoleStream/vm1"),
+            (":authority", "localhost"),
+            ("sec-websocket-version", "13"),
+        ]
+        upgrade_headers = [
+            *h2headers("GET", "/consoleStream/vm1"),
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-key", base64.b64encode(os.urandom(16)).decode()),
+            ("sec-websocket-version", "13"),
+        ]
+        for asked in (connect_headers, upgrade_headers):
+            status, _, events = client.request(asked)
+            refused = status is not None and status >= 400
+            # A malformed request (Upgrade is forbidden in HTTP/2) may end
+            # the whole connection with GOAWAY PROTOCOL_ERROR: also clear.
+            ends = (h2.events.StreamReset, h2.events.ConnectionTerminated)
+            reset = any(isinstance(e, ends) for e in events)
+            assert refused or reset or client.reset, (status, events)
+    finally:
+        client.close()
+    fresh = H2Client(demo)
+    try:
+        assert ping_on(fresh) == 200
+    finally:
+        fresh.close()
