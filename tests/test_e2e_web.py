@@ -4,15 +4,19 @@ token-authorised pages and websockets only, the Origin check, the assets."""
 from __future__ import annotations
 
 import http.client
+import json
+import random
 import re
 import ssl
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.serverproc import ServerProcess, wait_for
-from tests.streamhelp import DEMO_CONFIG, create_demo
+from tests.streamhelp import DEMO_CONFIG, PROMPT, console_bytes, create_demo
+from tests.wshelp import WsFollower
 
 pytestmark = pytest.mark.e2e
 WEB_LISTENING = re.compile(r"vdsmconsole web listening on [^:\s]+:(\d+)")
@@ -141,3 +145,83 @@ def test_assets_are_served_without_listings(web):
         assert b"xterm.js" not in body
     status, _, body = get(server, port, "/static/serial.js")
     assert status == 200 and b"websockify" in body
+
+
+# -- with tokens: issue 13's store stood in for (tests/webtokens.py) -------------
+
+OPERATOR, VIEWER, ONCE, SCREEN = (c * 43 for c in "opqs")
+
+
+@pytest.fixture
+def tokened(server_factory, assets, tmp_path) -> tuple[ServerProcess, int]:
+    tokens = tmp_path / "tokens.json"
+    grant = {"vm_id": "vm1", "protocol": "serial", "single_use": False}
+    tokens.write_text(
+        json.dumps(
+            {
+                OPERATOR: {**grant, "role": "operator"},
+                VIEWER: {**grant, "role": "viewer"},
+                ONCE: {**grant, "role": "operator", "single_use": True},
+                SCREEN: {**grant, "protocol": "vnc", "role": "operator"},
+            }
+        )
+    )
+    server = server_factory(
+        DEMO_CONFIG + f'\n[web]\nenabled = true\nport = 0\nassets = "{assets}"\n',
+        launcher=(str(Path(__file__).parent / "webtokens.py"), str(tokens)),
+    )
+    create_demo(server, "vm1")
+    port = wait_for(lambda: WEB_LISTENING.search(server.log()), 10, "the web port")
+    return server, int(port.group(1))
+
+
+def own_socket(server: ServerProcess, port: int, token: str, query: str = ""):
+    path = f"/websockify?token={token}{query}"
+    return websocket(server, port, path, f"https://127.0.0.1:{port}")
+
+
+def test_operator_token_follows_and_types(tokened):
+    """An operator token's websocket follows its console and types into it."""
+    server, port = tokened
+    with own_socket(server, port, OPERATOR) as ws:
+        follower = WsFollower(ws)
+        text = f"web-{random.randrange(10**9)}"
+        ws.send(f"echo {text}\r".encode())
+        follower.expect(text.encode() + b"\r\n" + PROMPT)
+    with own_socket(server, port, OPERATOR, "&offset=0") as ws:
+        again = WsFollower(ws)
+        assert again.offset == 0
+        again.expect(text.encode() + b"\r\n" + PROMPT)
+
+
+def test_viewer_token_cannot_type(tokened):
+    """A viewer token's input never reaches the guest."""
+    server, port = tokened
+    with own_socket(server, port, VIEWER) as ws:
+        follower = WsFollower(ws)
+        text = f"web-{random.randrange(10**9)}"
+        ws.send(f"echo {text}\r".encode())
+        ws.ping().wait(10)
+        assert text.encode() not in follower.poll(0.5)
+    assert text.encode() not in console_bytes(server, "vm1")
+
+
+def test_single_use_token_opens_one_websocket(tokened):
+    """A single-use token opens one websocket; a page load does not spend it."""
+    server, port = tokened
+    status, headers, _ = get(server, port, f"/console/serial?token={ONCE}")
+    assert status == 200
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    with own_socket(server, port, ONCE) as ws:
+        WsFollower(ws)
+    with pytest.raises(InvalidStatus) as refused:
+        own_socket(server, port, ONCE)
+    assert refused.value.response.status_code == 403
+
+
+def test_graphics_token_is_not_served_yet(tokened):
+    """A VNC token's websocket is 501 until graphics relays land (issue 13)."""
+    server, port = tokened
+    with pytest.raises(InvalidStatus) as refused:
+        own_socket(server, port, SCREEN)
+    assert refused.value.response.status_code == 501
