@@ -33,6 +33,7 @@ setup(
             "ruff>=0.5",
             "mypy>=1.10",
             "websockets>=14",
+            "selenium>=4.20",
         ],
     },
     entry_points={

@@ -17,13 +17,16 @@
   let next = null; // the offset just past the last byte shown
   let socket = null;
   let delay = 500;
+  const HISTORY = 64 * 1024; // bytes of recent output a fresh page shows
   window.consoleState = { bytes: 0, connects: 0, lost: 0 }; // for tests
 
   function say(text) { status.textContent = text; }
 
   function connect() {
     const query = new URLSearchParams({ token: token });
+    // First the recent history, then on from the last byte shown.
     if (next !== null) query.set("offset", String(next));
+    else query.set("tail", String(HISTORY));
     const url = `wss://${location.host}/websockify?${query}`;
     socket = new WebSocket(url, ["binary"]);
     socket.binaryType = "arraybuffer";
