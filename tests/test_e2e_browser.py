@@ -76,3 +76,37 @@ def test_serial_page_shows_the_prompt_types_and_reloads_once(
     state = browser.execute_script("return window.consoleState")
     assert state["connects"] == 1 and state["lost"] == 0
     assert screen_text(browser).count(text) == 2  # the command and its output
+
+
+def test_serial_page_resumes_across_a_server_restart(
+    browser,  # noqa: F811 - the fixture
+    page_server,
+):
+    """Restart the server under an open page: it reconnects from its last
+    offset and shows every byte once, none lost, none twice."""
+    server, port = page_server
+    browser.get(f"https://127.0.0.1:{port}/console/serial?token={OPERATOR}")
+    wait_for(lambda: "demo#" in screen_text(browser), 20, "the prompt on the page")
+    before = f"before-{random.randrange(10**9)}"
+    textarea = browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
+    textarea.send_keys(f"echo {before}" + Keys.ENTER)
+    wait_for(lambda: screen_text(browser).count(before) == 2, 20, "the echo")
+    server.stop()
+    # The same ports again: the page reconnects to the address it came from.
+    server.config_text = server.config_text.replace("port = 0", f"port = {port}", 1)
+    server.start(port=server.port)
+
+    def state() -> dict:
+        return browser.execute_script("return window.consoleState")
+
+    wait_for(lambda: state()["connects"] >= 2, 30, "the page to reconnect")
+    after = f"after-{random.randrange(10**9)}"
+    wait_for(lambda: b"demo# " in console_bytes(server, "vm1")[-64:], 20, "a prompt")
+    textarea.send_keys(f"echo {after}" + Keys.ENTER)
+    wait_for(lambda: screen_text(browser).count(after) == 2, 20, "the echo after")
+    shown = state()
+    assert shown["lost"] == 0
+    assert shown["next"] - shown["first"] == shown["bytes"]
+    held = console_bytes(server, "vm1", shown["first"], shown["next"])
+    assert len(held) == shown["bytes"]
+    assert held.count(before.encode()) == 2 and held.count(after.encode()) == 2

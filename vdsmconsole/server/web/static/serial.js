@@ -18,7 +18,9 @@
   let socket = null;
   let delay = 500;
   const HISTORY = 64 * 1024; // bytes of recent output a fresh page shows
-  window.consoleState = { bytes: 0, connects: 0, lost: 0 }; // for tests
+  // What the page has shown, for tests: offsets first..next, bytes written.
+  const state = { first: null, next: null, bytes: 0, connects: 0, lost: 0 };
+  window.consoleState = state;
 
   function say(text) { status.textContent = text; }
 
@@ -36,19 +38,22 @@
         hello = true;
         const start = JSON.parse(event.data);
         if (start.lost > 0) {
-          window.consoleState.lost += start.lost;
+          state.lost += start.lost;
           say(`${start.lost} bytes of output were lost before offset ${start.offset}`);
         } else {
           say("");
         }
         next = start.offset;
-        window.consoleState.connects += 1;
+        if (state.first === null) state.first = next;
+        state.next = next;
+        state.connects += 1;
         delay = 500;
         return;
       }
       const data = new Uint8Array(event.data);
       next += data.length;
-      window.consoleState.bytes += data.length;
+      state.next = next;
+      state.bytes += data.length;
       term.write(data);
     };
     socket.onclose = (event) => {
