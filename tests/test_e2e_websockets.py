@@ -306,3 +306,27 @@ def test_http2_refuses_websockets_clearly(demo):
         assert ping_on(fresh) == 200
     finally:
         fresh.close()
+
+
+def closed_with(ws) -> tuple[int, str]:
+    """Read until the server closes; its close code and reason."""
+    with pytest.raises(ConnectionClosed):
+        while True:
+            ws.recv(timeout=15)
+    close = ws.protocol.close_rcvd
+    assert close is not None, "closed without a close frame"
+    return close.code, close.reason
+
+
+def test_ends_are_close_frames_with_the_end_reason(demo):
+    """Destroying the console closes its websockets with 1000 "destroyed";
+    stopping the server closes them with 1001 "stopping"."""
+    create_demo(demo, "vm2")
+    with ws_console(demo, "vm1") as staying, ws_console(demo, "vm2") as ws:
+        WsFollower(staying)
+        WsFollower(ws)
+        assert demo.rpc().destroy("vm2")["status"]["code"] == 0
+        assert closed_with(ws) == (1000, "destroyed")
+        demo.stop()
+        assert closed_with(staying) == (1001, "stopping")
+    assert demo.wait(10) == 0

@@ -79,6 +79,16 @@ class SocketFollower(Follower):
             self.end(StreamEnd.DESTROYED)
 
 
+class SocketInput(BodyWriter):
+    """A BodyWriter whose stop on shutdown leaves the close to the follower."""
+
+    def consoleClosed(self, why: str) -> None:
+        if why == SERVER_STOPPING:
+            self.stop()  # the follower sends 1001 stopping
+        else:
+            super().consoleClosed(why)
+
+
 class ConsoleSocket:
     """One websocket on a console: follows it, and types if allowed.
 
@@ -95,7 +105,7 @@ class ConsoleSocket:
         if lost:
             self.headers["X-Console-Lost"] = str(lost)
         self.follower: SocketFollower | None = None
-        self.writer: BodyWriter | None = None
+        self.writer: SocketInput | None = None
         self.dropped = 0  # input bytes of a viewer, not sent to the guest
         self.gone = False
 
@@ -109,7 +119,7 @@ class ConsoleSocket:
             # BodyWriter pauses "the body" by pausing the request channel's
             # transport: here the websocket's, which stops reading it.
             body = SimpleNamespace(isHTTP2=False, channel=socket, bodyConsumer=None)
-            self.writer = BodyWriter(body, self.console, True, self.follower)
+            self.writer = SocketInput(body, self.console, True, self.follower)
             self.writer.start()
         self.follower.start()
 

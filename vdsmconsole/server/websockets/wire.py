@@ -96,9 +96,16 @@ class SocketProtocol(WebSocketServerProtocol):
         self.sendMessage(text.encode("utf-8"), isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
-        """Close with an RFC 6455 code and a short reason (a StreamEnd's name)."""
-        if self.state in (self.STATE_CONNECTING, self.STATE_OPEN):
-            self.sendClose(code, reason)
+        """Close with an RFC 6455 code and a short reason (a StreamEnd's name).
+
+        autobahn's ``sendClose`` takes only 1000 and 3000-4999 from
+        applications; 1001 (going away: the server stops) is the right code
+        for a stop, so the frame is sent with ``sendCloseFrame``.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code, reason.encode("utf-8"), isReply=False)
+        elif self.state == self.STATE_CONNECTING:
+            self.dropConnection(abort=True)
 
 
 def socket_factory(limits: SocketLimits) -> WebSocketServerFactory:
