@@ -330,3 +330,51 @@ def test_ends_are_close_frames_with_the_end_reason(demo):
         demo.stop()
         assert closed_with(staying) == (1001, "stopping")
     assert demo.wait(10) == 0
+
+
+def test_guest_exit_closes_with_down_after_everything(demo):
+    """A guest that exits: the socket gets everything, then 1000 "down"."""
+    with ws_console(demo, "vm1") as ws:
+        follower = WsFollower(ws)
+        ws.send(b"exit\r")
+        with pytest.raises(ConnectionClosed):
+            while True:
+                follower.data += ws.recv(timeout=15)
+        assert (ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason) == (
+            1000,
+            "down",
+        )
+    assert bytes(follower.data) == console_bytes(demo, "vm1", follower.offset)
+
+
+def test_slow_websocket_falls_behind_and_learns_what_it_lost(server_factory):
+    """A websocket client that stops reading while more than is retained
+    flows is ended with 1000 "behind"; resuming from its last offset tells
+    it how much it lost, as for a GET follower."""
+    server = server_factory(
+        DEMO_CONFIG
+        + "\n[console]\nring_bytes = 1048576\nlog_file_bytes = 1048576\n"
+        + "log_keep_files = 1\n"
+    )
+    create_demo(server, "vm1")
+    with ws_console(server, "vm1", max_queue=2) as ws:
+        follower = WsFollower(ws)
+        start = stats(server, "vm1")["nextOffset"]
+        total = 12 * MiB
+        type_into(server, "vm1", f"flood {total}\r")
+        wait_for_progress(
+            lambda: stats(server, "vm1")["nextOffset"] >= start + total,
+            lambda: stats(server, "vm1")["nextOffset"],
+            60,
+            "the flood",
+        )
+        with pytest.raises(ConnectionClosed):
+            while True:
+                follower.data += ws.recv(timeout=15)
+        close = ws.protocol.close_rcvd
+        assert (close.code, close.reason) == (1000, "behind")
+    end = follower.end
+    with ws_console(server, "vm1", f"?offset={end}") as ws:
+        resumed = WsFollower(ws)
+        assert resumed.lost > 0
+        assert resumed.offset == end + resumed.lost
