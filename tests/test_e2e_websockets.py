@@ -378,3 +378,38 @@ def test_slow_websocket_falls_behind_and_learns_what_it_lost(server_factory):
         resumed = WsFollower(ws)
         assert resumed.lost > 0
         assert resumed.offset == end + resumed.lost
+
+
+def server_frames(tls: ssl.SSLSocket) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) frames the server sends, up to its close frame
+    or the end of the connection (payloads under 64 KiB: a hello, a close)."""
+    data = b""
+    frames: list[tuple[int, bytes]] = []
+    tls.settimeout(10)
+    while not any(opcode == 0x8 for opcode, _ in frames):
+        try:
+            chunk = tls.recv(65536)
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            break
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= 2:
+            opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(data[2:4], "big"), 4
+            if len(data) < start + length:
+                break
+            frames.append((opcode, data[start : start + length]))
+            data = data[start + length :]
+    return frames
+
+
+def test_bad_frame_closes_with_protocol_error(demo):
+    """An unmasked client frame (RFC 6455 5.1) closes the socket with 1002."""
+    with contextlib.closing(raw_websocket(demo, "/consoleStream/vm1")) as tls:
+        tls.sendall(b"\x82\x05hello")  # binary, FIN, no mask
+        frames = server_frames(tls)
+    closes = [payload for opcode, payload in frames if opcode == 0x8]
+    assert closes and int.from_bytes(closes[0][:2], "big") == 1002, frames
+    assert b"hello" not in console_bytes(demo, "vm1")
