@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["vdsmconsole", "vdsmconsole.*"])
     + ["twisted.plugins"],
-    package_data={"vdsmconsole": ["py.typed"]},
+    package_data={"vdsmconsole": ["py.typed", "server/web/static/*"]},
     install_requires=[
         "twisted[tls,http2]>=23.10",
         "pyopenssl>=23.2",
@@ -22,6 +22,8 @@ setup(
         "treq>=23.11",
         "cryptography>=41",
         "defusedxml>=0.7",
+        # Websockets (server/websockets/): see docs/architecture.rst for why.
+        "autobahn>=24.4",
     ],
     extras_require={
         "test": [
@@ -33,6 +35,8 @@ setup(
             # vncdo: the acceptance tests capture a guest's screen through a
             # tunnel (it brings Pillow, which reads the PNG back).
             "vncdotool>=1.2",
+            "websockets>=14",
+            "selenium>=4.20",
         ],
     },
     entry_points={

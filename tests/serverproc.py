@@ -135,6 +135,8 @@ class ServerProcess:
     nofile: tuple[int, int] | None = None
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    # What runs "serve": the server itself, or a test harness around it.
+    launcher: tuple[str, ...] = ("-m", "vdsmconsole")
 
     @property
     def state_dir(self) -> Path:
@@ -154,8 +156,7 @@ class ServerProcess:
         args = [
             *limits,
             sys.executable,
-            "-m",
-            "vdsmconsole",
+            *self.launcher,
             "serve",
             *serve_flags(self.pki.root, self.state_dir, config, port or self.port),
             *self.extra_args,

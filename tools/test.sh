@@ -21,6 +21,9 @@ declare -A NEEDS=(
     [script]=bsdutils
     [prlimit]=util-linux
     [h2load]=nghttp2-client
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
+    [npm]=npm
 )
 # Perl module -> Debian package: Perl's RPC::XML is the strict XML-RPC client
 # of another language that tests/test_e2e_wire.py reads the server with.
@@ -51,6 +54,9 @@ fi
 echo "== installing vdsmconsole with its test extra into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q ".[test]"
+
+echo "== browser assets (npm, as web/package-lock.json pins them)"
+./tools/assets.sh >/dev/null
 
 echo "== ruff"
 "$VENV/bin/ruff" check .

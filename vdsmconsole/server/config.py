@@ -25,9 +25,11 @@ from vdsmconsole.server.policy import (
     DEFAULT_UNIX_PATHS,
     SourcePolicy,
 )
+from vdsmconsole.server.web.origin import normal_origin
 from vdsmconsole.spec import DEFAULT_PORT
 
 DEFAULT_PKI = "/etc/pki/vdsm"
+DEFAULT_WEB_PORT = 6100  # ovirt-websocket-proxy's
 
 
 class ConfigError(ValueError):
@@ -70,6 +72,15 @@ class Config:
     pty_owners: tuple[str, ...] = DEFAULT_PTY_OWNERS
     # identity pattern -> role, in file order; None: every certificate is admin
     authorization: Mapping[str, str] | None = None
+    # The [web] listener for browsers (server/web/): off unless enabled.
+    web_enabled: bool = False
+    web_port: int = DEFAULT_WEB_PORT
+    web_bind: str = ""  # "": the [server] bind address
+    web_allowed_origins: tuple[str, ...] = ()  # (): the listener's own name
+    web_assets: str = ""  # the directory tools/assets.sh installed into
+    websocket_max_message: int = 1024 * 1024
+    websocket_ping_interval: float = 30.0
+    websocket_ping_timeout: float = 30.0
 
     def with_pki(self, pki_dir: Path) -> Config:
         """Point the three TLS files at a directory in VDSM's layout."""
@@ -115,6 +126,14 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("sources", "unix_denied"): ("unix_denied", tuple),
     ("sources", "tcp_endpoints"): ("tcp_endpoints", tuple),
     ("sources", "pty_owners"): ("pty_owners", tuple),
+    ("web", "enabled"): ("web_enabled", bool),
+    ("web", "port"): ("web_port", int),
+    ("web", "bind"): ("web_bind", str),
+    ("web", "allowed_origins"): ("web_allowed_origins", tuple),
+    ("web", "assets"): ("web_assets", str),
+    ("web", "max_message_bytes"): ("websocket_max_message", int),
+    ("web", "ping_interval"): ("websocket_ping_interval", float),
+    ("web", "ping_timeout"): ("websocket_ping_timeout", float),
 }
 # Keys that must be positive when set.
 POSITIVE = {
@@ -131,6 +150,9 @@ POSITIVE = {
     "reconnect_initial",
     "reconnect_max",
     "client_buffer_bytes",
+    "websocket_max_message",
+    "websocket_ping_interval",
+    "websocket_ping_timeout",
 }
 
 
@@ -166,6 +188,9 @@ def check_values(config: Config) -> Config:
     """Range checks shared by the file and the command-line flags."""
     if not 0 <= config.port < 65536:
         raise ConfigError(f"server.port: must be 0-65535, got {config.port}")
+    if not 0 <= config.web_port < 65536:
+        raise ConfigError(f"web.port: must be 0-65535, got {config.web_port}")
+    _check_origins(config.web_allowed_origins)
     if config.log_keep_files < 0:
         raise ConfigError("console.log_keep_files: must be 0 or more")
     if config.expiry_warning_days < 0:
@@ -177,6 +202,15 @@ def check_values(config: Config) -> Config:
             raise ConfigError(f"{section}.{key}: must be positive and finite")
     _check_sources(config)
     return config
+
+
+def _check_origins(origins: tuple[str, ...]) -> None:
+    for origin in origins:
+        if normal_origin(origin) is None:
+            raise ConfigError(
+                f"web.allowed_origins: {origin!r} is not an origin "
+                "(scheme://host[:port], https or http)"
+            )
 
 
 def _check_sources(config: Config) -> None:

@@ -49,6 +49,7 @@ from vdsmconsole.server.tokens.connectinfo import install_connect_info
 from vdsmconsole.server.tokens.setup import make_token_store, revoker, start_tokens
 from vdsmconsole.server.tunnels.resource import install_tunnels
 from vdsmconsole.server.tunnels.tunnel import cut_tunnels
+from vdsmconsole.server.web.listener import build_web_site, listen_web
 from vdsmconsole.sources.factory import make_source
 from vdsmconsole.sources.options import SourceOptions
 from vdsmconsole.spec import ConsoleSpec
@@ -174,6 +175,8 @@ class ConsoleService(Service):
         self.site: ConsoleSite | None = None
         self.listening: Any = None
         self.tls: ServerTLS | None = None
+        self.web_site: ConsoleSite | None = None
+        self.web_listening: Any = None
         self._expiry_check: task.LoopingCall | None = None
         self._token_pruning: task.LoopingCall | None = None
 
@@ -203,6 +206,8 @@ class ConsoleService(Service):
             # Accepted connections send small writes at once (transports.py).
             self.listening.transport = EagerServer
         self.context.port = self.listening.getHost().port
+        if config.web_enabled:
+            self._listen_web()
         self.context.registry.load()
         self._token_pruning = start_tokens(self.context.tokens, self.reactor)
         if self.context.graphics_probe is not None:
@@ -218,6 +223,28 @@ class ConsoleService(Service):
         self._expiry_check = task.LoopingCall(self.tls.warn_if_expiring)
         self._expiry_check.clock = self.reactor
         self._expiry_check.start(EXPIRY_CHECK_SECONDS, now=True)
+
+    def _listen_web(self) -> None:
+        """The [web] listener for browsers (server/web/)."""
+        assert self.context is not None and self.tls is not None
+        config = self.config
+        self.web_site = build_web_site(self.context, site_limits(config))
+        limits = connection_limits(config, self.reactor)
+        try:
+            self.web_listening = listen_web(
+                self.context, self.web_site, self.tls, limits
+            )
+        except Exception as e:  # noqa: BLE001 - CannotListenError and friends
+            self.listening.stopListening()
+            raise StartupError(
+                f"cannot listen on {config.web_bind or config.bind}:"
+                f"{config.web_port} for [web]: {e}"
+            ) from None
+        log.info(
+            "vdsmconsole web listening on {bind}:{port}",
+            bind=config.web_bind or config.bind,
+            port=self.web_listening.getHost().port,
+        )
 
     def reload(self, why: str = "SIGHUP") -> bool:
         """Re-read certificate, key, CA and CRL for new connections (SIGHUP).
@@ -249,6 +276,10 @@ class ConsoleService(Service):
         # (HTTP/1.1, then closed) or a GOAWAY (HTTP/2), so that no client
         # attaches to a console that is about to stop (see endings.py).
         begin_shutdown(self.site)
+        if self.web_site is not None:
+            begin_shutdown(self.web_site)
+        if self.web_listening is not None:
+            yield self.web_listening.stopListening()
         if self.listening is not None:
             yield self.listening.stopListening()
         deadline = self.reactor.seconds() + self.config.shutdown_timeout * 0.8

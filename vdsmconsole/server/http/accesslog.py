@@ -4,7 +4,7 @@ The user field is the peer's certificate name.  Names, paths and headers
 come from the client, so each field has its control characters escaped
 (``identity.log_safe``) and its quotes and spaces percent-encoded: no
 request can split the line or forge another.  Console tokens in the target
-are replaced by ``***`` (redact.py).
+and the referrer (a console page's URL) are replaced by ``***`` (redact.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ __all__ = ["access_log_line"]
 
 def access_log_line(timestamp: str, request: Any) -> str:
     """Combined log format, with the peer's certificate name as the user."""
-    referrer = _quote(request.getHeader(b"referer") or b"-")
+    referrer = _quote(redact_target(request.getHeader(b"referer") or b"-"))
     agent = _quote(request.getHeader(b"user-agent") or b"-")
     line = (
         '"{ip}" - {user} {timestamp} "{method} {uri} {protocol}" '

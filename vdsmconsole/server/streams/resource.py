@@ -25,6 +25,8 @@ from vdsmconsole.server.streams.query import (
     parse_stream_query,
     resolve_start,
 )
+from vdsmconsole.server.websockets.admit import console_socket
+from vdsmconsole.server.websockets.wire import is_websocket
 from vdsmconsole.spec import is_valid_vm_id
 from vdsmconsole.status import no_vm_message
 
@@ -115,6 +117,12 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         if isinstance(admitted, bytes):
             return admitted
         console, query = admitted
+        if is_websocket(request):
+            identity = identity_of(request)
+            may_type = self.context.authz.allows(identity, stream_permission(b"POST"))
+            return console_socket(
+                self.context, request, console, query, identity, may_type
+            )
         if query.duplex:
             return answer(request, 400, "duplex=1 needs POST")
         start = self._start(request, console, query)

@@ -1,0 +1,112 @@
+"""The serial console page in a real headless Chromium (issue 14), against the
+real server with a stand-in token store (tests/webtokens.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+from tests.browser import browser  # noqa: F401 - the fixture
+from tests.serverproc import ServerProcess, wait_for
+from tests.streamhelp import DEMO_CONFIG, console_bytes, create_demo
+from tests.tools import unavailable
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "web" / "node_modules"
+WEB_LISTENING = re.compile(r"vdsmconsole web listening on [^:\s]+:(\d+)")
+OPERATOR = "o" * 43
+
+
+@pytest.fixture
+def page_server(server_factory, tmp_path) -> tuple[ServerProcess, int]:
+    if not (ASSETS / "@xterm/xterm/lib/xterm.js").is_file():
+        unavailable("browser assets not installed: run tools/assets.sh")
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(
+        json.dumps(
+            {
+                OPERATOR: {
+                    "vm_id": "vm1",
+                    "protocol": "serial",
+                    "role": "operator",
+                    "single_use": False,
+                }
+            }
+        )
+    )
+    server = server_factory(
+        DEMO_CONFIG + f'\n[web]\nenabled = true\nport = 0\nassets = "{ASSETS}"\n',
+        launcher=(str(Path(__file__).parent / "webtokens.py"), str(tokens)),
+    )
+    create_demo(server, "vm1")
+    port = wait_for(lambda: WEB_LISTENING.search(server.log()), 10, "the web port")
+    return server, int(port.group(1))
+
+
+def screen_text(driver) -> str:
+    rows = driver.find_elements(By.CSS_SELECTOR, ".xterm-rows")
+    return rows[0].text if rows else ""
+
+
+def test_serial_page_shows_the_prompt_types_and_reloads_once(
+    browser,  # noqa: F811 - the fixture
+    page_server,
+):
+    """The page shows the prompt; typed keys come back on the page and in the
+    console; a reload shows the recent history again, once."""
+    server, port = page_server
+    url = f"https://127.0.0.1:{port}/console/serial?token={OPERATOR}"
+    browser.get(url)
+    wait_for(lambda: "demo#" in screen_text(browser), 20, "the prompt on the page")
+    text = f"web-{random.randrange(10**9)}"
+    browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea").send_keys(
+        f"echo {text}" + Keys.ENTER
+    )
+    wait_for(lambda: screen_text(browser).count(text) == 2, 20, "the echo on the page")
+    assert f"{text}\r\n".encode() in console_bytes(server, "vm1")
+    browser.refresh()
+    wait_for(lambda: text in screen_text(browser), 20, "the history after a reload")
+    state = browser.execute_script("return window.consoleState")
+    assert state["connects"] == 1 and state["lost"] == 0
+    assert screen_text(browser).count(text) == 2  # the command and its output
+
+
+def test_serial_page_resumes_across_a_server_restart(
+    browser,  # noqa: F811 - the fixture
+    page_server,
+):
+    """Restart the server under an open page: it reconnects from its last
+    offset and shows every byte once, none lost, none twice."""
+    server, port = page_server
+    browser.get(f"https://127.0.0.1:{port}/console/serial?token={OPERATOR}")
+    wait_for(lambda: "demo#" in screen_text(browser), 20, "the prompt on the page")
+    before = f"before-{random.randrange(10**9)}"
+    textarea = browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
+    textarea.send_keys(f"echo {before}" + Keys.ENTER)
+    wait_for(lambda: screen_text(browser).count(before) == 2, 20, "the echo")
+    server.stop()
+    # The same ports again: the page reconnects to the address it came from.
+    server.config_text = server.config_text.replace("port = 0", f"port = {port}", 1)
+    server.start(port=server.port)
+
+    def state() -> dict:
+        return browser.execute_script("return window.consoleState")
+
+    wait_for(lambda: state()["connects"] >= 2, 30, "the page to reconnect")
+    after = f"after-{random.randrange(10**9)}"
+    wait_for(lambda: b"demo# " in console_bytes(server, "vm1")[-64:], 20, "a prompt")
+    textarea.send_keys(f"echo {after}" + Keys.ENTER)
+    wait_for(lambda: screen_text(browser).count(after) == 2, 20, "the echo after")
+    shown = state()
+    assert shown["lost"] == 0
+    assert shown["next"] - shown["first"] == shown["bytes"]
+    held = console_bytes(server, "vm1", shown["first"], shown["next"])
+    assert len(held) == shown["bytes"]
+    assert held.count(before.encode()) == 2 and held.count(after.encode()) == 2

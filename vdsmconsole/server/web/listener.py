@@ -1,0 +1,37 @@
+"""The web listener's site and port (``[web] enabled = true``).
+
+The same site class as the mTLS port (its header limits, deadlines and
+graceful stop), with the web root: pages, websockets and assets only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vdsmconsole.server.connlimits import LimitedTLSFactory
+from vdsmconsole.server.context import ServerContext
+from vdsmconsole.server.http.site import ConsoleSite, SiteLimits
+from vdsmconsole.server.tls.reload import ServerTLS
+from vdsmconsole.server.web.resources import WebRoot
+from vdsmconsole.server.web.tls import WebTLS
+
+
+class WebSite(ConsoleSite):
+    """ALPN offers HTTP/1.1 only: browsers' websockets need it (no RFC 8441)."""
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
+
+
+def build_web_site(context: ServerContext, limits: SiteLimits) -> ConsoleSite:
+    return WebSite(WebRoot(context), context.reactor, limits)
+
+
+def listen_web(
+    context: ServerContext, site: ConsoleSite, tls: ServerTLS, limits: Any
+) -> Any:
+    """Listen on ``[web] bind:port`` (bind "" is ``[server] bind``)."""
+    config = context.config
+    factory = LimitedTLSFactory(WebTLS(tls), site, limits, context.reactor)
+    bind = config.web_bind or config.bind
+    return context.reactor.listenTCP(config.web_port, factory, interface=bind)
