@@ -1,9 +1,8 @@
 """The serial console page in a real headless Chromium (issue 14), against the
-real server with a stand-in token store (tests/webtokens.py)."""
+real server, with a token it minted (remoteConsole)."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -16,38 +15,24 @@ from tests.browser import browser  # noqa: F401 - the fixture
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import DEMO_CONFIG, console_bytes, create_demo
 from tests.tools import unavailable
+from tests.webtokens import mint
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "web" / "node_modules"
 WEB_LISTENING = re.compile(r"vdsmconsole web listening on [^:\s]+:(\d+)")
-OPERATOR = "o" * 43
 
 
 @pytest.fixture
-def page_server(server_factory, tmp_path) -> tuple[ServerProcess, int]:
+def page_server(server_factory) -> tuple[ServerProcess, int, str]:
     if not (ASSETS / "@xterm/xterm/lib/xterm.js").is_file():
         unavailable("browser assets not installed: run tools/assets.sh")
-    tokens = tmp_path / "tokens.json"
-    tokens.write_text(
-        json.dumps(
-            {
-                OPERATOR: {
-                    "vm_id": "vm1",
-                    "protocol": "serial",
-                    "role": "operator",
-                    "single_use": False,
-                }
-            }
-        )
-    )
     server = server_factory(
-        DEMO_CONFIG + f'\n[web]\nenabled = true\nport = 0\nassets = "{ASSETS}"\n',
-        launcher=(str(Path(__file__).parent / "webtokens.py"), str(tokens)),
+        DEMO_CONFIG + f'\n[web]\nenabled = true\nport = 0\nassets = "{ASSETS}"\n'
     )
     create_demo(server, "vm1")
     port = wait_for(lambda: WEB_LISTENING.search(server.log()), 10, "the web port")
-    return server, int(port.group(1))
+    return server, int(port.group(1)), mint(server, "vm1", role="operator")
 
 
 def screen_text(driver) -> str:
@@ -61,8 +46,8 @@ def test_serial_page_shows_the_prompt_types_and_reloads_once(
 ):
     """The page shows the prompt; typed keys come back on the page and in the
     console; a reload shows the recent history again, once."""
-    server, port = page_server
-    url = f"https://127.0.0.1:{port}/console/serial?token={OPERATOR}"
+    server, port, token = page_server
+    url = f"https://127.0.0.1:{port}/console/serial?token={token}"
     browser.get(url)
     wait_for(lambda: "demo#" in screen_text(browser), 20, "the prompt on the page")
     text = f"web-{random.randrange(10**9)}"
@@ -84,8 +69,8 @@ def test_serial_page_resumes_across_a_server_restart(
 ):
     """Restart the server under an open page: it reconnects from its last
     offset and shows every byte once, none lost, none twice."""
-    server, port = page_server
-    browser.get(f"https://127.0.0.1:{port}/console/serial?token={OPERATOR}")
+    server, port, token = page_server
+    browser.get(f"https://127.0.0.1:{port}/console/serial?token={token}")
     wait_for(lambda: "demo#" in screen_text(browser), 20, "the prompt on the page")
     before = f"before-{random.randrange(10**9)}"
     textarea = browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")

@@ -4,11 +4,9 @@ token-authorised pages and websockets only, the Origin check, the assets."""
 from __future__ import annotations
 
 import http.client
-import json
 import random
 import re
 import ssl
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -16,7 +14,9 @@ from websockets.sync.client import connect
 
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import DEMO_CONFIG, PROMPT, console_bytes, create_demo
+from tests.webtokens import mint
 from tests.wshelp import WsFollower
+from vdsmconsole.server.tokens.store import token_id
 
 pytestmark = pytest.mark.e2e
 WEB_LISTENING = re.compile(r"vdsmconsole web listening on [^:\s]+:(\d+)")
@@ -112,8 +112,8 @@ def test_pages_without_a_valid_token_are_refused_and_audited(web, query):
     server, port = web
     status, _, body = get(server, port, "/console/serial" + query)
     assert status == 403, body
-    denied = [a for a in server.audit() if a["event"] == "denied"]
-    assert [a["reason"] for a in denied] == ["token"]
+    refused = [a for a in server.audit() if a["event"] == "tokenRefused"]
+    assert [a["via"] for a in refused] == ["web"]
     assert TOKEN not in (server.state_dir / "audit.log").read_text()
     assert TOKEN not in server.log()
 
@@ -131,7 +131,9 @@ def test_websocket_origin_then_token(web):
         websocket(server, port, f"/websockify?token={TOKEN}", own)
     assert refused.value.response.status_code == 403
     reasons = [a["reason"] for a in server.audit() if a["event"] == "denied"]
-    assert reasons == ["origin", "origin", "token"]
+    assert reasons == ["origin", "origin"]
+    refused = [a for a in server.audit() if a["event"] == "tokenRefused"]
+    assert [a["tokenId"] for a in refused] == [token_id(TOKEN)]
 
 
 def test_assets_are_served_without_listings(web):
@@ -147,32 +149,18 @@ def test_assets_are_served_without_listings(web):
     assert status == 200 and b"websockify" in body
 
 
-# -- with tokens: issue 13's store stood in for (tests/webtokens.py) -------------
-
-OPERATOR, VIEWER, ONCE, SCREEN = (c * 43 for c in "opqs")
+# -- with tokens minted by the server (remoteConsole) ---------------------------
 
 
 @pytest.fixture
-def tokened(server_factory, assets, tmp_path) -> tuple[ServerProcess, int]:
-    tokens = tmp_path / "tokens.json"
-    grant = {"vm_id": "vm1", "protocol": "serial", "single_use": False}
-    tokens.write_text(
-        json.dumps(
-            {
-                OPERATOR: {**grant, "role": "operator"},
-                VIEWER: {**grant, "role": "viewer"},
-                ONCE: {**grant, "role": "operator", "single_use": True},
-                SCREEN: {**grant, "protocol": "vnc", "role": "operator"},
-            }
-        )
-    )
-    server = server_factory(
-        DEMO_CONFIG + f'\n[web]\nenabled = true\nport = 0\nassets = "{assets}"\n',
-        launcher=(str(Path(__file__).parent / "webtokens.py"), str(tokens)),
-    )
-    create_demo(server, "vm1")
-    port = wait_for(lambda: WEB_LISTENING.search(server.log()), 10, "the web port")
-    return server, int(port.group(1))
+def tokened(web) -> tuple[ServerProcess, int, dict[str, str]]:
+    server, port = web
+    tokens = {
+        "operator": mint(server, "vm1", role="operator"),
+        "viewer": mint(server, "vm1", role="viewer"),
+        "once": mint(server, "vm1", role="operator", single_use=True),
+    }
+    return server, port, tokens
 
 
 def own_socket(server: ServerProcess, port: int, token: str, query: str = ""):
@@ -182,13 +170,13 @@ def own_socket(server: ServerProcess, port: int, token: str, query: str = ""):
 
 def test_operator_token_follows_and_types(tokened):
     """An operator token's websocket follows its console and types into it."""
-    server, port = tokened
-    with own_socket(server, port, OPERATOR) as ws:
+    server, port, tokens = tokened
+    with own_socket(server, port, tokens["operator"]) as ws:
         follower = WsFollower(ws)
         text = f"web-{random.randrange(10**9)}"
         ws.send(f"echo {text}\r".encode())
         follower.expect(text.encode() + b"\r\n" + PROMPT)
-    with own_socket(server, port, OPERATOR, "&offset=0") as ws:
+    with own_socket(server, port, tokens["operator"], "&offset=0") as ws:
         again = WsFollower(ws)
         assert again.offset == 0
         again.expect(text.encode() + b"\r\n" + PROMPT)
@@ -196,8 +184,8 @@ def test_operator_token_follows_and_types(tokened):
 
 def test_viewer_token_cannot_type(tokened):
     """A viewer token's input never reaches the guest."""
-    server, port = tokened
-    with own_socket(server, port, VIEWER) as ws:
+    server, port, tokens = tokened
+    with own_socket(server, port, tokens["viewer"]) as ws:
         follower = WsFollower(ws)
         text = f"web-{random.randrange(10**9)}"
         ws.send(f"echo {text}\r".encode())
@@ -208,20 +196,13 @@ def test_viewer_token_cannot_type(tokened):
 
 def test_single_use_token_opens_one_websocket(tokened):
     """A single-use token opens one websocket; a page load does not spend it."""
-    server, port = tokened
-    status, headers, _ = get(server, port, f"/console/serial?token={ONCE}")
+    server, port, tokens = tokened
+    once = tokens["once"]
+    status, headers, _ = get(server, port, f"/console/serial?token={once}")
     assert status == 200
     assert "default-src 'none'" in headers["Content-Security-Policy"]
-    with own_socket(server, port, ONCE) as ws:
+    with own_socket(server, port, once) as ws:
         WsFollower(ws)
     with pytest.raises(InvalidStatus) as refused:
-        own_socket(server, port, ONCE)
+        own_socket(server, port, once)
     assert refused.value.response.status_code == 403
-
-
-def test_graphics_token_is_not_served_yet(tokened):
-    """A VNC token's websocket is 501 until graphics relays land (issue 13)."""
-    server, port = tokened
-    with pytest.raises(InvalidStatus) as refused:
-        own_socket(server, port, SCREEN)
-    assert refused.value.response.status_code == 501

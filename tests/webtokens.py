@@ -1,65 +1,93 @@
-"""The real server with a stand-in token store, for the web listener's tests.
+"""The web listener's tests: a server with ``[web]`` on, and console tokens
+minted by it (``remoteConsole`` over XML-RPC as the engine, an admin).
 
-Issue 13's token store is not in yet (``server/web/grants.py`` is the hook),
-so the web listener refuses every token.  This runs ``vdsmconsole serve``
-exactly, but gives its context a ``tokens`` object with issue 13's
-interface (``lookup``, ``use``), read from a JSON file the test writes:
-``{"<token>": {"vm_id", "protocol", "role", "single_use"}}``.  Test harness
-only; once issue 13 lands the tests mint tokens with ``remoteConsole``.
-
-    python -m tests.webtokens TOKENS.json serve [vdsmconsole serve flags]
+The tokens are the real store's (server/tokens/): expiry, single use and
+the role are the server's own, nothing stood in for.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import re
+import ssl
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-import vdsmconsole.server.service as service
-from vdsmconsole import cli
+from websockets.sync.client import ClientConnection, connect
 
+from tests.serverproc import ServerProcess, wait_for
 
-class FileTokens:
-    """lookup/use as issue 13's TokenStore, from a JSON file read each time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.used: set[str] = set()
-
-    def lookup(self, token: str) -> Any:
-        if token in self.used:
-            return None
-        try:
-            grants = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-        grant = grants.get(token)
-        if grant is None:
-            return None
-        return SimpleNamespace(expires=0, **grant)
-
-    def use(self, token: str) -> Any:
-        grant = self.lookup(token)
-        if grant is not None and grant.single_use:
-            self.used.add(token)
-        return grant
+OWN = "own"  # web_socket's Origin: the listener's own
+WEB_LISTENING = re.compile(r"vdsmconsole web listening on [^:\s]+:(\d+)")
 
 
-def main() -> None:
-    tokens = FileTokens(Path(sys.argv[1]))
-    build_context = service.build_context
-
-    def with_tokens(config: Any, reactor: Any) -> Any:
-        context = build_context(config, reactor)
-        context.tokens = tokens
-        return context
-
-    service.build_context = with_tokens  # type: ignore[assignment]
-    cli.main(sys.argv[2:])
+def web_config(assets: Path | str, extra: str = "") -> str:
+    """A ``[web]`` section: on, any free port, ``assets`` served."""
+    return f'\n[web]\nenabled = true\nport = 0\nassets = "{assets}"\n{extra}'
 
 
-if __name__ == "__main__":
-    main()
+def web_port(server: ServerProcess) -> int:
+    """The web listener's port, from the server's log line."""
+    found = wait_for(lambda: WEB_LISTENING.search(server.log()), 10, "the web port")
+    return int(found.group(1))
+
+
+def remote_console(
+    server: ServerProcess,
+    vm_id: str,
+    protocol: str = "serial",
+    role: str | None = None,
+    single_use: bool = False,
+    ttl: int | None = None,
+) -> dict[str, Any]:
+    """remoteConsole's ``console`` answer (its token, type and URL)."""
+    params: dict[str, Any] = {"singleUse": single_use}
+    if role is not None:
+        params["role"] = role
+    if ttl is not None:
+        params["ttl"] = ttl
+    reply = server.rpc().remoteConsole(vm_id, protocol, params)
+    assert reply["status"]["code"] == 0, reply
+    return reply["console"]
+
+
+def mint(server: ServerProcess, vm_id: str, protocol: str = "serial", **kw: Any) -> str:
+    """A token for ``vm_id``'s console (see remote_console)."""
+    token = remote_console(server, vm_id, protocol, **kw)["token"]
+    assert isinstance(token, str)
+    return token
+
+
+def token_in(url: str) -> str:
+    """The ``token`` query parameter of a URL."""
+    return parse_qs(urlsplit(url).query)["token"][0]
+
+
+def browser_tls(server: ServerProcess) -> ssl.SSLContext:
+    """What a browser has: the CA to trust, no client certificate."""
+    return ssl.create_default_context(cafile=str(server.pki.ca_cert))
+
+
+def web_socket(
+    server: ServerProcess,
+    port: int,
+    path: str,
+    origin: str | None = OWN,
+    **kwargs: Any,
+) -> ClientConnection:
+    """A browser's websocket on the web listener; ``origin`` the listener's
+    own by default (a page it served), None for no Origin header."""
+    if origin == OWN:
+        origin = f"https://127.0.0.1:{port}"
+    kwargs.setdefault("subprotocols", ["binary"])
+    return connect(
+        f"wss://127.0.0.1:{port}{path}",
+        ssl=browser_tls(server),
+        server_hostname="localhost",
+        origin=origin,  # type: ignore[arg-type] # a str is an Origin
+        max_size=None,
+        compression=None,
+        open_timeout=10,
+        close_timeout=5,
+        **kwargs,
+    )

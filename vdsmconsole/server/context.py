@@ -31,6 +31,7 @@ class ServerContext:
     audit: AuditLog = field(init=False)
     tokens: TokenStore = field(init=False)  # console tokens (remoteConsole)
     port: int = 0
+    web_port: int = 0  # the [web] listener's, once listening (0: off)
     tls: ServerTLS | None = None
     authz: Authorizer = field(default_factory=Authorizer)
     policy: SourcePolicy = field(default_factory=SourcePolicy)

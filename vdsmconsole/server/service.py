@@ -240,10 +240,11 @@ class ConsoleService(Service):
                 f"cannot listen on {config.web_bind or config.bind}:"
                 f"{config.web_port} for [web]: {e}"
             ) from None
+        self.context.web_port = self.web_listening.getHost().port
         log.info(
             "vdsmconsole web listening on {bind}:{port}",
             bind=config.web_bind or config.bind,
-            port=self.web_listening.getHost().port,
+            port=self.context.web_port,
         )
 
     def reload(self, why: str = "SIGHUP") -> bool:
@@ -288,6 +289,8 @@ class ConsoleService(Service):
         while self._rpc_in_flight() and self.reactor.seconds() < deadline:
             yield _later(self.reactor, 0.05)
         cut_tunnels(self.site)  # as streams are cut: their consoles come back
+        if self.web_site is not None:
+            cut_tunnels(self.web_site)  # graphics websockets (websockets/graphics.py)
         if self.context.graphics_probe is not None:
             self.context.graphics_probe.stop()
         yield self.context.registry.stop_all()

@@ -25,7 +25,7 @@ from vdsmconsole.server.tokens.audit import (
 )
 from vdsmconsole.server.tokens.connectinfo import connect_info
 from vdsmconsole.server.tokens.store import TOKEN_ROLES, TooManyTokens, token_id
-from vdsmconsole.server.tokens.urls import request_host, tunnel_url
+from vdsmconsole.server.tokens.urls import console_url, request_host
 from vdsmconsole.spec import (
     DEFAULT_TOKEN_TTL,
     MAX_TOKEN_TTL,
@@ -165,11 +165,12 @@ def remote_console(
     grant = context.tokens.lookup(token)
     assert grant is not None
     record_mint(context.audit, identity, grant)
-    url = tunnel_url(request_host(request), context.port, vm, kind, token)
+    host = request_host(request)
+    what, url = console_url(host, context.port, context.web_port, vm, kind, token)
     return success(
         console={
             "protocol": kind,
-            "type": "tunnel",
+            "type": what,
             "url": url,
             "token": token,
             "expires": int(expires),

@@ -17,7 +17,17 @@ from urllib.parse import quote
 
 from vdsmconsole.spec import TUNNEL_PATH
 
-__all__ = ["request_host", "tunnel_path", "tunnel_url", "url_host"]
+__all__ = [
+    "PAGE_TYPES",
+    "console_url",
+    "request_host",
+    "tunnel_path",
+    "tunnel_url",
+    "url_host",
+]
+
+# The web listener's page of a protocol, and the ``type`` remoteConsole says.
+PAGE_TYPES = {"serial": "xterm", "vnc": "novnc"}
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _HOST_PORT = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>[0-9]{1,5}))?")
@@ -84,3 +94,17 @@ def tunnel_url(host: str, port: int, vm_id: str, protocol: str, token: str) -> s
     return (
         f"https://{url_host(host)}:{port}{tunnel_path(vm_id, protocol)}&token={token}"
     )
+
+
+def console_url(
+    host: str, port: int, web_port: int, vm_id: str, protocol: str, token: str
+) -> tuple[str, str]:
+    """remoteConsole's ``(type, url)``: the web listener's page for the
+    console when it listens (``web_port``) and has one, else the tunnel."""
+    kind = PAGE_TYPES.get(protocol)
+    if web_port and kind is not None:
+        return (
+            kind,
+            f"https://{url_host(host)}:{web_port}/console/{protocol}?token={token}",
+        )
+    return "tunnel", tunnel_url(host, port, vm_id, protocol, token)

@@ -20,6 +20,7 @@ from vdsmconsole.core.interfaces import SERVER_STOPPING
 from vdsmconsole.server.http.endings import StreamEnd
 from vdsmconsole.server.streams.follower import Follower
 from vdsmconsole.server.streams.input import BodyWriter
+from vdsmconsole.server.tunnels.takeover import ViewerLink
 from vdsmconsole.server.tunnels.tunnel import Tunnel
 
 
@@ -46,6 +47,7 @@ class TunnelFollower(Follower):
 class SerialTunnel(Tunnel):
     """Viewer <-> a VM's serial console."""
 
+    link: ViewerLink  # the CONNECT's connection (its request feeds the writer)
     follower: TunnelFollower | None = None
     writer: BodyWriter | None = None
     dropped = 0  # input bytes of a viewer role, never sent to the guest

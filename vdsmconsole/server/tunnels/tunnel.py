@@ -10,7 +10,7 @@ from twisted.logger import Logger
 
 from vdsmconsole.identity import PeerIdentity
 from vdsmconsole.server.audit import AuditLog
-from vdsmconsole.server.tunnels.takeover import ViewerLink
+from vdsmconsole.server.tunnels.side import ViewerSide
 
 log = Logger(namespace="vdsmconsole.tunnels")
 
@@ -35,6 +35,7 @@ class TunnelGrant:
     protocol: str
     role: str
     token_used: bool = False
+    via: str = "connect"  # or "websocket" (the web listener's /websockify)
 
 
 class Tunnel:
@@ -46,7 +47,7 @@ class Tunnel:
     """
 
     def __init__(
-        self, link: ViewerLink, grant: TunnelGrant, audit: AuditLog, site: Any
+        self, link: ViewerSide, grant: TunnelGrant, audit: AuditLog, site: Any
     ) -> None:
         self.link = link
         self.grant = grant
@@ -68,6 +69,7 @@ class Tunnel:
             protocol=grant.protocol,
             role=grant.role,
             token=grant.token_used,
+            via=grant.via,
             **fields,
         )
 

@@ -1,23 +1,26 @@
-"""HOOK (issue 13): what a token grants on the web listener.
+"""What a token grants on the web listener: issue 13's token store.
 
-Issue 13's token store (``ServerContext.tokens``: ``lookup(token)`` without
-side effect, ``use(token)`` consuming a single-use token, each returning a
-grant with ``vm_id``, ``protocol``, ``role``, ``expires`` or None) is not on
-this branch yet.  Until the context has one, every token is refused, so the
-web listener serves nothing but 403s and its assets.  Pages look a token up
-(loading a page must not spend a single-use token); a websocket uses it.
+The web listener learns a console's vmId and protocol from its token alone:
+a page looks the token up (``TokenStore.lookup``: loading a page must not
+spend a single-use token), a websocket uses it (``TokenStore.use`` with the
+grant's own vmId and protocol: a single-use token opens one websocket).
 
-Audit lines name a token by the first 12 hex digits of its SHA-256, never
-the token itself.
+Refusals are one ``tokenRefused`` audit line each (h3's helpers in
+``tokens/audit.py``), naming the token by its id (a SHA-256 prefix), never
+the token itself; a websocket's use is a ``tokenUse`` line.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
+from vdsmconsole.identity import PeerIdentity
 from vdsmconsole.server.context import ServerContext
+from vdsmconsole.server.tokens.audit import record_refusal, record_use
+from vdsmconsole.server.tokens.store import TokenGrant, token_id
 from vdsmconsole.spec import is_valid_token
+
+VIA = "web"  # the audit lines' ``via`` field
 
 
 def token_of(request: Any) -> str | None:
@@ -32,28 +35,47 @@ def token_of(request: Any) -> str | None:
     return token if is_valid_token(token) else None
 
 
-def token_tag(token: str | None) -> str:
-    """How an audit line names a token: a SHA-256 prefix."""
-    if token is None:
-        return ""
-    return hashlib.sha256(token.encode("ascii")).hexdigest()[:12]
+def _refused(
+    context: ServerContext, request: Any, identity: PeerIdentity, token: str | None
+) -> None:
+    fields: dict[str, Any] = {"path": request.path.decode("latin-1")[:200]}
+    if token is not None:
+        fields["tokenId"] = token_id(token)
+        reason = "unknown, expired or used token"
+    elif request.args.get(b"token"):
+        reason = "malformed token"
+    else:
+        reason = "no token"
+    record_refusal(context.audit, identity, VIA, reason, **fields)
 
 
-def _store(context: ServerContext) -> Any:
-    return getattr(context, "tokens", None)  # None until issue 13 lands
+def lookup(
+    context: ServerContext, request: Any, identity: PeerIdentity
+) -> TokenGrant | None:
+    """The grant of the request's token for a page (no side effect), or
+    None (audited)."""
+    token = token_of(request)
+    grant = None if token is None else context.tokens.lookup(token)
+    if grant is None:
+        _refused(context, request, identity, token)
+    return grant
 
 
-def lookup(context: ServerContext, token: str | None) -> Any:
-    """The grant of a token for a page (no side effect), or None."""
-    store = _store(context)
-    if store is None or token is None:
+def use(
+    context: ServerContext, request: Any, identity: PeerIdentity
+) -> TokenGrant | None:
+    """The grant of the request's token for a websocket (a single-use token
+    is spent), or None (audited)."""
+    token = token_of(request)
+    grant = None
+    if token is not None:
+        found = context.tokens.lookup(token)
+        if found is not None:
+            grant = context.tokens.use(
+                token, vm_id=found.vm_id, protocol=found.protocol
+            )
+    if grant is None:
+        _refused(context, request, identity, token)
         return None
-    return store.lookup(token)
-
-
-def use(context: ServerContext, token: str | None) -> Any:
-    """The grant of a token for a websocket (a single-use token is spent)."""
-    store = _store(context)
-    if store is None or token is None:
-        return None
-    return store.use(token)
+    record_use(context.audit, identity, grant, "websocket")
+    return grant

@@ -12,6 +12,7 @@ from vdsmconsole.server.connlimits import LimitedTLSFactory
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.site import ConsoleSite, SiteLimits
 from vdsmconsole.server.tls.reload import ServerTLS
+from vdsmconsole.server.tunnels.tunnel import close_vm_tunnels
 from vdsmconsole.server.web.resources import WebRoot
 from vdsmconsole.server.web.tls import WebTLS
 
@@ -24,7 +25,10 @@ class WebSite(ConsoleSite):
 
 
 def build_web_site(context: ServerContext, limits: SiteLimits) -> ConsoleSite:
-    return WebSite(WebRoot(context), context.reactor, limits)
+    site = WebSite(WebRoot(context), context.reactor, limits)
+    # A destroyed VM's graphics websockets close, as its tunnels do.
+    context.registry.destroyed.append(lambda vm_id: close_vm_tunnels(site, vm_id))
+    return site
 
 
 def listen_web(

@@ -3,8 +3,8 @@
 =============================  ==============================================
 ``/websockify?token=T``        a websocket: the token's serial console (as
                                ``/consoleStream`` on the mTLS port, with
-                               ``offset``/``tail``); graphics once issue 13's
-                               endpoint connections land (501 until then)
+                               ``offset``/``tail``) or graphics endpoint
+                               (``websockets/graphics.py``: the tunnels' relay)
 ``/console/serial?token=T``    the xterm.js page (``pages.py``)
 ``/console/vnc?token=T``       the noVNC page
 ``/assets/...``                files under ``[web] assets`` (GET, HEAD)
@@ -13,8 +13,9 @@
 
 Anything else is 404, ``/RPC2``, ``/consoleStream`` and the connect info
 included.  A missing, malformed, unknown, expired or used token is 403 with
-one audit line (its SHA-256 prefix, never the token); so is a websocket whose
-``Origin`` is not allowed (web/origin.py).
+one audit line (``tokenRefused``: its SHA-256 prefix, never the token); so
+is a websocket whose ``Origin`` is not allowed (web/origin.py).  A page for
+another kind of console than the token's is 404.
 """
 
 from __future__ import annotations
@@ -32,20 +33,16 @@ from vdsmconsole.server.streams.query import QueryError, parse_stream_query
 from vdsmconsole.server.web import grants
 from vdsmconsole.server.web.pages import page
 from vdsmconsole.server.websockets.admit import console_socket, refuse_origin
+from vdsmconsole.server.websockets.graphics import graphics_socket
 from vdsmconsole.server.websockets.wire import is_websocket
 from vdsmconsole.status import no_vm_message
 
+PAGE_PROTOCOLS = {"serial": "serial", "vnc": "vnc"}  # the console a page shows
 STATIC = Path(__file__).parent / "static"  # our own page scripts, not third-party
 
 
-def refuse_token(context: ServerContext, request: Any, token: str | None) -> bytes:
-    context.audit.record(
-        "denied",
-        identity_of(request),
-        reason="token",
-        token=grants.token_tag(token),
-        path=request.path.decode("latin-1")[:200],
-    )
+def refuse_token(request: Any) -> bytes:
+    """403 for a token that grants nothing here (grants.py audited it)."""
     return answer(request, 403, "no valid token for this console")
 
 
@@ -72,12 +69,11 @@ class WebSocketEntry(MethodsMixin, resource.Resource):
             query = parse_stream_query(args)
         except QueryError as e:
             return answer(request, 400, str(e))
-        token = grants.token_of(request)
-        grant = grants.use(context, token)
+        grant = grants.use(context, request, identity)
         if grant is None:
-            return refuse_token(context, request, token)
+            return refuse_token(request)
         if grant.protocol != "serial":
-            return answer(request, 501, "graphics websockets are not available yet")
+            return graphics_socket(context, request, grant, identity)
         console = context.registry.find(grant.vm_id)
         if console is None:
             return answer(request, 404, no_vm_message(grant.vm_id))
@@ -98,10 +94,11 @@ class ConsolePage(MethodsMixin, resource.Resource):
         self.kind = kind
 
     def render_GET(self, request: Any) -> bytes:
-        token = grants.token_of(request)
-        grant = grants.lookup(self.context, token)
+        grant = grants.lookup(self.context, request, identity_of(request))
         if grant is None:
-            return refuse_token(self.context, request, token)
+            return refuse_token(request)
+        if grant.protocol != PAGE_PROTOCOLS[self.kind]:
+            return answer(request, 404, f"this token is for a {grant.protocol} console")
         assets = self.context.config.web_assets
         if not assets or not Path(assets).is_dir():
             return answer(request, 503, "the browser assets are not installed")
