@@ -76,6 +76,9 @@ def test_serial_page_shows_the_prompt_types_and_reloads_once(
     state = browser.execute_script("return window.consoleState")
     assert state["connects"] == 1 and state["lost"] == 0
     assert screen_text(browser).count(text) == 2  # the command and its output
+    # Nothing refused by the page's Content-Security-Policy, nothing missing.
+    logged = browser.get_log("browser")
+    assert not [e["message"] for e in logged if e["level"] == "SEVERE"], logged
 
 
 def test_serial_page_resumes_across_a_server_restart(
