@@ -61,6 +61,9 @@ def test_serial_page_shows_the_prompt_types_and_reloads_once(
     state = browser.execute_script("return window.consoleState")
     assert state["connects"] == 1 and state["lost"] == 0
     assert screen_text(browser).count(text) == 2  # the command and its output
+    # Nothing refused by the page's Content-Security-Policy, nothing missing.
+    logged = browser.get_log("browser")
+    assert not [e["message"] for e in logged if e["level"] == "SEVERE"], logged
 
 
 def test_serial_page_resumes_across_a_server_restart(
@@ -95,3 +98,25 @@ def test_serial_page_resumes_across_a_server_restart(
     held = console_bytes(server, "vm1", shown["first"], shown["next"])
     assert len(held) == shown["bytes"]
     assert held.count(before.encode()) == 2 and held.count(after.encode()) == 2
+
+
+def test_serial_page_says_when_the_guest_is_down(
+    browser,  # noqa: F811 - the fixture
+    page_server,
+):
+    """A guest that exits: the page keeps its output and says it is down."""
+    server, port = page_server
+    browser.get(f"https://127.0.0.1:{port}/console/serial?token={OPERATOR}")
+    wait_for(lambda: "demo#" in screen_text(browser), 20, "the prompt on the page")
+    textarea = browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
+    textarea.send_keys("exit" + Keys.ENTER)
+    status = browser.find_element(By.ID, "status")
+    wait_for(lambda: "down" in status.text, 20, "the status line")
+    # It keeps trying (a guest may come back) and keeps saying so.
+    wait_for(
+        lambda: browser.execute_script("return window.consoleState.connects") >= 3,
+        20,
+        "two reconnects",
+    )
+    assert "down" in status.text
+    assert "demo#" in screen_text(browser)

@@ -61,6 +61,7 @@ def test_certificate_holder_follows_and_types(demo):
         follower.expect(f"{text}\r\n{PROMPT.decode()}".encode())
         # What it got is exactly what the console holds from its offset.
         assert bytes(follower.data) == console_bytes(demo, "vm1", follower.offset)
+    assert '"GET /consoleStream/vm1 HTTP/1.1" 101' in demo.log()
 
 
 def test_resume_after_a_drop_loses_and_repeats_nothing(demo):

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
+# xterm.js sets its measured cell sizes and colours as inline styles; styles
+# cannot run code, scripts stay 'self' only.
 CSP = (
-    b"default-src 'none'; script-src 'self'; style-src 'self'; "
+    b"default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     b"connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
     b"frame-ancestors 'none'; form-action 'none'"
 )
 
 SERIAL = b"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>serial console</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/assets/@xterm/xterm/css/xterm.css">
 <link rel="stylesheet" href="/static/console.css">
 <script src="/assets/@xterm/xterm/lib/xterm.js"></script>
@@ -30,6 +33,7 @@ SERIAL = b"""<!DOCTYPE html>
 
 VNC = b"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>VNC console</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/console.css">
 <script type="module" src="/static/vnc.js"></script>
 </head><body><div id="status"></div><div id="screen"></div></body></html>

@@ -157,3 +157,6 @@ def upgrade(request: Any, handler: SocketHandler, limits: SocketLimits) -> None:
     if pending:
         channel._dataBuffer = []
         protocol.dataReceived(pending)
+    # The request never finishes as HTTP: its access log line is written now.
+    request.setResponseCode(101)
+    channel.site.log(request)

@@ -17,6 +17,7 @@
   let next = null; // the offset just past the last byte shown
   let socket = null;
   let delay = 500;
+  let guestDown = false; // the last socket ended with "down"
   const HISTORY = 64 * 1024; // bytes of recent output a fresh page shows
   // What the page has shown, for tests: offsets first..next, bytes written.
   const state = { first: null, next: null, bytes: 0, connects: 0, lost: 0 };
@@ -40,17 +41,18 @@
         if (start.lost > 0) {
           state.lost += start.lost;
           say(`${start.lost} bytes of output were lost before offset ${start.offset}`);
-        } else {
-          say("");
+        } else if (!guestDown) {
+          say(""); // connected again
         }
+        if (!guestDown) delay = 500;
         next = start.offset;
         if (state.first === null) state.first = next;
         state.next = next;
         state.connects += 1;
-        delay = 500;
         return;
       }
       const data = new Uint8Array(event.data);
+      if (guestDown) { guestDown = false; delay = 500; say(""); } // it is back
       next += data.length;
       state.next = next;
       state.bytes += data.length;
@@ -58,7 +60,8 @@
     };
     socket.onclose = (event) => {
       if (event.reason === "destroyed") { say("the console was destroyed"); return; }
-      if (event.reason === "down") say("the guest is down; reconnecting");
+      guestDown = event.reason === "down";
+      if (guestDown) say("the guest is down; reconnecting");
       else say("disconnected; reconnecting");
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 10000);
