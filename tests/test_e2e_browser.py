@@ -105,8 +105,8 @@ def test_serial_page_says_when_the_guest_is_down(
     page_server,
 ):
     """A guest that exits: the page keeps its output and says it is down."""
-    server, port = page_server
-    browser.get(f"https://127.0.0.1:{port}/console/serial?token={OPERATOR}")
+    server, port, token = page_server
+    browser.get(f"https://127.0.0.1:{port}/console/serial?token={token}")
     wait_for(lambda: "demo#" in screen_text(browser), 20, "the prompt on the page")
     textarea = browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
     textarea.send_keys("exit" + Keys.ENTER)
