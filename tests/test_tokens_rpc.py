@@ -61,6 +61,30 @@ def test_remote_console_answers_the_tunnel_url_and_token(env):
 
 
 @pytest.mark.parametrize(
+    ("vm", "protocol", "kind"),
+    [
+        ("serial", "serial", "xterm"),
+        ("gfx", "vnc", "novnc"),
+        ("gfx", "spice", "tunnel"),
+    ],
+)
+def test_with_the_web_listener_the_answer_is_its_page(env, vm, protocol, kind):
+    """With [web] listening, serial and VNC answer the web listener's page
+    (type xterm, novnc) with the token; SPICE, which has no page, the tunnel."""
+    context, _ = env
+    context.web_port = 6100
+    console = _mint(context, vm=vm, protocol=protocol)
+    assert console["type"] == kind
+    url = urlsplit(console["url"])
+    if kind == "tunnel":
+        assert (url.port, url.path) == (PORT, f"/consoleTunnel/{vm}")
+        return
+    assert (url.hostname, url.port) == ("console.example.com", 6100)
+    assert url.path == f"/console/{protocol}"
+    assert parse_qs(url.query) == {"token": [console["token"]]}
+
+
+@pytest.mark.parametrize(
     "host,expected",
     [
         (b"[::1]:54321", "[::1]"),
