@@ -16,12 +16,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from twisted.internet.error import CannotListenError
 
+from tests.browser import browser  # noqa: F401 - the fixture
 from tests.serverproc import wait_for
+from tests.test_e2e_novnc import canvas_not_flat
 from tests.tmuxhelp import Tmux
-from tests.tools import require_tool
+from tests.tools import require_tool, unavailable
 from tests.tunnelhelp import is_flat
+from vdsmconsole.demoweb import find_assets
 from vdsmconsole.server.config import Config
 from vdsmconsole.server.service import ConsoleService
 
@@ -164,6 +169,13 @@ SERIAL_TITLES = {
     TUNNEL_TITLE.format("serial console"),
     TOKEN_TITLE.format("serial console"),
 }
+# The browser pages' URLs, printed when the assets are installed (demoweb.py).
+WEB_SERIAL_TITLE = "its serial console in a browser (xterm.js)"
+WEB_SCREEN_TITLE = "its screen in a browser (noVNC)"
+WEB = find_assets() is not None
+if WEB:
+    DEMO_TITLES.add(WEB_SERIAL_TITLE)
+    SCREEN_TITLES.add(WEB_SCREEN_TITLE)
 
 
 def demo_argv() -> list[str]:
@@ -255,6 +267,39 @@ def test_every_printed_command_works_in_a_fresh_shell(demo, tmp_path, monkeypatc
         terminal.kill()
 
 
+def test_demo_browser_urls_work_as_printed(
+    demo,
+    browser,  # noqa: F811 - the fixture
+    tmp_path,
+):
+    """The serial page's printed URL shows the demo guest's prompt and takes
+    typing; with qemu, the noVNC page's shows the screen, no password asked."""
+    if not WEB:
+        unavailable("browser assets not installed: run tools/assets.sh")
+    commands = demo.commands()
+    browser.get(commands[WEB_SERIAL_TITLE])
+
+    def screen_text() -> str:
+        rows = browser.find_elements(By.CSS_SELECTOR, ".xterm-rows")
+        return rows[0].text if rows else ""
+
+    wait_for(lambda: "demo#" in screen_text(), 20, "the prompt on the page")
+    textarea = browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
+    textarea.send_keys("count 2" + Keys.ENTER)
+    wait_for(lambda: "count 2/2" in screen_text(), 20, "the count on the page")
+    if WEB_SCREEN_TITLE not in commands:
+        assert "no graphical console" in demo.text()
+        return
+    browser.get(commands[WEB_SCREEN_TITLE])
+    wait_for(
+        lambda: canvas_not_flat(browser, tmp_path / "canvas.png"),
+        60,
+        "the demo guest's screen on the page",
+    )
+    state = browser.execute_script("return window.vncState")
+    assert state["connects"] == 1 and not state["credentialsAsked"], state
+
+
 def check_screen(tunnel_command: str, env: dict[str, str], tmp_path: Path) -> None:
     """The printed tunnel command, as a user runs it, lets vncdo capture the
     demo guest's screen: not one flat colour; ^C ends it."""
@@ -319,7 +364,9 @@ def test_demo_without_qemu_says_why_and_prints_serial_commands(tmp_path):
             timeout=30,
         )
         assert token.returncode == 0, token.stderr
-        assert "/consoleTunnel/demo?protocol=serial&token=" in token.stdout
+        # With the web listener on, the token's URL is the serial page's.
+        page = "/console/serial?token=" if WEB else "/consoleTunnel/demo?protocol="
+        assert page in token.stdout
     finally:
         demo.stop()
 

@@ -22,6 +22,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from vdsmconsole import __version__
 from vdsmconsole.demoscreen import DemoScreen, start_demo_screen
+from vdsmconsole.demoweb import browser_urls, find_assets
 from vdsmconsole.pki import init_pki
 from vdsmconsole.server.config import Config, ConfigError, check_values, load_config
 from vdsmconsole.server.policy import DEFAULT_UNIX_PATHS
@@ -234,7 +235,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vdsmconsole-demo-"))
     pki = workdir / "pki"
     init_pki(pki, hostname="localhost")
+    assets = find_assets(args.assets)
     config = Config(
+        web_enabled=assets is not None,
+        web_assets=str(assets or ""),
         bind=args.bind,
         port=args.port if args.port is not None else DEFAULT_PORT,
         any_port_if_busy=args.port is None,
@@ -262,6 +266,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"a demo guest runs as console {vm_id!r}. Try, in another terminal:\n")
         for title, command in demo_commands(pki, port, vm_id, bool(graphics)):
             print(f"# {title}\n{command}\n")
+        if assets is None:
+            print(
+                "no browser consoles: their assets are not installed (tools/assets.sh)"
+            )
+        else:
+            print("In a browser (accept the throwaway CA's certificate warning):\n")
+            for title, url in browser_urls(
+                service.context, "127.0.0.1", vm_id, bool(graphics)
+            ):
+                print(f"# {title}\n{url}\n")
         print("Ctrl-C stops the demo.", flush=True)
 
     start_logging() if args.verbose else None
@@ -297,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a throwaway server with a demo guest")
     demo.add_argument("--bind", default="127.0.0.1")
     demo.add_argument("--port", type=int, help=f"default {DEFAULT_PORT}, or a free one")
+    demo.add_argument(
+        "--assets", type=Path, help="browser assets (default: tools/assets.sh's)"
+    )
     demo.add_argument("-v", "--verbose", action="store_true", help="show the log")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -231,9 +231,16 @@ class ConsoleService(Service):
         self.web_site = build_web_site(self.context, site_limits(config))
         limits = connection_limits(config, self.reactor)
         try:
-            self.web_listening = listen_web(
-                self.context, self.web_site, self.tls, limits
-            )
+            try:
+                self.web_listening = listen_web(
+                    self.context, self.web_site, self.tls, limits
+                )
+            except CannotListenError:
+                if not config.any_port_if_busy:  # the demo's: any free port
+                    raise
+                self.web_listening = listen_web(
+                    self.context, self.web_site, self.tls, limits, port=0
+                )
         except Exception as e:  # noqa: BLE001 - CannotListenError and friends
             self.listening.stopListening()
             raise StartupError(

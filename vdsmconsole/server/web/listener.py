@@ -32,10 +32,16 @@ def build_web_site(context: ServerContext, limits: SiteLimits) -> ConsoleSite:
 
 
 def listen_web(
-    context: ServerContext, site: ConsoleSite, tls: ServerTLS, limits: Any
+    context: ServerContext,
+    site: ConsoleSite,
+    tls: ServerTLS,
+    limits: Any,
+    port: int | None = None,
 ) -> Any:
-    """Listen on ``[web] bind:port`` (bind "" is ``[server] bind``)."""
+    """Listen on ``[web] bind:port`` (bind "" is ``[server] bind``; ``port``
+    None is ``[web] port``)."""
     config = context.config
     factory = LimitedTLSFactory(WebTLS(tls), site, limits, context.reactor)
     bind = config.web_bind or config.bind
-    return context.reactor.listenTCP(config.web_port, factory, interface=bind)
+    port = config.web_port if port is None else port
+    return context.reactor.listenTCP(port, factory, interface=bind)
