@@ -21,14 +21,14 @@ from selenium.webdriver.common.keys import Keys
 from twisted.internet.error import CannotListenError
 
 from tests.browser import browser  # noqa: F401 - the fixture
+from tests.pagehelp import canvas_not_flat
 from tests.serverproc import wait_for
-from tests.test_e2e_novnc import canvas_not_flat
 from tests.tmuxhelp import Tmux
 from tests.tools import require_tool, unavailable
 from tests.tunnelhelp import is_flat
-from vdsmconsole.demoweb import find_assets
 from vdsmconsole.server.config import Config
 from vdsmconsole.server.service import ConsoleService
+from vdsmconsole.server.web.demo import find_assets
 
 pytestmark = pytest.mark.e2e
 

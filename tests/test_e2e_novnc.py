@@ -8,26 +8,16 @@ import random
 from pathlib import Path
 
 import pytest
-from selenium.webdriver.common.by import By
 
 from tests.browser import browser  # noqa: F401 - the fixture
+from tests.pagehelp import canvas_not_flat
 from tests.qemugraphics import start_graphics
 from tests.serverproc import wait_for
 from tests.tools import unavailable
-from tests.tunnelhelp import is_flat
 from tests.webtokens import remote_console, web_config
 
 pytestmark = pytest.mark.e2e
 ASSETS = Path(__file__).resolve().parent.parent / "web" / "node_modules"
-
-
-def canvas_not_flat(driver, png: Path) -> bool:
-    """A screenshot of noVNC's canvas is not one flat colour."""
-    canvases = driver.find_elements(By.CSS_SELECTOR, "#screen canvas")
-    if not canvases or not canvases[0].size["width"]:
-        return False
-    png.write_bytes(canvases[0].screenshot_as_png)
-    return not is_flat(png)
 
 
 @pytest.mark.qemu

@@ -3,16 +3,23 @@ VNC authentication, on the real port (docs/protocol.rst, "Tunnels")."""
 
 from __future__ import annotations
 
-import socket
 import struct
 
 import pytest
 
 from tests.connecthelp import StandIn, TunnelSocket, register, tunnel_records
 from tests.h2help import issue_client_cert
+from tests.rfbhelp import (
+    MESSAGES,
+    PASSWORD,
+    SERVER_INIT,
+    SET_ENCODINGS,
+    UPDATE_REQUEST,
+    open_vnc_server,
+    vnc_server,
+)
 from tests.serverproc import wait_for
 from tests.streamhelp import console_bytes, stats
-from vdsmconsole.protocols.vncdes import vnc_auth_response
 
 pytestmark = pytest.mark.e2e
 
@@ -136,41 +143,6 @@ def test_viewer_token_never_raises_a_role(roles_server):
 
 # -- VNC with a password: a small RFB 3.8 server that asks VNC authentication.
 
-PASSWORD = b"s3cret"
-SERVER_INIT = struct.pack(">HH", 640, 480) + bytes(16) + struct.pack(">I", 4) + b"fake"
-
-
-def _recv_exactly(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = conn.recv(n - len(data))
-        if not more:
-            raise OSError("closed")
-        data += more
-    return data
-
-
-def _vnc_server(password: bytes):
-    def handle(conn: socket.socket, first: bytes) -> None:
-        conn.sendall(b"RFB 003.008\n")
-        _recv_exactly(conn, 12)
-        conn.sendall(b"\x01\x02")  # one security type: VNC authentication
-        assert _recv_exactly(conn, 1) == b"\x02"
-        challenge = bytes(range(16))
-        conn.sendall(challenge)
-        if _recv_exactly(conn, 16) != vnc_auth_response(password, challenge):
-            reason = b"Authentication failed"
-            conn.sendall(struct.pack(">II", 1, len(reason)) + reason)
-            conn.close()
-            return
-        conn.sendall(struct.pack(">I", 0))
-        _recv_exactly(conn, 1)  # ClientInit
-        conn.sendall(SERVER_INIT)
-        while more := conn.recv(65536):
-            conn.sendall(more.upper())
-
-    return handle
-
 
 def _viewer_handshake(tunnel: TunnelSocket) -> bytes:
     """A 3.8 viewer: what the server offered as security types (count, types)."""
@@ -183,7 +155,7 @@ def _viewer_handshake(tunnel: TunnelSocket) -> bytes:
 def test_vnc_password_stays_on_the_server(server):
     """A VNC endpoint with a password: the viewer is offered None only, the
     server authenticates, then bytes flow raw both ways."""
-    standin = StandIn(_vnc_server(PASSWORD), speaks_first=True)
+    standin = StandIn(vnc_server(PASSWORD), speaks_first=True)
     try:
         endpoint = {**standin.endpoint("vnc"), "password": PASSWORD.decode()}
         register(server, "vnc1", [endpoint])
@@ -206,7 +178,7 @@ def test_vnc_password_stays_on_the_server(server):
 def test_wrong_vnc_password_is_a_clear_error_and_a_log_line(server):
     """A stored password the VNC server refuses: the viewer gets an RFB
     failure with a reason, the server one log line, the tunnel closes."""
-    standin = StandIn(_vnc_server(b"another"), speaks_first=True)
+    standin = StandIn(vnc_server(b"another"), speaks_first=True)
     try:
         endpoint = {**standin.endpoint("vnc"), "password": PASSWORD.decode()}
         register(server, "vnc2", [endpoint])
@@ -226,30 +198,6 @@ def test_wrong_vnc_password_is_a_clear_error_and_a_log_line(server):
     assert PASSWORD.decode() not in server.log()
 
 
-SET_ENCODINGS = struct.pack(">BxHi", 2, 1, 0)
-KEY_EVENT = struct.pack(">BBxxI", 4, 1, 0x61)
-POINTER_EVENT = struct.pack(">BBHH", 5, 1, 10, 10)
-UPDATE_REQUEST = struct.pack(">BBHHHH", 3, 0, 0, 0, 640, 480)
-MESSAGES = SET_ENCODINGS + KEY_EVENT + POINTER_EVENT + UPDATE_REQUEST
-
-
-def _open_vnc_server(got: list[bytes], expect: int):
-    """An RFB 3.8 server offering None; keeps ``expect`` bytes of messages."""
-
-    def handle(conn: socket.socket, first: bytes) -> None:
-        conn.sendall(b"RFB 003.008\n")
-        _recv_exactly(conn, 12)
-        conn.sendall(b"\x01\x01")
-        assert _recv_exactly(conn, 1) == b"\x01"
-        conn.sendall(struct.pack(">I", 0))
-        _recv_exactly(conn, 1)  # ClientInit
-        conn.sendall(SERVER_INIT)
-        got.append(_recv_exactly(conn, expect))
-        conn.sendall(b"seen")
-
-    return handle
-
-
 @pytest.mark.parametrize(
     ("who", "passed"),
     [
@@ -262,7 +210,7 @@ def test_viewer_vnc_tunnel_is_view_only(roles_server, who, passed):
     the VNC server (what shapes the picture does); an operator's all do."""
     server, certs = roles_server
     got: list[bytes] = []
-    standin = StandIn(_open_vnc_server(got, len(passed)), speaks_first=True)
+    standin = StandIn(open_vnc_server(got, len(passed)), speaks_first=True)
     try:
         register(server, "vnc3", [standin.endpoint("vnc")])
         tunnel = TunnelSocket(server, "vnc3", "vnc", cert=certs[who])

@@ -22,17 +22,17 @@ from websockets.sync.client import ClientConnection
 from tests.connecthelp import StandIn, register, tunnel_records
 from tests.h2help import RssWatch
 from tests.hardening import Bystander, still_serving
-from tests.serverproc import ServerProcess, wait_for
-from tests.streamhelp import DEMO_CONFIG, create_demo, flood_output
-from tests.test_e2e_tunnel_roles import (
+from tests.rfbhelp import (
     MESSAGES,
     PASSWORD,
     SERVER_INIT,
     SET_ENCODINGS,
     UPDATE_REQUEST,
-    _open_vnc_server,
-    _vnc_server,
+    open_vnc_server,
+    vnc_server,
 )
+from tests.serverproc import ServerProcess, wait_for
+from tests.streamhelp import DEMO_CONFIG, create_demo, flood_output
 from tests.webtokens import browser_tls, mint, web_config, web_port, web_socket
 from vdsmconsole.server.tokens.store import token_id
 
@@ -94,7 +94,7 @@ def test_vnc_password_stays_on_the_server(web):
     server authenticates, then bytes flow raw both ways as binary messages;
     the open and close are audited as a websocket's."""
     server, port = web
-    standin = StandIn(_vnc_server(PASSWORD), speaks_first=True)
+    standin = StandIn(vnc_server(PASSWORD), speaks_first=True)
     try:
         endpoint = {**standin.endpoint("vnc"), "password": PASSWORD.decode()}
         register(server, "vnc1", [endpoint])
@@ -125,7 +125,7 @@ def test_viewer_token_is_view_only(web, role, passed):
     the VNC server and key and pointer events never do; an operator's all do."""
     server, port = web
     got: list[bytes] = []
-    standin = StandIn(_open_vnc_server(got, len(passed)), speaks_first=True)
+    standin = StandIn(open_vnc_server(got, len(passed)), speaks_first=True)
     try:
         register(server, "vnc3", [standin.endpoint("vnc")])
         token = mint(server, "vnc3", "vnc", role=role)
@@ -145,7 +145,7 @@ def test_unknown_client_message_closes_a_viewer_session(web):
     websocket, with one log line; what came before it went on."""
     server, port = web
     got: list[bytes] = []
-    standin = StandIn(_open_vnc_server(got, len(SET_ENCODINGS)), speaks_first=True)
+    standin = StandIn(open_vnc_server(got, len(SET_ENCODINGS)), speaks_first=True)
     try:
         register(server, "vnc4", [standin.endpoint("vnc")])
         token = mint(server, "vnc4", "vnc", role="viewer")

@@ -22,12 +22,12 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from vdsmconsole import __version__
 from vdsmconsole.demoscreen import DemoScreen, start_demo_screen
-from vdsmconsole.demoweb import browser_urls, find_assets
 from vdsmconsole.pki import init_pki
 from vdsmconsole.server.config import Config, ConfigError, check_values, load_config
 from vdsmconsole.server.policy import DEFAULT_UNIX_PATHS
 from vdsmconsole.server.service import ConsoleService, StartupError
 from vdsmconsole.server.tls.files import TLSConfigError
+from vdsmconsole.server.web.demo import browser_urls, find_assets
 from vdsmconsole.spec import DEFAULT_PORT, RPC_PATH, STREAM_PATH, ConsoleSpec
 
 EXIT_USAGE = 2

@@ -26,7 +26,7 @@ __all__ = ["ASSET_DIRS", "browser_urls", "find_assets"]
 # Where tools/assets.sh installs: beside the package in a source tree (an
 # editable install), or the current directory's (tools/demo runs from it).
 ASSET_DIRS = (
-    Path(__file__).resolve().parent.parent / "web" / "node_modules",
+    Path(__file__).resolve().parents[3] / "web" / "node_modules",
     Path("web") / "node_modules",
 )
 MARKERS = ("@xterm/xterm/lib/xterm.js", "@novnc/novnc/core/rfb.js")
