@@ -35,6 +35,7 @@ from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import DEMO_CONFIG, create_demo, flood_output
 from tests.webtokens import browser_tls, mint, web_config, web_port, web_socket
 from vdsmconsole.server.tokens.store import token_id
+from vdsmconsole.testing import free_port
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20
@@ -159,6 +160,50 @@ def test_unknown_client_message_closes_a_viewer_session(web):
         standin.stop()
     lines = [line for line in server.log().splitlines() if "view-only VNC" in line]
     assert len(lines) == 1, lines
+
+
+def test_endpoint_refusing_is_502_before_the_upgrade(web):
+    """An endpoint that refuses the connection: the browser's request gets
+    HTTP 502 (no websocket), and the server logs one line."""
+    server, port = web
+    with free_port() as closed:
+        register(server, "gone", [{"type": "rdp", "host": "127.0.0.1", "port": closed}])
+        token = mint(server, "gone", "rdp")
+        with pytest.raises(InvalidStatus) as refused:
+            web_socket(server, port, f"/websockify?token={token}")
+    assert refused.value.response.status_code == 502
+    lines = [line for line in server.log().splitlines() if "the endpoint" in line]
+    assert len(lines) == 1 and "failed" in lines[0], lines
+    assert not tunnel_records(server, "tunnel-open")
+
+
+def test_destroy_closes_and_stop_cuts_graphics_websockets(web):
+    """Destroying the VM closes its graphics websocket (1000); a stopping
+    server cuts the others."""
+    server, port = web
+    standin = echo_standin()
+    try:
+        register(server, "gfx", [standin.endpoint("rdp")])
+        register(server, "gfx2", [standin.endpoint("rdp")])
+        first = web_socket(
+            server, port, f"/websockify?token={mint(server, 'gfx', 'rdp')}"
+        )
+        second = web_socket(
+            server, port, f"/websockify?token={mint(server, 'gfx2', 'rdp')}"
+        )
+        for ws in (first, second):
+            ws.send(b"up")
+            assert ws.recv(timeout=20) == b"UP"
+        assert server.rpc().destroy("gfx")["status"]["code"] == 0
+        assert closed_by_server(first) == 1000
+        server.stop()
+        with pytest.raises(ConnectionClosed):
+            while True:
+                second.recv(timeout=15)
+    finally:
+        standin.stop()
+    whys = [r["why"] for r in tunnel_records(server, "tunnel-close")]
+    assert whys == ["the VM was destroyed", "the server is stopping"], whys
 
 
 # -- refusals ------------------------------------------------------------------
