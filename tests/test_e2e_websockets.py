@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.consolehelp import proc_status, server_pid
 from tests.h2help import headers as h2headers
 from tests.h2help import ping_on
-from tests.hardening import H2Client
+from tests.hardening import H2Client, read_until_closed
 from tests.serverproc import ServerProcess, client_context, wait_for, wait_for_progress
 from tests.streamhelp import (
     DEMO_CONFIG,
@@ -414,3 +414,30 @@ def test_bad_frame_closes_with_protocol_error(demo):
     closes = [payload for opcode, payload in frames if opcode == 0x8]
     assert closes and int.from_bytes(closes[0][:2], "big") == 1002, frames
     assert b"hello" not in console_bytes(demo, "vm1")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",  # no Connection: Upgrade, no key
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 99\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    ],
+)
+def test_malformed_handshake_is_400_and_logged_as_such(demo, extra):
+    """A websocket request missing what RFC 6455 asks gets a plain 400, its
+    access log line says 400, and nothing else is logged as an error."""
+    tls = client_context(demo.pki).wrap_socket(
+        socket.create_connection(("127.0.0.1", demo.port), timeout=10),
+        server_hostname="localhost",
+    )
+    with contextlib.closing(tls):
+        tls.sendall(
+            "GET /consoleStream/vm1 HTTP/1.1\r\nHost: localhost\r\n"
+            f"Upgrade: websocket\r\n{extra}\r\n".encode()
+        )
+        answer = read_until_closed(tls)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    wait_for(lambda: '"GET /consoleStream/vm1 HTTP/1.1" 400' in demo.log(), 10, "log")
+    assert '" 101 ' not in demo.log()
+    assert "Traceback" not in demo.log()

@@ -23,6 +23,7 @@ HTTP/1.1 when the server does not offer RFC 8441.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,6 +73,8 @@ class SocketProtocol(WebSocketServerProtocol):
     """One websocket: subprotocol choice, then messages to its handler."""
 
     handler: SocketHandler
+    # Writes the request's access log line with the status it got.
+    access_log: Callable[[int], None] = staticmethod(lambda code: None)
 
     def onConnect(self, request: Any) -> tuple[str | None, dict[str, str]]:
         offered = list(request.protocols or ())
@@ -81,7 +84,14 @@ class SocketProtocol(WebSocketServerProtocol):
         return (SUBPROTOCOL if offered else None), self.handler.headers
 
     def onOpen(self) -> None:
+        self.access_log(101)
         self.handler.opened(self)
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Any = None
+    ) -> None:
+        self.access_log(code)  # a malformed handshake: one line, no traceback
+        super().failHandshake(reason, code, responseHeaders)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.handler.received(bytes(payload))
@@ -134,6 +144,13 @@ def upgrade(request: Any, handler: SocketHandler, limits: SocketLimits) -> None:
     transport = channel.transport
     protocol: Any = socket_factory(limits).buildProtocol(transport.getPeer())
     protocol.handler = handler
+
+    def access_log(code: int) -> None:
+        # The request never finishes as HTTP: its line is written here.
+        request.setResponseCode(code)
+        channel.site.log(request)
+
+    protocol.access_log = access_log
     channel.setTimeout(None)  # pings keep a websocket alive, not HTTP's timeout
     transport.unregisterProducer()  # the channel was the transport's producer
     channel_lost = channel.connectionLost
@@ -157,6 +174,3 @@ def upgrade(request: Any, handler: SocketHandler, limits: SocketLimits) -> None:
     if pending:
         channel._dataBuffer = []
         protocol.dataReceived(pending)
-    # The request never finishes as HTTP: its access log line is written now.
-    request.setResponseCode(101)
-    channel.site.log(request)
