@@ -206,6 +206,26 @@ def test_destroy_closes_and_stop_cuts_graphics_websockets(web):
     assert whys == ["the VM was destroyed", "the server is stopping"], whys
 
 
+def test_wrong_subprotocol_or_page_is_refused_before_any_connection(web):
+    """A browser offering subprotocols but not ``binary`` is 400 before the
+    endpoint is connected; a serial token's VNC page is 404."""
+    server, port = web
+    standin = echo_standin()
+    try:
+        register(server, "gfx", [standin.endpoint("rdp")])
+        token = mint(server, "gfx", "rdp")
+        with pytest.raises(InvalidStatus) as refused:
+            web_socket(
+                server, port, f"/websockify?token={token}", subprotocols=["base64"]
+            )
+        assert refused.value.response.status_code == 400
+        assert not tunnel_records(server, "tunnel-open")  # nothing connected
+        assert relays(server, port, token)
+    finally:
+        standin.stop()
+    assert page_status(server, port, mint(server, "vm1")) == 404
+
+
 # -- refusals ------------------------------------------------------------------
 
 

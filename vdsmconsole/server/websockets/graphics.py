@@ -38,7 +38,12 @@ from vdsmconsole.server.tokens.store import TokenGrant
 from vdsmconsole.server.tunnels.relay import RelayTunnel
 from vdsmconsole.server.tunnels.tunnel import TunnelGrant
 from vdsmconsole.server.websockets.admit import socket_limits
-from vdsmconsole.server.websockets.wire import SocketLimits, SocketProtocol, upgrade
+from vdsmconsole.server.websockets.wire import (
+    SUBPROTOCOL,
+    SocketLimits,
+    SocketProtocol,
+    upgrade,
+)
 from vdsmconsole.status import StatusError
 
 __all__ = ["SocketLink", "graphics_socket"]
@@ -199,6 +204,10 @@ def graphics_socket(
 ) -> Any:
     """Relay the token's graphics endpoint to the browser's websocket, or
     answer why not (404: the VM or its endpoint is gone)."""
+    offered = request.getHeader(b"sec-websocket-protocol")
+    if offered is not None and SUBPROTOCOL.encode() not in _names(offered):
+        # Said now, before an endpoint connection is opened for nothing.
+        return answer(request, 400, f"subprotocol {SUBPROTOCOL!r} required")
     try:
         endpoint = context.registry.endpoint(grant.vm_id, grant.protocol)
     except StatusError as e:
@@ -210,3 +219,7 @@ def graphics_socket(
     relay = RelayTunnel(link, tunnel, context.audit, request.channel.site)
     relay.begin(endpoint, context.reactor)
     return server.NOT_DONE_YET
+
+
+def _names(header: bytes) -> list[bytes]:
+    return [name.strip() for name in header.split(b",")]
