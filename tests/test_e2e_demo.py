@@ -5,15 +5,19 @@ And what the demo prints, as a newcomer pastes it into a new terminal.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -26,7 +30,7 @@ from tests.serverproc import wait_for
 from tests.tmuxhelp import Tmux
 from tests.tools import require_tool, unavailable
 from tests.tunnelhelp import is_flat
-from vdsmconsole.server.config import Config
+from vdsmconsole.server.config import DEFAULT_WEB_PORT, Config
 from vdsmconsole.server.service import ConsoleService
 from vdsmconsole.server.web.demo import find_assets
 
@@ -298,6 +302,33 @@ def test_demo_browser_urls_work_as_printed(
     )
     state = browser.execute_script("return window.vncState")
     assert state["connects"] == 1 and not state["credentialsAsked"], state
+
+
+def test_demo_web_listener_moves_off_a_taken_port(tmp_path):
+    """Port 6100 taken (by another demo, say): the demo's web listener takes
+    any free port, and its printed serial page URL answers there."""
+    if not WEB:
+        unavailable("browser assets not installed: run tools/assets.sh")
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(socket.socket())
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # else someone else holds it: as good
+            holder.bind(("127.0.0.1", DEFAULT_WEB_PORT))
+            holder.listen()
+        demo = Demo(demo_argv(), dict(os.environ), tmp_path / "demo")
+        stack.callback(demo.stop)
+        wait_for(demo.ready, 30, "the demo to start")
+        url = urlsplit(demo.commands()[WEB_SERIAL_TITLE])
+        assert url.port != DEFAULT_WEB_PORT, url
+        context = ssl.create_default_context(
+            cafile=str(demo.workdir() / "pki/certs/cacert.pem")
+        )
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", url.port, context=context, timeout=10
+        )
+        conn.request("GET", f"{url.path}?{url.query}", headers={"Host": "localhost"})
+        assert conn.getresponse().status == 200
+        conn.close()
 
 
 def check_screen(tunnel_command: str, env: dict[str, str], tmp_path: Path) -> None:

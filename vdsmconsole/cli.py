@@ -238,6 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     assets = find_assets(args.assets)
     config = Config(
         web_enabled=assets is not None,
+        web_any_port_if_busy=True,  # 6100, or any free port (two demos)
         web_assets=str(assets or ""),
         bind=args.bind,
         port=args.port if args.port is not None else DEFAULT_PORT,

@@ -75,6 +75,7 @@ class Config:
     # The [web] listener for browsers (server/web/): off unless enabled.
     web_enabled: bool = False
     web_port: int = DEFAULT_WEB_PORT
+    web_any_port_if_busy: bool = False  # the demo's only: not a file key
     web_bind: str = ""  # "": the [server] bind address
     web_allowed_origins: tuple[str, ...] = ()  # (): the listener's own name
     web_assets: str = ""  # the directory tools/assets.sh installed into

@@ -236,7 +236,7 @@ class ConsoleService(Service):
                     self.context, self.web_site, self.tls, limits
                 )
             except CannotListenError:
-                if not config.any_port_if_busy:  # the demo's: any free port
+                if not config.web_any_port_if_busy:  # the demo's: any free port
                     raise
                 self.web_listening = listen_web(
                     self.context, self.web_site, self.tls, limits, port=0
