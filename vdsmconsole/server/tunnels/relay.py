@@ -2,6 +2,9 @@
 with backpressure both ways.  A ``viewer``'s VNC tunnel is view-only: its
 RFB messages pass through ``protocols/rfbclient.py``, which drops key,
 pointer and clipboard messages (SPICE and RDP are relayed as they are).
+The viewer is a ``side.ViewerSide``: a CONNECT's raw TLS connection
+(``takeover.ViewerLink``) or a browser's websocket on the web listener
+(``websockets/graphics.SocketLink``); this one relay serves both.
 
 Each side's transport is the other side's consumer: a viewer that stops
 reading fills its send buffer (``[console] client_buffer_bytes``), which
