@@ -155,9 +155,10 @@ class SocketLink:
             self.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        transport = self.transport
-        if transport is not None and getattr(transport, "producer", None):
-            transport.unregisterProducer()
+        # Harmless without one; with one left registered TLS would not shut
+        # down on loseConnection (it waits for the producer to go).
+        if self.transport is not None:
+            self.transport.unregisterProducer()
 
     def pauseReading(self, why: str) -> None:
         if not self._paused and not self.gone and self.transport is not None:
