@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from tests.browser import browser  # noqa: F401 - the fixture
 from tests.pagehelp import canvas_not_flat
@@ -29,7 +30,8 @@ def test_novnc_page_shows_a_password_guest_without_asking(
 ):
     """remoteConsole answers the noVNC page's URL; opened as it is, the page
     connects to qemu's password-protected VNC without asking for a password,
-    and its canvas is not one flat colour; the password is in no log."""
+    its canvas is not one flat colour and fills the window's width; the
+    password is in no log."""
     if not (ASSETS / "@novnc/novnc/core/rfb.js").is_file():
         unavailable("browser assets not installed: run tools/assets.sh")
     password = f"pw-{random.randrange(10**9)}"
@@ -53,6 +55,10 @@ def test_novnc_page_shows_a_password_guest_without_asking(
     )
     shown = state()
     assert not shown["credentialsAsked"] and shown["disconnects"] == 0, shown
+    # Scaled to the window: the VGA text screen (720x400) fills its width.
+    canvas = browser.find_element(By.CSS_SELECTOR, "#screen canvas")
+    inner = browser.execute_script("return window.innerWidth")
+    assert abs(canvas.size["width"] - inner) <= 2, (canvas.size, inner)
     assert password not in server.log()
     logged = browser.get_log("browser")
     assert not [e["message"] for e in logged if e["level"] == "SEVERE"], logged
