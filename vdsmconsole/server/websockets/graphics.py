@@ -21,7 +21,9 @@ browser's TLS transport, which pauses it while the browser reads nothing
 (the TLS transport) while the endpoint's send buffer is full.  Either way a
 session holds its buffers, one read and one message (at most ``[web]
 max_message_bytes``), whatever either side sends.  A browser that reads
-nothing stops answering pings and is closed after ``ping_timeout``.
+nothing stops answering pings and is closed after ``ping_timeout``; so is
+one behind an endpoint that reads nothing for that long (its pongs are not
+read either).
 """
 
 from __future__ import annotations
