@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import DEMO_CONFIG, PROMPT, console_bytes, create_demo
-from tests.wshelp import WsFollower
+from tests.wshelp import WsFollower, ws_connect
 
 pytestmark = pytest.mark.e2e
 WEB_LISTENING = re.compile(r"vdsmconsole web listening on [^:\s]+:(\d+)")
@@ -59,13 +58,12 @@ def get(server: ServerProcess, port: int, path: str, method: str = "GET"):
 
 
 def websocket(server: ServerProcess, port: int, path: str, origin: str | None):
-    return connect(
+    return ws_connect(
         f"wss://127.0.0.1:{port}{path}",
         ssl=browser_tls(server),
         server_hostname="localhost",
         origin=origin,
         subprotocols=["binary"],
-        open_timeout=10,
     )
 
 
