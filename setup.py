@@ -34,6 +34,9 @@ setup(
             "mypy>=1.10",
             "websockets>=14",
             "selenium>=4.20",
+            # vncdo: the acceptance tests capture a guest's screen through a
+            # tunnel (it brings Pillow, which reads the PNG back).
+            "vncdotool>=1.2",
         ],
     },
     entry_points={

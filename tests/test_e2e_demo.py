@@ -21,6 +21,7 @@ from twisted.internet.error import CannotListenError
 from tests.serverproc import wait_for
 from tests.tmuxhelp import Tmux
 from tests.tools import require_tool
+from tests.tunnelhelp import is_flat
 from vdsmconsole.server.config import Config
 from vdsmconsole.server.service import ConsoleService
 
@@ -156,6 +157,13 @@ DEMO_TITLES = {
     "attach to the demo guest's console (^] leaves)",
     "type a command into it with curl",
 }
+TUNNEL_TITLE = "a local port for a viewer of the demo guest's {} (^C stops it)"
+TOKEN_TITLE = "a console token for its {}"
+SCREEN_TITLES = {TUNNEL_TITLE.format("screen"), TOKEN_TITLE.format("screen")}
+SERIAL_TITLES = {
+    TUNNEL_TITLE.format("serial console"),
+    TOKEN_TITLE.format("serial console"),
+}
 
 
 def demo_argv() -> list[str]:
@@ -181,8 +189,11 @@ def test_every_printed_command_works_in_a_fresh_shell(demo, tmp_path, monkeypatc
     assert shutil.which("vdsmconsole-client", path=FRESH_PATH) is None, (
         "vdsmconsole-client is installed system-wide: this test would prove nothing"
     )
+    require_tool("qemu-system-x86_64", "qemu-system-x86")  # the demo's screen
     commands = demo.commands()
-    assert set(commands) == DEMO_TITLES, "a new printed command needs a check here"
+    assert set(commands) == DEMO_TITLES | SCREEN_TITLES, (
+        "a new printed command needs a check here"
+    )
     env = {"PATH": FRESH_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8"}
 
     def run(title: str) -> subprocess.CompletedProcess[str]:
@@ -221,6 +232,14 @@ def test_every_printed_command_works_in_a_fresh_shell(demo, tmp_path, monkeypatc
         os.killpg(wget.pid, signal.SIGKILL)
         wget.wait(10)
 
+    # The screen: a VNC viewer (vncdo) through the printed tunnel, with no
+    # password; the token command prints its URL and token.
+    check_screen(commands[TUNNEL_TITLE.format("screen")], env, tmp_path)
+    token = run(TOKEN_TITLE.format("screen")).stdout.splitlines()
+    assert [line.split(": ")[0] for line in token] == ["url", "token", "expires"]
+    password = (demo.workdir() / "vnc.secret").read_text()
+    assert password not in demo.text()
+
     # The interactive client in a real terminal whose shell has the fresh PATH.
     monkeypatch.setenv("PATH", FRESH_PATH)
     monkeypatch.delenv("PYTHONPATH", raising=False)
@@ -236,14 +255,85 @@ def test_every_printed_command_works_in_a_fresh_shell(demo, tmp_path, monkeypatc
         terminal.kill()
 
 
+def check_screen(tunnel_command: str, env: dict[str, str], tmp_path: Path) -> None:
+    """The printed tunnel command, as a user runs it, lets vncdo capture the
+    demo guest's screen: not one flat colour; ^C ends it."""
+    out = tmp_path / "tunnel.out"
+    with open(out, "wb") as stdout:
+        tunnel = subprocess.Popen(
+            ["bash", "-c", f"exec {tunnel_command}"],
+            env=env,
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def listening() -> str | None:
+            assert tunnel.poll() is None, out.read_text()
+            found = re.search(r"\(vncviewer (127\.0\.0\.1::\d+)\)", out.read_text())
+            return found.group(1) if found else None
+
+        server = wait_for(listening, 30, "the tunnel's listening line")
+        png = tmp_path / "screen.png"
+        vncdo = Path(sys.executable).parent / "vncdo"
+        shown = subprocess.run(
+            [str(vncdo), "-t", "60", "-s", server, "capture", str(png)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert not is_flat(png), "the demo guest's screen is one flat colour"
+        tunnel.send_signal(signal.SIGINT)
+        assert tunnel.wait(10) == 128 + signal.SIGINT
+    finally:
+        if tunnel.poll() is None:
+            os.killpg(tunnel.pid, signal.SIGKILL)
+            tunnel.wait(10)
+
+
+def test_demo_without_qemu_says_why_and_prints_serial_commands(tmp_path):
+    """Without qemu the demo says in one line why there is no graphical
+    console, and prints the tunnel and token commands for the serial
+    console instead, which work as printed."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = dict(os.environ, PATH=str(empty))  # no qemu-system-x86_64 on it
+    demo = Demo(demo_argv(), env, tmp_path / "demo")
+    try:
+        wait_for(demo.ready, 30, "the demo to start")
+        lines = demo.text().splitlines()
+        assert (
+            "no graphical console: qemu-system-x86_64 is not installed "
+            "(apt-get install qemu-system-x86)"
+        ) in lines
+        commands = demo.commands()
+        assert set(commands) == DEMO_TITLES | SERIAL_TITLES
+        token = subprocess.run(
+            ["bash", "-c", commands[TOKEN_TITLE.format("serial console")]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert token.returncode == 0, token.stderr
+        assert "/consoleTunnel/demo?protocol=serial&token=" in token.stdout
+    finally:
+        demo.stop()
+
+
 def test_demo_started_with_sigint_ignored_stops_on_sigint(tmp_path):
-    """A demo that inherited SIGINT ignored stops on SIGINT and removes its files."""
+    """A demo that inherited SIGINT ignored stops on SIGINT, stops the qemu of
+    its screen and removes its files."""
     demo = Demo(demo_argv(), dict(os.environ), tmp_path, sigint_ignored=True)
     workdir = None
     try:
         wait_for(demo.ready, 30, "the demo to start")
         workdir = demo.workdir()
         assert workdir.is_dir()
+        qemu = re.search(r"\(qemu pid (\d+)\)", demo.text())
         os.kill(demo.process.pid, signal.SIGINT)  # the demo alone, not its group
         try:
             demo.process.wait(15)
@@ -251,6 +341,8 @@ def test_demo_started_with_sigint_ignored_stops_on_sigint(tmp_path):
             pytest.fail("the demo ignored SIGINT")
         assert demo.process.returncode == 0, demo.text()
         assert not workdir.exists(), "the demo left its throwaway PKI behind"
+        if qemu:  # the demo's screen stops with it (it reaped its qemu)
+            assert not Path(f"/proc/{qemu.group(1)}").exists()
     finally:
         demo.stop()
         if workdir is not None:

@@ -19,7 +19,8 @@ MAX_LINES = 500
 # What each part may not import.  Top-level modules that both sides share
 # (status, spec, identity, xmlrpcwire, streamend, terminal, transports, pki)
 # import none
-# of the four packages; the entry points (cli, demoguest, testing) may.
+# of the four packages; the entry points (cli, demoguest, demoscreen,
+# testing) may.
 SHARED = (
     "vdsmconsole.status",
     "vdsmconsole.spec",
@@ -172,6 +173,7 @@ def test_every_module_is_in_a_known_place():
         "vdsmconsole.__main__",
         "vdsmconsole.cli",
         "vdsmconsole.demoguest",
+        "vdsmconsole.demoscreen",
         "vdsmconsole.testing",
     }
     strays = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vdsmconsole.server.http.accesslog import redact_tokens
+from vdsmconsole.server.http.redact import redact_target
 from vdsmconsole.server.web.origin import normal_origin, origin_allowed
 
 HOST = b"console.example:6100"
@@ -48,16 +48,21 @@ def test_configured_origins_must_be_origins(bad):
 @pytest.mark.parametrize(
     "uri,logged",
     [
-        (b"/console/serial?token=SECRET", b"/console/serial?token=-"),
+        (b"/console/serial?token=SECRET", b"/console/serial?token=***"),
         (
             b"/websockify?offset=3&token=SECRET&tail=",
-            b"/websockify?offset=3&token=-&tail=",
+            b"/websockify?offset=3&token=***&tail=",
         ),
-        (b"/x?%74oken=SECRET", b"/x?%74oken=-"),
+        (b"/x?%74oken=SECRET", b"/x?%74oken=***"),
+        (
+            b"https://h:6100/console/vnc?token=SECRET",
+            b"https://h:6100/console/vnc?token=***",
+        ),
         (b"/consoleStream/vm1?offset=5", b"/consoleStream/vm1?offset=5"),
         (b"/RPC2", b"/RPC2"),
     ],
 )
 def test_access_log_never_shows_a_token(uri, logged):
-    """A token in a query is left out of the access log, however it is spelled."""
-    assert redact_tokens(uri) == logged
+    """A token in a target or a Referer is left out of the access log, however
+    it is spelled."""
+    assert redact_target(uri) == logged

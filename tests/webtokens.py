@@ -1,7 +1,7 @@
 """The real server with a stand-in token store, for the web listener's tests.
 
 Issue 13's token store is not in yet (``server/web/grants.py`` is the hook),
-so the web listener refuses every token.  This runs ``vdsmconsole serve``
+so the web listener refused every token.  This runs ``vdsmconsole serve``
 exactly, but gives its context a ``tokens`` object with issue 13's
 interface (``lookup``, ``use``), read from a JSON file the test writes:
 ``{"<token>": {"vm_id", "protocol", "role", "single_use"}}``.  Test harness
@@ -41,11 +41,21 @@ class FileTokens:
             return None
         return SimpleNamespace(expires=0, **grant)
 
-    def use(self, token: str) -> Any:
+    def use(self, token: str, **_: Any) -> Any:
         grant = self.lookup(token)
         if grant is not None and grant.single_use:
             self.used.add(token)
         return grant
+
+    # What the server's start and stop ask of a store.
+    def load(self) -> int:
+        return 0
+
+    def prune(self) -> int:
+        return 0
+
+    def revoke_vm(self, vm_id: str) -> int:
+        return 0
 
 
 def main() -> None:

@@ -21,8 +21,10 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from vdsmconsole import __version__
+from vdsmconsole.demoscreen import DemoScreen, start_demo_screen
 from vdsmconsole.pki import init_pki
 from vdsmconsole.server.config import Config, ConfigError, check_values, load_config
+from vdsmconsole.server.policy import DEFAULT_UNIX_PATHS
 from vdsmconsole.server.service import ConsoleService, StartupError
 from vdsmconsole.server.tls.files import TLSConfigError
 from vdsmconsole.spec import DEFAULT_PORT, RPC_PATH, STREAM_PATH, ConsoleSpec
@@ -151,8 +153,11 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
-    """Copy-paste commands that work as printed against the demo server."""
+def demo_commands(
+    pki: Path, port: int, vm_id: str, screen: bool = False
+) -> list[tuple[str, str]]:
+    """Copy-paste commands that work as printed against the demo server
+    (``screen``: the demo guest has a VNC screen, else only its serial)."""
     ca = shlex.quote(str(pki / "certs/cacert.pem"))
     cert = shlex.quote(str(pki / "certs/enginecert.pem"))
     key = shlex.quote(str(pki / "keys/enginekey.pem"))
@@ -165,6 +170,11 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
         f"{str(pki / 'keys/enginekey.pem')!r}); "
         f"print(x.ServerProxy({base + RPC_PATH!r}, context=c).list(True))"
     )
+    client = (
+        f"{installed_command('vdsmconsole-client', 'vdsmconsole.client.cli')} "
+        f"--pki {shlex.quote(str(pki))} 127.0.0.1:{port}"
+    )
+    protocol, what = ("vnc", "screen") if screen else ("serial", "serial console")
     return [
         (
             "XML-RPC ping with curl (HTTP/2)",
@@ -182,13 +192,20 @@ def demo_commands(pki: Path, port: int, vm_id: str) -> list[tuple[str, str]]:
         ),
         (
             "attach to the demo guest's console (^] leaves)",
-            f"{installed_command('vdsmconsole-client', 'vdsmconsole.client.cli')} "
-            f"--pki {shlex.quote(str(pki))} 127.0.0.1:{port} console {vm_id}",
+            f"{client} console {vm_id}",
         ),
         (
             "type a command into it with curl",
             f"printf 'count 5\\n' | curl --cacert {ca} --cert {cert} --key {key} "
             f"-T - {base}{STREAM_PATH}{vm_id}",
+        ),
+        (
+            f"a local port for a viewer of the demo guest's {what} (^C stops it)",
+            f"{client} tunnel {vm_id} --protocol {protocol}",
+        ),
+        (
+            f"a console token for its {what}",
+            f"{client} remote-console {vm_id} --protocol {protocol}",
         ),
     ]
 
@@ -223,18 +240,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         any_port_if_busy=args.port is None,
         state_dir=workdir / "state",
         spawn_commands={"demo": (sys.executable, "-m", "vdsmconsole.demoguest")},
+        # The demo screen's VNC socket (demoscreen.py) lives there.
+        unix_paths=(*DEFAULT_UNIX_PATHS, f"{workdir}/**"),
     ).with_pki(pki)
     vm_id = "demo"
+    screen = start_demo_screen(workdir)
 
     def after_start(service: Any) -> None:
+        graphics = (screen.endpoint,) if isinstance(screen, DemoScreen) else ()
         service.context.registry.create(
-            vm_id, ConsoleSpec(type="spawn", command="demo")
+            vm_id, ConsoleSpec(type="spawn", command="demo"), graphics=graphics
         )
         port = service.context.port
         print(f"vdsmconsole {__version__} demo on https://127.0.0.1:{port}")
         print(f"throwaway PKI and state in {workdir} (removed on exit)")
+        if isinstance(screen, str):
+            print(screen)
+        else:
+            pid = screen.process.pid
+            print(f"the demo guest's screen is qemu's BIOS over VNC (qemu pid {pid})")
         print(f"a demo guest runs as console {vm_id!r}. Try, in another terminal:\n")
-        for title, command in demo_commands(pki, port, vm_id):
+        for title, command in demo_commands(pki, port, vm_id, bool(graphics)):
             print(f"# {title}\n{command}\n")
         print("Ctrl-C stops the demo.", flush=True)
 
@@ -242,6 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         return run_service(config, after_start)
     finally:
+        if isinstance(screen, DemoScreen):
+            screen.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -40,6 +40,8 @@ from vdsmconsole.client.failures import _short, _timed, describe_failure
 from vdsmconsole.client.fdio import FDBodyProducer
 from vdsmconsole.client.inputstream import InputStream
 from vdsmconsole.client.stream import Stream, _StreamReceiver
+from vdsmconsole.client.tunnel import Tunnel, open_tunnel, refusal
+from vdsmconsole.client.tunnelport import TunnelPort
 from vdsmconsole.spec import DEFAULT_PORT, RPC_PATH, STREAM_PATH
 from vdsmconsole.status import no_vm_message
 from vdsmconsole.streamend import END_HEADER, StreamEnd, parse_end
@@ -95,10 +97,11 @@ class ConsoleClient:
         self.reactor = reactor
         self.timeout = timeout
         trust, mine = self.credentials.load()
+        self.tls = MutualTLSPolicy(trust, mine)
         self.pool = webclient.HTTPConnectionPool(reactor, persistent=persistent)
         agent = webclient.Agent(
             reactor,
-            contextFactory=MutualTLSPolicy(trust, mine),
+            contextFactory=self.tls,
             connectTimeout=timeout,
             pool=self.pool,
         )
@@ -295,6 +298,95 @@ class ConsoleClient:
             return ConsoleUnavailable(code, text or f"console {vm_id} is down")
         detail = text.splitlines()[0] if text else phrase.decode() or str(code)
         return HTTPError(code, f"{self.where} answered {code}: {detail}")
+
+    # -- tunnels and tokens
+
+    def tunnel(
+        self,
+        vm_id: str,
+        protocol: str,
+        *,
+        token: str | None = None,
+        on_data: Callable[[bytes], object] | None = None,
+    ) -> defer.Deferred[Tunnel]:
+        """``CONNECT /consoleTunnel/<vmId>?protocol=P``: the console as raw
+        bytes both ways (``vdsmconsole/client/tunnel.py``).
+
+        Fires with the ``Tunnel`` once the server answered 200: ``write()``,
+        ``on_data`` (or given here), ``close()``, ``done``, ``splice()``.
+        Refusals raise the usual classes with the server's line: 404
+        ``NoSuchConsole`` (no such VM, or no such console on it), 502 and
+        503 ``ConsoleUnavailable`` (the endpoint did not answer, a serial
+        guest is down), 503 ``ServerStopping`` (``X-Console-End:
+        stopping``), others ``HTTPError`` (400, 403).
+        """
+        d = open_tunnel(
+            self.reactor,
+            self.host,
+            self.port,
+            self.tls.creatorForNetloc(self.host.encode("idna"), self.port),
+            vm_id,
+            protocol,
+            token=token,
+            describe=lambda code, text, end: refusal(
+                code, text, self.where, vm_id, end
+            ),
+            timeout=self.timeout,
+        )
+        d.addErrback(self._duplexFailed)
+        d = _timed(self.reactor, d, self.timeout, self.where)
+        if on_data is not None:
+
+            def attach(tunnel: Tunnel) -> Tunnel:
+                tunnel.on_data = on_data
+                return tunnel
+
+            d.addCallback(attach)
+        return d
+
+    def tunnel_port(
+        self,
+        vm_id: str,
+        protocol: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        on_error: Callable[[str], object] = lambda line: None,
+    ) -> TunnelPort:
+        """A local port (``host:port``, 0 any free one) whose every
+        connection is a tunnel of its own (``tunnelport.TunnelPort``);
+        ``on_error`` gets one line per tunnel that could not be opened."""
+        return TunnelPort(
+            self.reactor,
+            lambda: self.tunnel(vm_id, protocol, token=token),
+            protocol,
+            host=host,
+            port=port,
+            on_error=on_error,
+        )
+
+    def remote_console(
+        self,
+        vm_id: str,
+        protocol: str,
+        *,
+        ttl: int | None = None,
+        single_use: bool = False,
+        role: str | None = None,
+    ) -> defer.Deferred[Any]:
+        """``remoteConsole``: a token for one console; fires with the answer
+        as is (``console: {protocol, type, url, token, expires}`` and the
+        status, which is data as for ``call``).  Without ``ttl`` the server's
+        default (600 s); without ``role`` the caller's own."""
+        params: dict[str, Any] = {}
+        if ttl is not None:
+            params["ttl"] = ttl
+        if single_use:
+            params["singleUse"] = True
+        if role is not None:
+            params["role"] = role
+        return self.call("remoteConsole", vm_id, protocol, params)
 
     def _forget_stream(self, result: Any, stream: Stream) -> Any:
         self._streams.discard(stream)

@@ -1,4 +1,5 @@
-"""vmId -> console, persisted in the state directory so it survives restarts.
+"""vmId -> console and graphics, persisted in the state directory so they
+survive restarts.
 
 The file is ``<state_dir>/registry.json``, written whole to a temporary file,
 fsynced and renamed over the old one: a crash leaves the old or the new
@@ -17,15 +18,22 @@ allows (``[sources]`` narrowed since) is restored ``down``, its reason and
 ``lastError`` saying why, and never opened or connected.  It stays in the
 file, so that widening the configuration again brings it back; ``destroy``
 removes it.
+
+A VM may also have graphics endpoints (``graphics.GraphicsEndpoint``: VNC,
+SPICE, RDP), or only those: the file's ``"graphics"`` key maps a vmId to its
+endpoints, VNC passwords included, so the file is written mode 0600 (files
+without the key still load).  An endpoint the policy no longer allows is
+restored *refused*: listed, kept in the file, but ``endpoint`` will not hand
+it out.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -33,6 +41,7 @@ from twisted.logger import Logger
 from vdsmconsole.core.console import Console
 from vdsmconsole.core.interfaces import DESTROYED, SERVER_STOPPING
 from vdsmconsole.core.ptyowner import PtyOwner
+from vdsmconsole.graphics import GraphicsEndpoint, parse_graphics
 from vdsmconsole.spec import (
     ConsoleSpec,
     NotAllowed,
@@ -53,6 +62,9 @@ class RestorePolicy(Protocol):
     def check_restored(self, spec: ConsoleSpec, owner: PtyOwner | None) -> None:
         """Raise ``spec.NotAllowed`` if the entry is no longer allowed."""
 
+    def check_graphics(self, endpoint: GraphicsEndpoint) -> None:
+        """Raise ``spec.NotAllowed`` if a graphics endpoint is not allowed."""
+
 
 def _owner_of(console: Console) -> PtyOwner | None:
     """The recorded owner of a console's pty, if its source has one."""
@@ -60,8 +72,12 @@ def _owner_of(console: Console) -> PtyOwner | None:
     return owner if isinstance(owner, PtyOwner) else None
 
 
+def _no_console(vm_id: str) -> StatusError:
+    return StatusError(Code.NO_CONSOLE, f"VM {vm_id} has no serial console")
+
+
 class Registry:
-    """vmId -> console.
+    """vmId -> console and graphics endpoints (a VM has either or both).
 
     ``console_factory(vm_id, spec)`` builds a console that is not started
     yet: with ``fresh=True`` for ``create``.  For a ``pty`` console restored
@@ -75,6 +91,11 @@ class Registry:
     seconds): until then ``create`` refuses it (``exist``) and
     ``when_free`` tells when it may be created again.  Two consoles of one
     vmId never run at once: they share a state directory and an offset mark.
+
+    ``added`` and ``destroyed``: hooks called with the vmId once a VM is
+    created or restored (the server's graphics probe), and once it is
+    destroyed (its console tokens are revoked).  A hook that raises is logged
+    and the others still run.
     """
 
     def __init__(
@@ -89,6 +110,11 @@ class Registry:
         self._spawn_commands = spawn_commands or {}
         self.policy = policy
         self._consoles: dict[str, Console] = {}
+        self._graphics: dict[str, tuple[GraphicsEndpoint, ...]] = {}
+        # vmId -> {type: why} for restored endpoints the policy refuses now.
+        self._refused: dict[str, dict[str, str]] = {}
+        self.added: list[Callable[[str], None]] = []
+        self.destroyed: list[Callable[[str], None]] = []
         # vmId -> what waits for its destroyed console to have stopped.
         self._stopping: dict[str, list[defer.Deferred[None]]] = {}
         self._closed = False  # stop_all was called: the server stops
@@ -96,19 +122,54 @@ class Registry:
     # -- lookups -------------------------------------------------------------
 
     def ids(self) -> list[str]:
-        return sorted(self._consoles)
+        """Every VM: with a console, graphics or both."""
+        return sorted(self._consoles.keys() | self._graphics.keys())
+
+    def has_vm(self, vm_id: str) -> bool:
+        return vm_id in self._consoles or vm_id in self._graphics
 
     def find(self, vm_id: str) -> Console | None:
+        """The VM's serial console; None if there is no such VM or console."""
         return self._consoles.get(vm_id)
 
     def get(self, vm_id: str) -> Console:
+        """The VM's serial console: noVM, or noConsole for a graphics-only VM."""
         console = self._consoles.get(vm_id)
         if console is None:
+            if vm_id in self._graphics:
+                raise _no_console(vm_id)
             raise StatusError(Code.NO_VM, no_vm_message(vm_id))
         return console
 
+    def graphics(self, vm_id: str) -> tuple[GraphicsEndpoint, ...]:
+        """The VM's graphics endpoints (``()`` if none); noVM if unknown."""
+        if not self.has_vm(vm_id):
+            raise StatusError(Code.NO_VM, no_vm_message(vm_id))
+        return self._graphics.get(vm_id, ())
+
+    def endpoint(self, vm_id: str, protocol: str) -> GraphicsEndpoint:
+        """The VM's endpoint of type ``protocol`` (vnc, spice, rdp).
+
+        noVM for an unknown vmId, noConsole if it has none of that type,
+        notAllowed if the configuration no longer allows it (restored).
+        """
+        for endpoint in self.graphics(vm_id):
+            if endpoint.type == protocol:
+                why = self.refusal(vm_id, protocol)
+                if why:
+                    raise StatusError(Code.NOT_ALLOWED, why)
+                return endpoint
+        raise StatusError(
+            Code.NO_CONSOLE, f"VM {vm_id} has no {protocol!r} graphics console"
+        )
+
+    def refusal(self, vm_id: str, protocol: str) -> str:
+        """Why a restored endpoint is no longer allowed ("" if it is)."""
+        return self._refused.get(vm_id, {}).get(protocol, "")
+
     def __len__(self) -> int:
-        return len(self._consoles)
+        """The number of VMs."""
+        return len(self._consoles.keys() | self._graphics.keys())
 
     def spawned_pids(self) -> set[int]:
         """Pids of the children that spawn consoles run now."""
@@ -121,23 +182,59 @@ class Registry:
 
     # -- changes --------------------------------------------------------------
 
+    @overload
     def create(
-        self, vm_id: str, spec: ConsoleSpec, owner: PtyOwner | None = None
-    ) -> Console:
-        """Register and start a console.
+        self,
+        vm_id: str,
+        spec: ConsoleSpec,
+        owner: PtyOwner | None = None,
+        graphics: Iterable[GraphicsEndpoint] = (),
+    ) -> Console: ...
+
+    @overload
+    def create(
+        self,
+        vm_id: str,
+        spec: None,
+        owner: PtyOwner | None = None,
+        graphics: Iterable[GraphicsEndpoint] = (),
+    ) -> None: ...
+
+    @overload
+    def create(
+        self,
+        vm_id: str,
+        spec: ConsoleSpec | None,
+        owner: PtyOwner | None = None,
+        graphics: Iterable[GraphicsEndpoint] = (),
+    ) -> Console | None: ...
+
+    def create(
+        self,
+        vm_id: str,
+        spec: ConsoleSpec | None,
+        owner: PtyOwner | None = None,
+        graphics: Iterable[GraphicsEndpoint] = (),
+    ) -> Console | None:
+        """Register a VM and start its console; None for a graphics-only VM.
 
         ``owner``: the process the policy found holding a pty's master.  The
         pty is then opened only if that very process still holds it, as for a
         restored console, so the number cannot pass to another terminal
-        between the check and the open.
+        between the check and the open.  ``graphics``: its endpoints, at most
+        one of each type, already checked against the policy by the caller.
+        A VM needs a console or graphics (missParam otherwise).
         """
+        endpoints = _checked_graphics(graphics)
+        if spec is None and not endpoints:
+            raise StatusError(Code.MISS_PARAM, "a VM needs a console, graphics or both")
         # The vmId becomes a directory name under the state directory: check
         # it here too, whoever the caller is, before the factory touches a path.
         try:
             validate_vm_id(vm_id)
         except SpecError as e:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
-        if vm_id in self._consoles:
+        if self.has_vm(vm_id):
             raise StatusError(Code.EXIST, f"vmId {vm_id!r} is already registered")
         if vm_id in self._stopping:
             raise StatusError(
@@ -147,18 +244,28 @@ class Registry:
             # A create that waited for a destroy must not start a console
             # that nothing would stop.
             raise StatusError(Code.UNEXPECTED, "the server is stopping")
-        if owner is not None:
+        console = None
+        if spec is None:
+            pass
+        elif owner is not None:
             console = self._factory(vm_id, spec, fresh=True, restored=True, owner=owner)
         else:
             console = self._factory(vm_id, spec, fresh=True)
-        self._consoles[vm_id] = console
+        if console is not None:
+            self._consoles[vm_id] = console
+        if endpoints:
+            self._graphics[vm_id] = endpoints
         try:
             self.save()
         except OSError as e:
-            del self._consoles[vm_id]
+            self._consoles.pop(vm_id, None)
+            self._graphics.pop(vm_id, None)
             raise StatusError(
                 Code.UNEXPECTED, f"cannot persist the registry: {e.strerror}"
             ) from None
+        self._run_hooks(self.added, vm_id)
+        if console is None:
+            return None
         console.start()
         if _owner_of(console) is not None:
             # The pty's owner is known once it is attached: record it, or the
@@ -175,17 +282,30 @@ class Registry:
         return console
 
     def destroy(self, vm_id: str) -> defer.Deferred[None]:
-        console = self.get(vm_id)
-        del self._consoles[vm_id]
+        """Forget a VM (console and graphics); its console stops.
+
+        The ``destroyed`` hooks run once it is gone from the file.
+        """
+        if not self.has_vm(vm_id):
+            raise StatusError(Code.NO_VM, no_vm_message(vm_id))
+        console = self._consoles.pop(vm_id, None)
+        graphics = self._graphics.pop(vm_id, None)
         try:
             self.save()
         except OSError as e:
             # The file still names it and would bring it back at the next
             # start: keep it registered (and running) rather than half-destroy.
-            self._consoles[vm_id] = console
+            if console is not None:
+                self._consoles[vm_id] = console
+            if graphics is not None:
+                self._graphics[vm_id] = graphics
             raise StatusError(
                 Code.UNEXPECTED, f"cannot persist the registry: {e.strerror}"
             ) from None
+        self._refused.pop(vm_id, None)
+        self._run_hooks(self.destroyed, vm_id)
+        if console is None:
+            return defer.succeed(None)
         waiters = self._stopping[vm_id] = []
 
         def stopped(result: object) -> object:
@@ -195,6 +315,13 @@ class Registry:
             return result
 
         return console.stop(DESTROYED).addBoth(stopped)
+
+    def _run_hooks(self, hooks: list[Callable[[str], None]], vm_id: str) -> None:
+        for hook in list(hooks):
+            try:
+                hook(vm_id)
+            except Exception:  # noqa: BLE001 - one hook must not stop the others
+                log.failure("registry hook {hook} failed for {vm}", hook=hook, vm=vm_id)
 
     def when_free(self, vm_id: str) -> defer.Deferred[None]:
         """Fires once no destroyed console of ``vm_id`` is still stopping."""
@@ -221,12 +348,23 @@ class Registry:
     def save(self) -> None:
         if self._path is None:
             return
-        data = {
+        data: dict[str, Any] = {
             "version": FORMAT_VERSION,
             "consoles": {v: self._entry(c) for v, c in self._consoles.items()},
         }
+        if self._graphics:
+            # Only when there are some: a file without graphics stays as an
+            # older server wrote it (and reads it).
+            data["graphics"] = {
+                v: [e.to_persist() for e in endpoints]
+                for v, endpoints in self._graphics.items()
+            }
         tmp = self._path.with_name(self._path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        # 0600: it holds VNC passwords.  fchmod too: a temporary file a crash
+        # left behind keeps its old mode through O_TRUNC.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()
@@ -242,11 +380,12 @@ class Registry:
         return entry
 
     def load(self) -> None:
-        """Restore and start every console the file names."""
+        """Restore every VM the file names and start its console."""
         if self._path is None or not self._path.exists():
             return
         with open(self._path, encoding="utf-8") as f:
             data = json.load(f)
+        self._load_graphics(data.get("graphics", {}))
         for vm_id, desc in sorted(data.get("consoles", {}).items()):
             try:
                 validate_vm_id(vm_id)
@@ -269,7 +408,48 @@ class Registry:
                 console = self._factory(vm_id, spec)
             self._consoles[vm_id] = console
             console.start()
-        log.info("restored {n} console(s)", n=len(self._consoles))
+        for vm_id in self.ids():
+            self._run_hooks(self.added, vm_id)
+        log.info(
+            "restored {n} console(s), graphics of {g} VM(s)",
+            n=len(self._consoles),
+            g=len(self._graphics),
+        )
+
+    def _load_graphics(self, entries: object) -> None:
+        if not isinstance(entries, dict):
+            log.error("registry: graphics ignored: not a map of vmIds")
+            return
+        for vm_id, desc in sorted(entries.items()):
+            try:
+                validate_vm_id(vm_id)
+                endpoints = parse_graphics(desc)
+            except SpecError as e:
+                # The why never quotes a password (graphics.py's messages).
+                log.error("not restoring graphics of {vm}: {why}", vm=vm_id, why=e)
+                continue
+            if not endpoints:
+                continue
+            self._graphics[vm_id] = endpoints
+            for endpoint in endpoints:
+                why = self._graphics_refusal(endpoint)
+                if why:
+                    log.error(
+                        "graphics {type} of {vm} refused: {why}",
+                        type=endpoint.type,
+                        vm=vm_id,
+                        why=why,
+                    )
+                    self._refused.setdefault(vm_id, {})[endpoint.type] = why
+
+    def _graphics_refusal(self, endpoint: GraphicsEndpoint) -> str:
+        if self.policy is None:
+            return ""
+        try:
+            self.policy.check_graphics(endpoint)
+        except NotAllowed as e:
+            return f"not allowed by the configuration: {e}"
+        return ""
 
     def _refusal(self, spec: ConsoleSpec, owner: PtyOwner | None) -> str:
         """Why the policy no longer allows a restored entry ("" if it does)."""
@@ -280,3 +460,14 @@ class Registry:
         except NotAllowed as e:
             return f"not allowed by the configuration: {e}"
         return ""
+
+
+def _checked_graphics(
+    graphics: Iterable[GraphicsEndpoint],
+) -> tuple[GraphicsEndpoint, ...]:
+    """At most one endpoint of each type (parse_graphics made them)."""
+    endpoints = tuple(graphics)
+    types = [e.type for e in endpoints]
+    if len(set(types)) != len(types):
+        raise StatusError(Code.MISS_PARAM, "at most one endpoint of each type per VM")
+    return endpoints

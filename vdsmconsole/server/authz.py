@@ -14,8 +14,13 @@ role       may
 =========  ==========================================================
 viewer     follow consoles (GET), read-only RPCs (incl. consoleRead)
 operator   the above, and send input (POST, duplex, consoleWrite)
-admin      everything (create, destroy)
+admin      everything (create, destroy, console tokens' connect info)
 =========  ==========================================================
+
+Console tokens (``remoteConsole``) carry a role of their own, never above
+the caller's: any reader may mint a ``viewer`` token, an ``operator`` token
+needs WRITE.  Revoking tokens and reading a token's connect info (what a
+third-party gateway does) need ADMIN.
 """
 
 from __future__ import annotations
@@ -45,6 +50,15 @@ RPC_PERMISSIONS: dict[str, Permission] = {
     "create": Permission.ADMIN,
     "destroy": Permission.ADMIN,
     "consoleWrite": Permission.WRITE,
+    "revokeConsoleTokens": Permission.ADMIN,
+    "consoleConnectInfo": Permission.ADMIN,
+}
+# GET /os-console-auth-tokens/<token>: what consoleConnectInfo needs.
+CONNECT_INFO_PERMISSION = Permission.ADMIN
+# What minting a token of each role needs (beyond remoteConsole's READ).
+TOKEN_ROLE_PERMISSIONS: dict[str, Permission] = {
+    "viewer": Permission.READ,
+    "operator": Permission.WRITE,
 }
 
 

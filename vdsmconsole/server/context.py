@@ -1,4 +1,5 @@
-"""What the resources share: configuration, registry, audit, authorization, TLS.
+"""What the resources share: configuration, registry, audit, authorization, TLS,
+console tokens.
 
 It lives below everything that uses it (rpc, streams, the service that
 assembles them), so that none of them imports the module above it.
@@ -13,8 +14,10 @@ from vdsmconsole.core.registry import Registry
 from vdsmconsole.server.audit import AuditLog
 from vdsmconsole.server.authz import Authorizer
 from vdsmconsole.server.config import Config
+from vdsmconsole.server.graphicsprobe import GraphicsProbe
 from vdsmconsole.server.policy import SourcePolicy
 from vdsmconsole.server.tls.reload import ServerTLS
+from vdsmconsole.server.tokens.store import TokenStore
 
 
 @dataclass
@@ -26,7 +29,10 @@ class ServerContext:
     reactor: Any
     registry: Registry = field(init=False)
     audit: AuditLog = field(init=False)
+    tokens: TokenStore = field(init=False)  # console tokens (remoteConsole)
     port: int = 0
     tls: ServerTLS | None = None
     authz: Authorizer = field(default_factory=Authorizer)
     policy: SourcePolicy = field(default_factory=SourcePolicy)
+    # Whether graphics endpoints answer (None: shown as not answering).
+    graphics_probe: GraphicsProbe | None = None

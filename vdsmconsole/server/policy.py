@@ -17,6 +17,8 @@ configuration's ``[sources]`` section:
 - ``pty``: exactly ``/dev/pts/N`` (no symlink, no ``ptmx``), a pty device,
   whose master is held by a process whose executable is allowed, or by a
   process that a ``spawn`` console of this server started.
+- graphics endpoints (VNC, SPICE, RDP): a ``{host, port}`` one as a ``tcp``
+  target, a ``{path}`` one as a ``unix`` target.
 
 Everything here is plain functions over the filesystem and ``/proc`` (the
 root is injectable): no reactor.  ``RefusedSource`` is what a console
@@ -44,6 +46,7 @@ from vdsmconsole.core.ptyowner import (
     process_start,
     pts_index,
 )
+from vdsmconsole.graphics import GraphicsEndpoint
 from vdsmconsole.spec import ConsoleSpec, NoSuchSource, NotAllowed
 
 __all__ = [
@@ -252,6 +255,14 @@ class SourcePolicy:
             return self.check_pty(spec.path, spawned)
         # spawn: only commands the configuration names get this far.
         return None
+
+    def check_graphics(self, endpoint: GraphicsEndpoint) -> None:
+        """Raise NotAllowed unless a graphics endpoint is allowed: as a tcp
+        or unix console target is (``create`` and restore)."""
+        if endpoint.path:
+            self.check_unix(endpoint.path)
+        else:
+            self.check_tcp(endpoint.host, endpoint.port)
 
     def check_unix(self, path: str) -> None:
         # Both: the path as given is what each reconnect opens, its real path

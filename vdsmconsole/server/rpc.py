@@ -25,10 +25,13 @@ from twisted.web import server, xmlrpc
 
 from vdsmconsole import __version__
 from vdsmconsole.core.ring import OffsetBeyondEnd
+from vdsmconsole.graphics import parse_graphics
 from vdsmconsole.identity import identity_of
 from vdsmconsole.server.authz import rpc_permission
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin
+from vdsmconsole.server.tokens import methods as tokens
+from vdsmconsole.server.vmview import full_status, stats, summary
 from vdsmconsole.spec import (
     DEFAULT_READ_BYTES,
     SOURCE_TYPES,
@@ -224,47 +227,51 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             )
         # Each console once, in the order first asked for.
         wanted = registry.ids() if not vmList else dict.fromkeys(map(as_vm_id, vmList))
-        entries = []
-        for vm_id in wanted:
-            console = registry.find(vm_id)
-            if console is None:
-                continue
-            entries.append(console.full_status() if fullStatus else console.summary())
-        return success(vmList=entries)
+        show = full_status if fullStatus else summary
+        probe = self.context.graphics_probe
+        entries = [show(registry, probe, vm_id) for vm_id in wanted]
+        return success(vmList=[e for e in entries if e is not None])
 
     @rpc_method(with_request=True)
     def xmlrpc_create(self, request: Any, params: object) -> Any:
-        """Register a guest console: {vmId, console: {type, ...}}."""
+        """Register a VM: {vmId, console?: {type, ...}, graphics?: [...]}."""
         if not isinstance(params, dict):
             raise StatusError(Code.MISS_PARAM, "params must be a struct")
         vm_id = as_vm_id(params.get("vmId"))
         try:
-            spec = parse_console_spec(
-                params.get("console"), self.context.config.spawn_commands
-            )
+            graphics = parse_graphics(params.get("graphics"))
+            spec = None
+            if "console" in params or not graphics:
+                spec = parse_console_spec(
+                    params.get("console"), self.context.config.spawn_commands
+                )
         except SpecError as e:
             raise StatusError(Code.MISS_PARAM, str(e)) from None
         registry = self.context.registry
+        # What the audit log says was asked for: never a password.
+        asked: dict[str, Any] = {"vmId": vm_id}
+        if spec is not None:
+            asked["console"] = spec.to_wire()
+        if graphics:
+            asked["graphics"] = [e.public() for e in graphics]
         try:
-            owner = self.context.policy.check(spec, registry.spawned_pids())
+            owner = None
+            if spec is not None:
+                owner = self.context.policy.check(spec, registry.spawned_pids())
+            for endpoint in graphics:
+                self.context.policy.check_graphics(endpoint)
         except (NotAllowed, NoSuchSource) as e:
             self.context.audit.record(
-                "refused",
-                identity_of(request),
-                method="create",
-                vmId=vm_id,
-                console=spec.to_wire(),
-                reason=str(e),
+                "refused", identity_of(request), method="create", reason=str(e), **asked
             )
             kind = Code.NOT_ALLOWED if isinstance(e, NotAllowed) else Code.MISS_PARAM
             raise StatusError(kind, str(e)) from None
 
         def create(_: object) -> dict[str, Any]:
-            console = registry.create(vm_id, spec, owner=owner)
-            self.context.audit.record(
-                "create", identity_of(request), vmId=vm_id, console=spec.to_wire()
-            )
-            return success(vmList=[console.full_status()])
+            registry.create(vm_id, spec, owner=owner, graphics=graphics)
+            self.context.audit.record("create", identity_of(request), **asked)
+            probe = self.context.graphics_probe
+            return success(vmList=[full_status(registry, probe, vm_id)])
 
         # A console of this vmId that a destroy is still stopping must be
         # gone first (they would share its log and offsets): wait for it.
@@ -281,14 +288,16 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
     @rpc_method()
     def xmlrpc_getVmStats(self, vmId: object) -> dict[str, Any]:
         """Counters and state of one console."""
-        console = self.context.registry.get(as_vm_id(vmId))
-        return success(statsList=[console.stats()])
+        vm_id = as_vm_id(vmId)
+        probe = self.context.graphics_probe
+        return success(statsList=[stats(self.context.registry, probe, vm_id)])
 
     @rpc_method()
     def xmlrpc_getAllVmStats(self) -> dict[str, Any]:
         """Counters and state of every console."""
         registry = self.context.registry
-        return success(statsList=[registry.get(v).stats() for v in registry.ids()])
+        probe = self.context.graphics_probe
+        return success(statsList=[stats(registry, probe, v) for v in registry.ids()])
 
     @rpc_method()
     def xmlrpc_consoleRead(
@@ -331,24 +340,24 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             lambda n: success(written=n)
         )
 
-    # -- remote consoles (issue 13: being built) ---------------------------
+    # -- remote consoles: console tokens (bodies in server/tokens/methods.py) --
 
-    @rpc_method()
+    @rpc_method(with_request=True)
     def xmlrpc_remoteConsole(
-        self, vmId: object, protocol: object, params: object = None
+        self, request: Any, vmId: object, protocol: object, params: object = None
     ) -> dict[str, Any]:
         """A console token for a VM's serial, vnc, spice or rdp console."""
-        raise StatusError(Code.NO_IMPL)
+        return tokens.remote_console(self.context, request, vmId, protocol, params)
 
-    @rpc_method()
-    def xmlrpc_revokeConsoleTokens(self, vmId: object) -> dict[str, Any]:
+    @rpc_method(with_request=True)
+    def xmlrpc_revokeConsoleTokens(self, request: Any, vmId: object) -> dict[str, Any]:
         """Revoke every live console token of a VM."""
-        raise StatusError(Code.NO_IMPL)
+        return tokens.revoke_console_tokens(self.context, request, vmId)
 
-    @rpc_method()
-    def xmlrpc_consoleConnectInfo(self, token: object) -> dict[str, Any]:
+    @rpc_method(with_request=True)
+    def xmlrpc_consoleConnectInfo(self, request: Any, token: object) -> dict[str, Any]:
         """Connect info of a console token (Nova's os-console-auth-tokens)."""
-        raise StatusError(Code.NO_IMPL)
+        return tokens.console_connect_info(self.context, request, token)
 
 
 def _bad_introspection_args(function: Any, args: tuple[Any, ...]) -> str:

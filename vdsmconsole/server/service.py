@@ -35,6 +35,7 @@ from vdsmconsole.server.connlimits import (
     raise_open_file_limit,
 )
 from vdsmconsole.server.context import ServerContext
+from vdsmconsole.server.graphicsprobe import GraphicsProbe
 from vdsmconsole.server.http.endings import begin_shutdown
 from vdsmconsole.server.http.resources import Root
 from vdsmconsole.server.http.routes import is_stream_target
@@ -44,6 +45,10 @@ from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.streams.resource import install_streams
 from vdsmconsole.server.tls.files import TLSFiles
 from vdsmconsole.server.tls.reload import ServerTLS
+from vdsmconsole.server.tokens.connectinfo import install_connect_info
+from vdsmconsole.server.tokens.setup import make_token_store, revoker, start_tokens
+from vdsmconsole.server.tunnels.resource import install_tunnels
+from vdsmconsole.server.tunnels.tunnel import cut_tunnels
 from vdsmconsole.server.web.listener import build_web_site, listen_web
 from vdsmconsole.sources.factory import make_source
 from vdsmconsole.sources.options import SourceOptions
@@ -130,6 +135,10 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
         config.spawn_commands,
         context.policy,
     )
+    context.tokens = make_token_store(config.state_dir, reactor)
+    context.registry.destroyed.append(revoker(context.tokens, context.audit))
+    context.graphics_probe = GraphicsProbe(context.registry, reactor)
+    context.graphics_probe.watch(context.registry)
     return context
 
 
@@ -147,6 +156,8 @@ def build_site(context: ServerContext) -> ConsoleSite:
     root = Root(rpc)
     site = ConsoleSite(root, context.reactor, site_limits(context.config))
     install_streams(site, root, context)
+    install_connect_info(root, context)
+    install_tunnels(site, root, context)
     return site
 
 
@@ -167,6 +178,7 @@ class ConsoleService(Service):
         self.web_site: ConsoleSite | None = None
         self.web_listening: Any = None
         self._expiry_check: task.LoopingCall | None = None
+        self._token_pruning: task.LoopingCall | None = None
 
     def startService(self) -> None:
         """Listen; raise StartupError (one line) if anything is missing."""
@@ -197,6 +209,9 @@ class ConsoleService(Service):
         if config.web_enabled:
             self._listen_web()
         self.context.registry.load()
+        self._token_pruning = start_tokens(self.context.tokens, self.reactor)
+        if self.context.graphics_probe is not None:
+            self.context.graphics_probe.start()
         super().startService()
         log.info(
             "vdsmconsole listening on {bind}:{port}",
@@ -253,8 +268,9 @@ class ConsoleService(Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        if self._expiry_check is not None and self._expiry_check.running:
-            self._expiry_check.stop()
+        for looping in (self._expiry_check, self._token_pruning):
+            if looping is not None and looping.running:
+                looping.stop()
         assert self.site is not None and self.context is not None
         # From now on no new request: those on open connections get 503
         # (HTTP/1.1, then closed) or a GOAWAY (HTTP/2), so that no client
@@ -271,6 +287,9 @@ class ConsoleService(Service):
         # ended: their consoles come back with the server).
         while self._rpc_in_flight() and self.reactor.seconds() < deadline:
             yield _later(self.reactor, 0.05)
+        cut_tunnels(self.site)  # as streams are cut: their consoles come back
+        if self.context.graphics_probe is not None:
+            self.context.graphics_probe.stop()
         yield self.context.registry.stop_all()
         self.context.audit.close()
         log.info("vdsmconsole stopped")

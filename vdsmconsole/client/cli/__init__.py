@@ -22,6 +22,14 @@
 ``send VMID TEXT...`` / ``send VMID -``
     TEXT and a newline (``-n``: no newline), or standard input streamed as
     one POST, each read sent as it comes.
+``tunnel VMID --protocol P [--listen ADDR:PORT] [--token T]``
+    a local port (default 127.0.0.1 and a free one, printed as one line
+    with a viewer's command) whose every connection is a ``CONNECT`` tunnel
+    to the VM's console of protocol ``vnc``, ``spice``, ``rdp`` or
+    ``serial``, until a signal (^C).
+``remote-console VMID --protocol P [--ttl N] [--single-use] [--role R]``
+    a console token (``remoteConsole``): prints its URL, the token and
+    when it expires.
 any other word
     an XML-RPC method by that name (``getVmStats VMID``, ``destroy VMID``,
     ``create vmId=vm1 console.type=spawn console.command=demo``).

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from vdsmconsole import __version__
 from vdsmconsole.client.cli.output import PROG, UsageError
-from vdsmconsole.spec import DEFAULT_PORT, METHODS, REQUIRED
+from vdsmconsole.spec import DEFAULT_PORT, METHODS, REMOTE_PROTOCOLS, REQUIRED
 
 DEFAULT_ESCAPE = "^]"
 
@@ -40,6 +40,16 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not host or not 0 < port < 65536:
         raise UsageError(f"bad HOST[:PORT] {text!r}")
     return ("localhost" if host == "0" else host), port
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``--listen``: ``PORT``, ``ADDR:PORT`` or ``[v6]:PORT``; port 0 is any
+    free one, and a bare port listens on 127.0.0.1."""
+    match = re.fullmatch(r"(?:\[([^\]]+)\]:|([^:\[\]]+):)?(\d{1,5})", text)
+    port = int(match.group(3)) if match else -1
+    if match is None or not 0 <= port < 65536:
+        raise UsageError(f"bad --listen {text!r} (ADDR:PORT, e.g. 127.0.0.1:5901)")
+    return match.group(1) or match.group(2) or "127.0.0.1", port
 
 
 # How a word for each XML-RPC type is read (base64 data is sent as a string,
@@ -199,6 +209,10 @@ commands:
   console VMID [-e CHAR] [--read-only]  interactive (^] leaves)
   tail VMID [-f] [--offset N|--tail N]  retained output; -f follows
   send VMID TEXT... | send VMID -       type TEXT and a newline, or stdin
+  tunnel VMID --protocol P [--listen ADDR:PORT]
+                                        a local port for a native viewer
+  remote-console VMID --protocol P [--ttl N] [--single-use] [--role R]
+                                        a console token and its URL
   METHOD [ARG|key=value ...]            any XML-RPC method
 
 environment: VDSMCONSOLE_CA, VDSMCONSOLE_CERT, VDSMCONSOLE_KEY, VDSMCONSOLE_PKI
@@ -275,6 +289,21 @@ def command_parser(command: str) -> _Parser:
     elif command == "send":
         parser.add_argument("-n", "--no-newline", action="store_true")
         parser.add_argument("text", nargs="+", metavar="TEXT")
+    elif command in ("tunnel", "remote-console"):
+        parser.add_argument("--protocol", required=True, choices=REMOTE_PROTOCOLS)
+    if command == "tunnel":
+        parser.add_argument(
+            "--listen",
+            type=parse_listen,
+            default=("127.0.0.1", 0),
+            metavar="ADDR:PORT",
+            help="where the local port listens (default 127.0.0.1, a free port)",
+        )
+        parser.add_argument("--token", help="a console token (remote-console)")
+    elif command == "remote-console":
+        parser.add_argument("--ttl", type=int, metavar="SECONDS")
+        parser.add_argument("--single-use", action="store_true")
+        parser.add_argument("--role", choices=("viewer", "operator"))
     return parser
 
 
@@ -287,13 +316,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.host, args.port = parse_host_port(args.hostport)
     if args.timeout < 0:
         raise UsageError("--timeout must not be negative")
-    if args.command in ("console", "tail", "send"):
+    if args.command in ("console", "tail", "send", "tunnel", "remote-console"):
         sub = command_parser(args.command).parse_args(args.args)
         for name in ("offset", "tail"):
             if getattr(sub, name, None) is not None and getattr(sub, name) < 0:
                 raise UsageError(f"--{name} must not be negative")
         if args.command == "console":
             sub.escape_byte = parse_escape(sub.escape)
+        if getattr(sub, "ttl", None) is not None and sub.ttl <= 0:
+            raise UsageError("--ttl must be a positive number of seconds")
         args.sub = sub
     elif args.command == "list" and args.args in ([], ["table"]):
         args.sub = None

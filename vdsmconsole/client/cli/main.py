@@ -28,6 +28,7 @@ from vdsmconsole.client.cli.output import (
     error_exit_code,
     fail,
 )
+from vdsmconsole.client.cli.remote import run_remote_console, run_tunnel
 from vdsmconsole.client.cli.session import RawTerminal
 from vdsmconsole.client.credentials import ClientCredentials
 from vdsmconsole.client.errors import (
@@ -58,6 +59,10 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
             return await run_tail(reactor, client, args.sub)
         if args.command == "send":
             return await run_send(reactor, client, args)
+        if args.command == "tunnel":
+            return await run_tunnel(reactor, client, args.sub)
+        if args.command == "remote-console":
+            return await run_remote_console(client, args)
         if args.command == "list" and not hasattr(args, "rpc_args"):
             return await run_list(client, args.args == ["table"], args.json)
         return await run_rpc(client, args.command, args.rpc_args, args.json)

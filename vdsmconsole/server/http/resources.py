@@ -1,8 +1,11 @@
 """Routing and plain answers: the resources every request meets first.
 
 ``/RPC2`` and ``/`` take XML-RPC POSTs; ``/consoleStream/<vmId>`` takes the
-streams.  Anything else is 404; a known path with the wrong method is 405 with
-``Allow``.  Clients never see a traceback.
+streams, ``/consoleTunnel/<vmId>`` the CONNECT tunnels;
+``/os-console-auth-tokens/<token>`` is a static child that ``build_site``
+puts on the Root (server/tokens/connectinfo.py).  Anything else is 404; a
+known path with the wrong method is 405 with ``Allow``.  Clients never see
+a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from twisted.web import resource
 
-from vdsmconsole.server.http.routes import stream_vm_id
+from vdsmconsole.server.http.routes import stream_vm_id, tunnel_vm_id
 from vdsmconsole.spec import RPC_PATH
 
 
@@ -77,6 +80,7 @@ class Root(resource.Resource):
         super().__init__()
         self._rpc = rpc
         self.streams = streams
+        self.tunnels: Callable[[bytes], resource.Resource] | None = None
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
         rest = request.postpath
@@ -85,6 +89,9 @@ class Root(resource.Resource):
         vm_id = stream_vm_id([path, *rest])
         if vm_id is not None and self.streams is not None:
             return self.streams(vm_id)
+        vm_id = tunnel_vm_id([path, *rest])
+        if vm_id is not None and self.tunnels is not None:
+            return self.tunnels(vm_id)
         return NOT_FOUND
 
 

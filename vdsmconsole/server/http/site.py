@@ -81,7 +81,8 @@ class ConsoleRequest(server.Request):
         channel = self.channel
         # HTTP/1.1 channels keep these private; HTTP/2 streams public.
         self.earlyMethod = getattr(channel, "_command", None) or channel.command
-        self.earlyPath = getattr(channel, "_path", None) or channel.path
+        # An HTTP/2 CONNECT has no :path: b"", never None (routes.py splits it).
+        self.earlyPath = getattr(channel, "_path", None) or channel.path or b""
         site = channel.site
         self.cameWhileStopping = site.stopping
         deadlines = deadlines_of(channel)
@@ -190,6 +191,8 @@ class ConsoleSite(server.Site):
         self.headersReceivedHook: Callable[[ConsoleRequest], None] | None = None
         self.inFlight: set[ConsoleRequest] = set()
         self.stopping = False  # see endings.begin_shutdown
+        # Connections taken over from HTTP (CONNECT tunnels): cut on stop.
+        self.tunnels: set[Any] = set()
         # connection -> [console streams open on it, its idle timeout before]
         self._idleHeld: dict[Any, list[Any]] = {}
 

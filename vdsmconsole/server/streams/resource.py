@@ -93,9 +93,11 @@ class ConsoleStreamResource(MethodsMixin, resource.Resource):
         console = self._console()
         if console is None:
             vm_id = self.raw_vm_id.decode("utf-8", "replace")
-            return answer(
-                request, 404, no_vm_message(vm_id if is_valid_vm_id(vm_id) else "")
-            )
+            if not is_valid_vm_id(vm_id):
+                return answer(request, 404, no_vm_message())
+            if self.context.registry.has_vm(vm_id):  # graphics only
+                return answer(request, 404, f"VM {vm_id} has no serial console")
+            return answer(request, 404, no_vm_message(vm_id))
         query = self._query(request)
         if isinstance(query, bytes):
             return query

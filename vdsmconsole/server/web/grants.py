@@ -1,12 +1,7 @@
-"""HOOK (issue 13): what a token grants on the web listener.
+"""What a token grants on the web listener: issue 13's token store.
 
-Issue 13's token store (``ServerContext.tokens``: ``lookup(token)`` without
-side effect, ``use(token)`` consuming a single-use token, each returning a
-grant with ``vm_id``, ``protocol``, ``role``, ``expires`` or None) is not on
-this branch yet.  Until the context has one, every token is refused, so the
-web listener serves nothing but 403s and its assets.  Pages look a token up
-(loading a page must not spend a single-use token); a websocket uses it.
-
+Pages look a token up (loading a page must not spend a single-use token); a
+websocket uses it (``TokenStore.use``, for the grant's vmId and protocol).
 Audit lines name a token by the first 12 hex digits of its SHA-256, never
 the token itself.
 """
@@ -39,21 +34,11 @@ def token_tag(token: str | None) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()[:12]
 
 
-def _store(context: ServerContext) -> Any:
-    return getattr(context, "tokens", None)  # None until issue 13 lands
-
-
 def lookup(context: ServerContext, token: str | None) -> Any:
     """The grant of a token for a page (no side effect), or None."""
-    store = _store(context)
-    if store is None or token is None:
-        return None
-    return store.lookup(token)
+    return None if token is None else context.tokens.lookup(token)
 
 
 def use(context: ServerContext, token: str | None) -> Any:
     """The grant of a token for a websocket (a single-use token is spent)."""
-    store = _store(context)
-    if store is None or token is None:
-        return None
-    return store.use(token)
+    return None if token is None else context.tokens.use(token)
