@@ -32,11 +32,11 @@ setup(
             "hypothesis>=6.100",
             "ruff>=0.5",
             "mypy>=1.10",
+            "websockets>=14",
+            "selenium>=4.20",
             # vncdo: the acceptance tests capture a guest's screen through a
             # tunnel (it brings Pillow, which reads the PNG back).
             "vncdotool>=1.2",
-            "websockets>=14",
-            "selenium>=4.20",
         ],
     },
     entry_points={

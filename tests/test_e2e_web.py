@@ -10,12 +10,11 @@ import ssl
 
 import pytest
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import DEMO_CONFIG, PROMPT, console_bytes, create_demo
 from tests.webtokens import mint
-from tests.wshelp import WsFollower
+from tests.wshelp import WsFollower, ws_connect
 from vdsmconsole.server.tokens.store import token_id
 
 pytestmark = pytest.mark.e2e
@@ -59,13 +58,12 @@ def get(server: ServerProcess, port: int, path: str, method: str = "GET"):
 
 
 def websocket(server: ServerProcess, port: int, path: str, origin: str | None):
-    return connect(
+    return ws_connect(
         f"wss://127.0.0.1:{port}{path}",
         ssl=browser_tls(server),
         server_hostname="localhost",
         origin=origin,
         subprotocols=["binary"],
-        open_timeout=10,
     )
 
 

@@ -441,3 +441,4 @@ def test_malformed_handshake_is_400_and_logged_as_such(demo, extra):
     wait_for(lambda: '"GET /consoleStream/vm1 HTTP/1.1" 400' in demo.log(), 10, "log")
     assert '" 101 ' not in demo.log()
     assert "Traceback" not in demo.log()
+    assert [a["event"] for a in demo.audit()] == ["create"]  # no attach

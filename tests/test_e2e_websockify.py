@@ -17,7 +17,6 @@ import threading
 import pytest
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection
 
 from tests.connecthelp import StandIn, register, tunnel_records
 from tests.h2help import RssWatch
@@ -34,6 +33,7 @@ from tests.rfbhelp import (
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import DEMO_CONFIG, create_demo, flood_output
 from tests.webtokens import browser_tls, mint, web_config, web_port, web_socket
+from tests.wshelp import SyncSocket
 from vdsmconsole.server.tokens.store import token_id
 from vdsmconsole.testing import free_port
 
@@ -52,7 +52,7 @@ def web(server_factory, tmp_path) -> tuple[ServerProcess, int]:
 class WsStream:
     """A websocket's binary messages as one byte stream (an RFB viewer's)."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: SyncSocket) -> None:
         self.ws = ws
         self.buffer = bytearray()
 
@@ -82,12 +82,12 @@ def rfb_to_server_init(stream: WsStream) -> bytes:
     return offered
 
 
-def closed_by_server(ws: ClientConnection, timeout: float = 15) -> int | None:
+def closed_by_server(ws: SyncSocket, timeout: float = 15) -> int | None:
     """Read until the server closes; its close code."""
     with contextlib.suppress(ConnectionClosed):
         while True:
             ws.recv(timeout=timeout)
-    return ws.close_code
+    return ws.protocol.close_code
 
 
 def test_vnc_password_stays_on_the_server(web):

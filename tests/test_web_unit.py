@@ -54,10 +54,15 @@ def test_configured_origins_must_be_origins(bad):
             b"/websockify?offset=3&token=***&tail=",
         ),
         (b"/x?%74oken=SECRET", b"/x?%74oken=***"),
+        (
+            b"https://h:6100/console/vnc?token=SECRET",
+            b"https://h:6100/console/vnc?token=***",
+        ),
         (b"/consoleStream/vm1?offset=5", b"/consoleStream/vm1?offset=5"),
         (b"/RPC2", b"/RPC2"),
     ],
 )
 def test_access_log_never_shows_a_token(uri, logged):
-    """A token in a query is left out of the access log, however it is spelled."""
+    """A token in a target or a Referer is left out of the access log, however
+    it is spelled."""
     assert redact_target(uri) == logged

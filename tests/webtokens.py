@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.sync.client import ClientConnection, connect
-
 from tests.serverproc import ServerProcess, wait_for
+from tests.wshelp import SyncSocket, ws_connect
 
 OWN = "own"  # web_socket's Origin: the listener's own
 WEB_LISTENING = re.compile(r"vdsmconsole web listening on [^:\s]+:(\d+)")
@@ -74,20 +73,16 @@ def web_socket(
     path: str,
     origin: str | None = OWN,
     **kwargs: Any,
-) -> ClientConnection:
+) -> SyncSocket:
     """A browser's websocket on the web listener; ``origin`` the listener's
     own by default (a page it served), None for no Origin header."""
     if origin == OWN:
         origin = f"https://127.0.0.1:{port}"
     kwargs.setdefault("subprotocols", ["binary"])
-    return connect(
+    return ws_connect(
         f"wss://127.0.0.1:{port}{path}",
         ssl=browser_tls(server),
         server_hostname="localhost",
-        origin=origin,  # type: ignore[arg-type] # a str is an Origin
-        max_size=None,
-        compression=None,
-        open_timeout=10,
-        close_timeout=5,
+        origin=origin,
         **kwargs,
     )

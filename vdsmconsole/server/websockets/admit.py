@@ -88,12 +88,17 @@ def console_socket(
         "mode": "websocket" if may_type else "websocket-view",
         "offset": start,
     }
-    context.audit.record("attach", identity, **fields)
+
+    def attached() -> None:
+        # Once the handshake succeeded: a malformed one is only a 400.
+        context.audit.record("attach", identity, **fields)
 
     def detached(result: object) -> None:
         handler.closed()
-        context.audit.record("detach", identity, **fields, **handler.summary())
+        if handler.was_open:
+            context.audit.record("detach", identity, **fields, **handler.summary())
 
+    handler.on_open = attached
     request.notifyFinish().addBoth(detached)
     upgrade(request, handler, socket_limits(context))
     return server.NOT_DONE_YET

@@ -21,6 +21,7 @@ stops (resume from the last offset), 1011 when something broke.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -108,10 +109,14 @@ class ConsoleSocket:
         self.writer: SocketInput | None = None
         self.dropped = 0  # input bytes of a viewer, not sent to the guest
         self.gone = False
+        self.was_open = False
+        self.on_open: Callable[[], None] = lambda: None  # the audit's attach
 
     def opened(self, socket: SocketProtocol) -> None:
         if self.gone:
             return
+        self.was_open = True
+        self.on_open()
         socket.send_text(json.dumps({"offset": self.start, "lost": self.lost}))
         sink = SocketSink(socket)
         self.follower = SocketFollower(sink, self.console, self.start, follow=True)
