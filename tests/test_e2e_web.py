@@ -204,3 +204,26 @@ def test_single_use_token_opens_one_websocket(tokened):
     with pytest.raises(InvalidStatus) as refused:
         own_socket(server, port, once)
     assert refused.value.response.status_code == 403
+
+
+def test_remote_console_token_opens_the_web_socket_once(web):
+    """A single-use viewer token from remoteConsole (issue 13's store, no
+    stand-in) opens one websocket on the web listener, view-only."""
+    server, port = web
+    reply = server.rpc().remoteConsole(
+        "vm1", "serial", {"singleUse": True, "role": "viewer"}
+    )
+    assert reply["status"]["code"] == 0, reply
+    token = reply["console"]["token"]
+    status, _, _ = get(server, port, f"/console/serial?token={token}")
+    assert status == 200  # a page load does not spend it
+    with own_socket(server, port, token) as ws:
+        follower = WsFollower(ws)
+        text = f"web-{random.randrange(10**9)}"
+        ws.send(f"echo {text}\r".encode())
+        ws.ping().wait(10)
+        assert text.encode() not in follower.poll(0.5)
+    with pytest.raises(InvalidStatus) as refused:
+        own_socket(server, port, token)
+    assert refused.value.response.status_code == 403
+    assert token not in server.log()
