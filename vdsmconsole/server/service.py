@@ -43,6 +43,7 @@ from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite, SiteLimits
 from vdsmconsole.server.policy import RefusedSource, SourcePolicy
 from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.streams.resource import install_streams
+from vdsmconsole.server.systemd import Notifier
 from vdsmconsole.server.tls.files import TLSFiles
 from vdsmconsole.server.tls.reload import ServerTLS
 from vdsmconsole.server.tokens.connectinfo import install_connect_info
@@ -163,7 +164,9 @@ def build_site(context: ServerContext) -> ConsoleSite:
 class ConsoleService(Service):
     """The whole server as one Twisted service."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any = None, notifier: Notifier | None = None
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -176,10 +179,19 @@ class ConsoleService(Service):
         self.tls: ServerTLS | None = None
         self._expiry_check: task.LoopingCall | None = None
         self._token_pruning: task.LoopingCall | None = None
+        # systemd's NOTIFY_SOCKET, read (and taken out of the environment)
+        # at start, before a spawned console could inherit it.
+        self.notifier = notifier
 
     def startService(self) -> None:
-        """Listen; raise StartupError (one line) if anything is missing."""
+        """Listen; raise StartupError (one line) if anything is missing.
+
+        systemd hears READY=1 once the port listens and the registry is
+        loaded, as the reactor runs (at once if it already does).
+        """
         config = self.config
+        if self.notifier is None:
+            self.notifier = Notifier.from_environment(self.reactor)
         files = TLSFiles(config.ca_file, config.cert_file, config.key_file)
         self.tls = ServerTLS(
             replace(files, crl=config.crl_path),
@@ -218,6 +230,15 @@ class ConsoleService(Service):
         self._expiry_check = task.LoopingCall(self.tls.warn_if_expiring)
         self._expiry_check.clock = self.reactor
         self._expiry_check.start(EXPIRY_CHECK_SECONDS, now=True)
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        assert self.notifier is not None and self.context is not None
+        if self.running:
+            self.notifier.ready(
+                f"listening on {self.config.bind}:{self.context.port}, "
+                f"{len(self.context.registry)} consoles"
+            )
 
     def reload(self, why: str = "SIGHUP") -> bool:
         """Re-read certificate, key, CA and CRL for new connections (SIGHUP).
@@ -241,6 +262,8 @@ class ConsoleService(Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
+        if self.notifier is not None:
+            self.notifier.stopping("stopping")
         for looping in (self._expiry_check, self._token_pruning):
             if looping is not None and looping.running:
                 looping.stop()
@@ -261,6 +284,8 @@ class ConsoleService(Service):
             self.context.graphics_probe.stop()
         yield self.context.registry.stop_all()
         self.context.audit.close()
+        if self.notifier is not None:
+            self.notifier.close()
         log.info("vdsmconsole stopped")
 
     def _rpc_in_flight(self) -> bool:
