@@ -22,6 +22,9 @@ setup(
         "treq>=23.11",
         "cryptography>=41",
         "defusedxml>=0.7",
+        # /metrics: the exposition formats and the process collector
+        # (Debian: python3-prometheus-client).
+        "prometheus-client>=0.16",
     ],
     extras_require={
         "test": [

@@ -21,6 +21,8 @@ declare -A NEEDS=(
     [script]=bsdutils
     [prlimit]=util-linux
     [h2load]=nghttp2-client
+    [promtool]=prometheus
+    [systemd-analyze]=systemd
 )
 # Perl module -> Debian package: Perl's RPC::XML is the strict XML-RPC client
 # of another language that tests/test_e2e_wire.py reads the server with.

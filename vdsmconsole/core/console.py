@@ -240,6 +240,16 @@ class Console:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 
+    @property
+    def readers(self) -> int:
+        """Followers now: streams, tunnels and websockets reading output."""
+        return len(self._subscribers)
+
+    @property
+    def writers(self) -> int:
+        """Clients sending input now."""
+        return len(self._writers)
+
     def count_lost(self, nbytes: int) -> None:
         self.lost_to_slow_readers += nbytes
 
@@ -295,8 +305,8 @@ class Console:
             "ringFirstOffset": self.ring.start,
             "bytesIn": self.bytes_in,
             "bytesOut": self.bytes_out,
-            "readers": len(self._subscribers),
-            "writers": len(self._writers),
+            "readers": self.readers,
+            "writers": self.writers,
             "bytesLostToSlowReaders": self.lost_to_slow_readers,
             "logBytes": self.log.disk_bytes() if self.log is not None else 0,
             "logError": self.log_error or self.mark_error,

@@ -40,6 +40,7 @@ from vdsmconsole.server.http.endings import begin_shutdown
 from vdsmconsole.server.http.resources import Root
 from vdsmconsole.server.http.routes import is_stream_target
 from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite, SiteLimits
+from vdsmconsole.server.metrics.setup import install_metrics, listen_plain
 from vdsmconsole.server.policy import RefusedSource, SourcePolicy
 from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.streams.resource import install_streams
@@ -158,6 +159,7 @@ def build_site(context: ServerContext) -> ConsoleSite:
     install_streams(site, root, context)
     install_connect_info(root, context)
     install_tunnels(site, root, context)
+    context.metrics = install_metrics(root, site, context, rpc.calls)
     return site
 
 
@@ -176,6 +178,7 @@ class ConsoleService(Service):
         self.context: ServerContext | None = None
         self.site: ConsoleSite | None = None
         self.listening: Any = None
+        self.metrics_listening: Any = None  # the plain /metrics listener
         self.tls: ServerTLS | None = None
         self._expiry_check: task.LoopingCall | None = None
         self._token_pruning: task.LoopingCall | None = None
@@ -215,6 +218,21 @@ class ConsoleService(Service):
             # Accepted connections send small writes at once (transports.py).
             self.listening.transport = EagerServer
         self.context.port = self.listening.getHost().port
+        self.context.metrics.watch_port(factory)
+        if config.metrics_port:
+            try:
+                self.metrics_listening = listen_plain(
+                    self.context.metrics,
+                    config.metrics_bind,
+                    config.metrics_port,
+                    self.reactor,
+                )
+            except Exception as e:  # noqa: BLE001 - CannotListenError and friends
+                self.listening.stopListening()
+                raise StartupError(
+                    f"cannot listen on {config.metrics_bind}:{config.metrics_port} "
+                    f"for metrics: {e}"
+                ) from None
         self.context.registry.load()
         self._token_pruning = start_tokens(self.context.tokens, self.reactor)
         if self.context.graphics_probe is not None:
@@ -274,6 +292,8 @@ class ConsoleService(Service):
         begin_shutdown(self.site)
         if self.listening is not None:
             yield self.listening.stopListening()
+        if self.metrics_listening is not None:
+            yield self.metrics_listening.stopListening()
         deadline = self.reactor.seconds() + self.config.shutdown_timeout * 0.8
         # Let RPC calls in flight finish; endless streams are cut below (not
         # ended: their consoles come back with the server).
