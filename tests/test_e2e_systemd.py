@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.qemuguest import free_tcp_port
 from tests.serverproc import wait_for
+from vdsmconsole.testing import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -79,10 +79,14 @@ def fake_systemd(request, tmp_path, monkeypatch) -> Iterator[FakeSystemd]:
         sock.bind(str(path))
         monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # WATCHDOG=1 every 0.2 s
-    fake = FakeSystemd(sock, free_tcp_port())
+    # Held (bound, not listening) until the test ends: nobody else takes it,
+    # and a connection to it is refused until the server listens there.
+    held = free_port()
+    fake = FakeSystemd(sock, held.port)
     thread = threading.Thread(target=fake.run, daemon=True)
     thread.start()
     yield fake
+    held.release()
     fake.done.set()
     thread.join(5)
     sock.close()
