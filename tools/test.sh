@@ -34,6 +34,8 @@ missing=()
 for tool in "${!NEEDS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${NEEDS[$tool]}")
 done
+# libvirt-python (the test extra) builds against libvirt's headers.
+pkg-config --exists libvirt 2>/dev/null || missing+=(libvirt-dev pkg-config)
 for module in "${!PERL_NEEDS[@]}"; do
     perl "-M$module" -e 1 >/dev/null 2>&1 || missing+=("${PERL_NEEDS[$module]}")
 done

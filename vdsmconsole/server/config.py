@@ -76,6 +76,8 @@ class Config:
     metrics_port: int = 0
     # Consoles with vm_id series of their own (the others: totals only).
     metrics_console_series: int = 500
+    # libvirt discovery: "" (off) or a URI such as "qemu:///system".
+    libvirt_uri: str = ""
 
     def with_pki(self, pki_dir: Path) -> Config:
         """Point the three TLS files at a directory in VDSM's layout."""
@@ -124,6 +126,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("metrics", "bind"): ("metrics_bind", str),
     ("metrics", "port"): ("metrics_port", int),
     ("metrics", "console_series"): ("metrics_console_series", int),
+    ("libvirt", "uri"): ("libvirt_uri", str),
 }
 # Keys that must be positive when set.
 POSITIVE = {

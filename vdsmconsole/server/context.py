@@ -38,3 +38,5 @@ class ServerContext:
     graphics_probe: GraphicsProbe | None = None
     # The Prometheus registry and collector (server/metrics/setup.py).
     metrics: Any = None
+    # libvirt discovery, when [libvirt] uri is set (server/libvirt/).
+    libvirt: Any = None

@@ -254,6 +254,8 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         if not isinstance(params, dict):
             raise StatusError(Code.MISS_PARAM, "params must be a struct")
         vm_id = as_vm_id(params.get("vmId"))
+        if self.context.libvirt is not None:
+            self.context.libvirt.refuse_by_hand(vm_id, "change")
         try:
             graphics = parse_graphics(params.get("graphics"))
             spec = None
@@ -297,6 +299,8 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
     def xmlrpc_destroy(self, request: Any, vmId: object) -> Any:
         """Unregister a console (a spawned guest is stopped)."""
         vm_id = as_vm_id(vmId)
+        if self.context.libvirt is not None:
+            self.context.libvirt.refuse_by_hand(vm_id, "stop or undefine")
         d = self.context.registry.destroy(vm_id)
         self.context.audit.record("destroy", identity_of(request), vmId=vm_id)
         return d.addCallback(lambda _: success())

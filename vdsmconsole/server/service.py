@@ -40,6 +40,7 @@ from vdsmconsole.server.http.endings import begin_shutdown
 from vdsmconsole.server.http.resources import Root
 from vdsmconsole.server.http.routes import is_stream_target
 from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite, SiteLimits
+from vdsmconsole.server.libvirt.setup import start_libvirt
 from vdsmconsole.server.metrics.setup import install_metrics, listen_plain
 from vdsmconsole.server.policy import RefusedSource, SourcePolicy
 from vdsmconsole.server.rpc import ConsoleRPC
@@ -179,6 +180,7 @@ class ConsoleService(Service):
         self.site: ConsoleSite | None = None
         self.listening: Any = None
         self.metrics_listening: Any = None  # the plain /metrics listener
+        self._libvirt: Any = None  # the libvirt watcher thread, if any
         self.tls: ServerTLS | None = None
         self._expiry_check: task.LoopingCall | None = None
         self._token_pruning: task.LoopingCall | None = None
@@ -234,6 +236,7 @@ class ConsoleService(Service):
                     f"for metrics: {e}"
                 ) from None
         self.context.registry.load()
+        self._libvirt = start_libvirt(config, self.context, self.reactor)
         self._token_pruning = start_tokens(self.context.tokens, self.reactor)
         if self.context.graphics_probe is not None:
             self.context.graphics_probe.start()
@@ -282,6 +285,8 @@ class ConsoleService(Service):
         super().stopService()
         if self.notifier is not None:
             self.notifier.stopping("stopping")
+        if self._libvirt is not None:
+            self._libvirt.stop()  # sees it within WAKE_MS, closes its connection
         for looping in (self._expiry_check, self._token_pruning):
             if looping is not None and looping.running:
                 looping.stop()
