@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vdsmconsole.core.console import Console
+from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.core.registry import Registry
 from vdsmconsole.core.ring import Ring
 from vdsmconsole.graphics import GraphicsEndpoint
@@ -76,6 +77,7 @@ class Discovered:
     def __init__(self, tmp_path: Path) -> None:
         self.reactor = StandInReactor()
         self.registry = Registry(None, self.console)
+        self.sources: list[FakeSource] = []
         config = Config(state_dir=tmp_path)
         self.audit = AuditLog(tmp_path / "audit.log")
         self.records: list = []
@@ -86,12 +88,17 @@ class Discovered:
             self.audit,
             tmp_path / "libvirt.json",
             self.reactor,
+            self.source,
         )
         self.connection = libvirt.open(TEST_URI)
         self.watcher: LibvirtWatcher | None = None
 
+    def source(self, spec: ConsoleSpec, owner: object = None) -> FakeSource:
+        self.sources.append(FakeSource())
+        return self.sources[-1]
+
     def console(self, vm_id: str, spec: ConsoleSpec, **_: object) -> Console:
-        return Console(vm_id, spec, FakeSource(), Ring(1024), None, None)
+        return Console(vm_id, spec, self.source(spec), Ring(1024), None, None)
 
     def start(self) -> None:
         self.watcher = LibvirtWatcher(TEST_URI, self.discovery.deliver, 0.05, 0.2)
@@ -161,33 +168,53 @@ def test_undefine_removes_and_stop_keeps(lv):
     assert uuid not in lv.discovery.managed
 
 
-def test_a_restart_with_another_console_replaces_it(lv):
-    """A domain started again with another serial socket gets a new console
-    on it, in place of the old one."""
+class Follower:
+    """A console subscriber that records how its stream would end."""
+
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    def dataAvailable(self) -> None:
+        pass
+
+    def consoleDown(self) -> None:
+        self.ended.append("down")
+
+    def consoleClosed(self, why: str) -> None:
+        self.ended.append(why)
+
+
+def test_a_restart_elsewhere_reattaches_and_followers_carry_on(lv):
+    """A domain's guest going down keeps its followers; started again on
+    another console and VNC port, the same console reads the new source,
+    its offsets carry on, and its graphics are the new ones."""
     lv.start()
     uuid = str(uuidmod.uuid4())
     domain = lv.define("lv-restart", SOCKET.format("c1"), uuid)
     domain.create()
     lv.reactor.run_until(lambda: lv.registry.has_vm(uuid), what="registration")
-    old = lv.registry.get(uuid)
+    console = lv.registry.get(uuid)
+    follower = Follower()
+    console.subscribe(follower)
+    first = lv.sources[-1]
+    first.emit(b"first boot\n")
     domain.destroy()
-    domain = lv.define("lv-restart", SOCKET.format("c2"), uuid)
-    domain.create()
-    lv.reactor.run_until(
-        lambda: lv.registry.find(uuid) not in (None, old), what="the new console"
-    )
-    assert old.closed
-    assert lv.registry.get(uuid).spec.path == SOCKET.format("c2")
-    newer = lv.registry.get(uuid)
-    domain.destroy()
+    first.set_state(SourceState.DOWN, "pty closed")  # what the pty does
+    assert follower.ended == [] and console.state == "down"
     domain = lv.define("lv-restart", SOCKET.format("c2"), uuid, port=5902)
     domain.create()
-    lv.reactor.run_until(
-        lambda: lv.registry.graphics(uuid)[0].port == 5902, what="the new VNC port"
-    )
-    assert newer.closed  # graphics changed alone: the VM is registered anew
+    lv.reactor.run_until(lambda: lv.sources[-1] is not first, what="the new source")
+    assert lv.registry.get(uuid) is console and console.state == "connected"
+    assert console.spec.path == SOCKET.format("c2")
+    assert lv.registry.graphics(uuid)[0].port == 5902
+    lv.sources[-1].emit(b"second boot\n")
+    assert console.end == len(b"first boot\nsecond boot\n")
+    assert follower.ended == []
+    assert any(e == "reattach" and f["vmId"] == uuid for e, f in lv.records)
     domain.destroy()
     domain.undefine()
+    lv.reactor.run_until(lambda: not lv.registry.has_vm(uuid), what="removal")
+    assert follower.ended == ["destroyed"]
 
 
 def test_hand_and_libvirt_consoles_side_by_side(lv):

@@ -287,6 +287,19 @@ class Registry:
                 )
         return console
 
+    def replace_graphics(
+        self, vm_id: str, graphics: Iterable[GraphicsEndpoint]
+    ) -> None:
+        """A VM's graphics from now on (checked by the caller), saved with
+        its console as it is now (a reattached pty's owner); OSError."""
+        endpoints = _checked_graphics(graphics)
+        if endpoints:
+            self._graphics[vm_id] = endpoints
+        else:
+            self._graphics.pop(vm_id, None)
+        self.save()
+        self._run_hooks(self.added, vm_id)  # the graphics probe
+
     def destroy(self, vm_id: str) -> defer.Deferred[None]:
         """Forget a VM (console and graphics); its console stops.
 

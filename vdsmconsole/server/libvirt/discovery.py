@@ -2,11 +2,12 @@
 applied to the registry.
 
 A running domain's serial console and graphics are registered under its
-UUID; a domain that starts again with another console (a new pty) gets a
-new console in place of the old one (the old one is destroyed first, its
-offsets carry on above: ``Registry.create``); an undefined domain is
-destroyed; a domain that stops needs nothing (its pty console goes down by
-itself, a socket console reconnects).  A VM registered by hand under a
+UUID; a domain that starts again elsewhere (a new pty, a new VNC port) has
+its console reattached there (``Console.reattach``: the streams that
+followed it carry on, at growing offsets) and its graphics replaced; an
+undefined domain is destroyed; a domain that stops needs nothing (its pty
+console goes down, and, being ``revivable``, keeps its followers waiting
+for the next start; a socket console reconnects).  A VM registered by hand under a
 domain's UUID is left alone: hand and libvirt consoles live side by side,
 and each keeps to its own.  The UUIDs libvirt registered are kept in
 ``<state_dir>/libvirt.json``, so that after a restart the first sync knows
@@ -18,14 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
 
 from vdsmconsole.core.interfaces import SourceState
+from vdsmconsole.core.ptyowner import PtyOwner
+from vdsmconsole.graphics import GraphicsEndpoint
 from vdsmconsole.server.libvirt.domxml import DomainConsoles
-from vdsmconsole.spec import NoSuchSource, NotAllowed
+from vdsmconsole.spec import ConsoleSpec, NoSuchSource, NotAllowed
 from vdsmconsole.status import Code, StatusError
 
 __all__ = ["IDENTITY", "LibvirtDiscovery"]
@@ -36,9 +40,16 @@ IDENTITY = "libvirt"  # who the audit log says did it
 
 class LibvirtDiscovery:
     def __init__(
-        self, registry: Any, policy: Any, audit: Any, path: Path | None, reactor: Any
+        self,
+        registry: Any,
+        policy: Any,
+        audit: Any,
+        path: Path | None,
+        reactor: Any,
+        sources: Callable[[ConsoleSpec, PtyOwner | None], Any] | None = None,
     ) -> None:
         self.registry = registry
+        self.sources = sources  # a new source for a console that moved
         self.policy = policy
         self.audit = audit
         self.path = path
@@ -59,6 +70,8 @@ class LibvirtDiscovery:
         the running domains in."""
         for uuid in sorted(self.managed - every):
             self.on_remove(uuid)
+        for uuid in self.managed:
+            self._revivable(uuid)  # brought back by the registry at start
         for domain in running:
             self.on_upsert(domain)
 
@@ -79,6 +92,8 @@ class LibvirtDiscovery:
             return
         if uuid in self.managed and registry.has_vm(uuid):
             if self._current(uuid, domain):
+                return
+            if registry.find(uuid) is not None and self._reattach(domain):
                 return
             self._replacing[uuid] = domain
             registry.destroy(uuid)
@@ -130,14 +145,36 @@ class LibvirtDiscovery:
             and console.state == SourceState.DOWN
         )
 
-    def _replaced(self, uuid: str) -> None:
-        domain = self._replacing.pop(uuid, None)
-        if domain is None:
-            return  # undefined meanwhile
-        self.managed.discard(uuid)
-        self._create(domain)
+    def _revivable(self, uuid: str) -> None:
+        console = self.registry.find(uuid)
+        if console is not None:
+            console.revivable = True
 
-    def _create(self, domain: DomainConsoles) -> None:
+    def _reattach(self, domain: DomainConsoles) -> bool:
+        """The domain's console moved: reattach it (False if it has none
+        now, or one [sources] refuses: then it is registered anew)."""
+        spec, owner, graphics = self._allowed(domain)
+        if spec is None or self.sources is None:
+            return False
+        uuid = domain.uuid
+        console = self.registry.get(uuid)
+
+        def attached(_: object) -> None:
+            try:
+                self.registry.replace_graphics(uuid, graphics)
+            except OSError as e:
+                log.error("cannot save the registry: {error}", error=e)
+
+        console.reattach(spec, self.sources(spec, owner)).addCallback(attached)
+        asked = self._asked(domain, spec, graphics)
+        self.audit.record("reattach", IDENTITY, **asked)
+        return True
+
+    def _allowed(
+        self, domain: DomainConsoles
+    ) -> tuple[ConsoleSpec | None, PtyOwner | None, list[GraphicsEndpoint]]:
+        """What ``[sources]`` allows of the domain's console and graphics;
+        each refusal is a log line and an audit record."""
         uuid, spec, owner = domain.uuid, domain.console, None
         refusals = []
         if spec is not None:
@@ -161,6 +198,32 @@ class LibvirtDiscovery:
                 why=why,
             )
             self.audit.record("refused", IDENTITY, vmId=uuid, reason=why)
+        return spec, owner, graphics
+
+    @staticmethod
+    def _asked(
+        domain: DomainConsoles,
+        spec: ConsoleSpec | None,
+        graphics: list[GraphicsEndpoint],
+    ) -> dict[str, Any]:
+        """The audit record's fields: never a password."""
+        asked: dict[str, Any] = {"vmId": domain.uuid, "name": domain.name}
+        if spec is not None:
+            asked["console"] = spec.to_wire()
+        if graphics:
+            asked["graphics"] = [e.public() for e in graphics]
+        return asked
+
+    def _replaced(self, uuid: str) -> None:
+        domain = self._replacing.pop(uuid, None)
+        if domain is None:
+            return  # undefined meanwhile
+        self.managed.discard(uuid)
+        self._create(domain)
+
+    def _create(self, domain: DomainConsoles) -> None:
+        uuid = domain.uuid
+        spec, owner, graphics = self._allowed(domain)
         if spec is None and not graphics:
             return
         try:
@@ -170,12 +233,8 @@ class LibvirtDiscovery:
             return
         self.managed.add(uuid)
         self._save()
-        asked: dict[str, Any] = {"vmId": uuid, "name": domain.name}
-        if spec is not None:
-            asked["console"] = spec.to_wire()
-        if graphics:
-            asked["graphics"] = [e.public() for e in graphics]
-        self.audit.record("create", IDENTITY, **asked)
+        self._revivable(uuid)
+        self.audit.record("create", IDENTITY, **self._asked(domain, spec, graphics))
 
     # -- libvirt.json -----------------------------------------------------------
 
