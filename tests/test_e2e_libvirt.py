@@ -18,7 +18,7 @@ import pytest
 
 from tests.qemuguest import PROMPT, ensure_guest_image
 from tests.serverproc import ServerProcess, wait_for
-from tests.streamhelp import stats
+from tests.streamhelp import stats, type_into
 from tests.tools import require_tool, unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
@@ -49,8 +49,35 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
 
 
+class Daemons:
+    """virtlogd and libvirtd started by the suite (``owned``), stopped and
+    started again by pid; or ones that answered already (not touched)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.owned = False
+
+    def pid(self, daemon: str) -> int:
+        return int((self.directory / f"{daemon}.pid").read_text())
+
+    def start(self, *daemons: str) -> None:
+        self.owned = True
+        for daemon in daemons:
+            _run(daemon, "-d", "-p", str(self.directory / f"{daemon}.pid"))
+        wait_for(answers, 30, "libvirtd to answer")
+
+    def stop(self, *daemons: str) -> None:
+        for daemon in daemons:
+            try:
+                os.kill(self.pid(daemon), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+        if "libvirtd" in daemons:
+            wait_for(lambda: not answers(), 30, "libvirtd to stop")
+
+
 @pytest.fixture(scope="module")
-def libvirtd(tmp_path_factory) -> Iterator[None]:
+def libvirtd(tmp_path_factory) -> Iterator[Daemons]:
     """libvirtd (and virtlogd) as root, as MACHINE-NOTES say: the qemu user
     and groups, its directories; started here unless one answers already,
     and then stopped by pid at the end."""
@@ -62,7 +89,7 @@ def libvirtd(tmp_path_factory) -> Iterator[None]:
         require_tool(tool, package)
     if os.geteuid() != 0:
         unavailable("libvirtd for these tests runs as root")
-    started: list[Path] = []
+    daemons = Daemons(tmp_path_factory.mktemp("libvirtd"))
     if not answers():
         for group in ("kvm", "libvirt-qemu"):
             if subprocess.run(
@@ -73,32 +100,15 @@ def libvirtd(tmp_path_factory) -> Iterator[None]:
             ["getent", "passwd", "libvirt-qemu"], capture_output=True
         ).returncode:
             _run(
-                "useradd",
-                "-r",
-                "-g",
-                "libvirt-qemu",
-                "-G",
-                "kvm",
-                "-d",
-                "/var/lib/libvirt",
-                "-s",
-                "/usr/sbin/nologin",
-                "libvirt-qemu",
-            )
+                "useradd", "-r", "-g", "libvirt-qemu", "-G", "kvm",
+                "-d", "/var/lib/libvirt", "-s", "/usr/sbin/nologin", "libvirt-qemu",
+            )  # fmt: skip
         for directory in ("/var/log/libvirt", "/var/lib/libvirt/qemu", "/run/libvirt"):
             Path(directory).mkdir(parents=True, exist_ok=True)
-        pids = tmp_path_factory.mktemp("libvirtd")
-        for daemon in ("virtlogd", "libvirtd"):
-            pid = pids / f"{daemon}.pid"
-            _run(daemon, "-d", "-p", str(pid))
-            started.append(pid)
-        wait_for(answers, 30, "libvirtd to answer")
-    yield
-    for pid_file in reversed(started):
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
+        daemons.start("virtlogd", "libvirtd")
+    yield daemons
+    if daemons.owned:
+        daemons.stop("libvirtd", "virtlogd")
 
 
 @pytest.fixture
@@ -148,6 +158,8 @@ def test_a_domain_through_its_life(domain, server_factory, readers, tmp_path):
     wait_for(lambda: "libvirt qemu:///system: connected" in server.log(), 10, "connect")
     virsh("start", name)
     wait_for(lambda: uuid in listed(server), 2, "the domain in list within 2 s")
+    (entry,) = server.rpc().list(False, [uuid])["vmList"]
+    assert entry["name"] == name  # the domain's name, as an alias
     graphics = server.rpc().list(True, [uuid])["vmList"][0]["graphics"]
     assert [g["type"] for g in graphics] == ["vnc"]
     wget = require_tool("wget", "wget")
@@ -179,3 +191,41 @@ def test_a_domain_through_its_life(domain, server_factory, readers, tmp_path):
     virsh("destroy", name)
     virsh("undefine", name)
     wait_for(lambda: uuid not in listed(server), 10, "the VM to go")
+
+
+def test_a_lost_libvirtd_is_retried_and_consoles_keep_streaming(
+    libvirtd, domain, server_factory, readers, tmp_path
+):
+    """libvirtd stops: the console keeps streaming (typed input echoes to
+    the follower); libvirtd back: the server connects again by itself."""
+    if not libvirtd.owned:
+        pytest.skip("libvirtd was running before the suite: not ours to stop")
+    name, uuid = domain
+    server = server_factory(
+        f'[libvirt]\nuri = "{URI}"\n[console]\nreconnect_max = 1.0\n'
+    )
+    connected = "libvirt qemu:///system: connected"
+    wait_for(lambda: connected in server.log(), 10, "connect")
+    virsh("start", name)
+    wait_for(lambda: uuid in listed(server), 2, "the domain in list")
+    follower = readers(
+        [
+            require_tool("wget", "wget"),
+            "-q",
+            "-O",
+            "-",
+            f"--certificate={server.pki.client_cert}",
+            f"--private-key={server.pki.client_key}",
+            f"--ca-certificate={server.pki.ca_cert}",
+            server.url(f"/consoleStream/{uuid}?offset=0"),
+        ],
+        tmp_path / "wget.out",
+    )
+    wait_for(lambda: PROMPT in follower.data(), 60, "the guest's prompt")
+    libvirtd.stop("libvirtd")
+    wait_for(lambda: "consoles keep streaming" in server.log(), 30, "the loss")
+    type_into(server, uuid, "echo still-here\r")
+    wait_for(lambda: b"still-here\r\n" in follower.data(), 30, "the echo")
+    libvirtd.start("libvirtd")
+    wait_for(lambda: server.log().count(connected) == 2, 30, "the reconnection")
+    assert listed(server)[uuid] == "connected"

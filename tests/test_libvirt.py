@@ -149,7 +149,8 @@ def test_a_started_domain_is_registered_by_uuid(lv):
             "graphics": [{"type": "vnc", "host": "127.0.0.1", "port": 5901}],
         },
     ) in lv.records
-    assert lv.discovery.names[uuid] == "lv-start"
+    assert lv.discovery.alias(uuid) == "lv-start"
+    assert lv.discovery.alias("not-libvirts") == ""
     domain.destroy()
     domain.undefine()
 

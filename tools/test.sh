@@ -23,6 +23,10 @@ declare -A NEEDS=(
     [h2load]=nghttp2-client
     [promtool]=prometheus
     [systemd-analyze]=systemd
+    # tests/test_e2e_libvirt.py starts a real libvirtd (as root).
+    [libvirtd]=libvirt-daemon-driver-qemu
+    [virtlogd]=libvirt-daemon
+    [virsh]=libvirt-clients
 )
 # Perl module -> Debian package: Perl's RPC::XML is the strict XML-RPC client
 # of another language that tests/test_e2e_wire.py reads the server with.

@@ -246,7 +246,13 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         show = full_status if fullStatus else summary
         probe = self.context.graphics_probe
         entries = [show(registry, probe, vm_id) for vm_id in wanted]
-        return success(vmList=[e for e in entries if e is not None])
+        shown = [e for e in entries if e is not None]
+        if self.context.libvirt is not None:
+            for entry in shown:  # a libvirt domain's name, as an alias
+                name = self.context.libvirt.alias(entry["vmId"])
+                if name:
+                    entry["name"] = name
+        return success(vmList=shown)
 
     @rpc_method(with_request=True)
     def xmlrpc_create(self, request: Any, params: object) -> Any:

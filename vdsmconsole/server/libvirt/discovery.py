@@ -65,10 +65,15 @@ class LibvirtDiscovery:
 
     # -- what the watcher reports -------------------------------------------
 
-    def on_sync(self, running: list[DomainConsoles], every: set[str]) -> None:
+    def alias(self, vm_id: str) -> str:
+        """The domain name of a VM libvirt registered ("" for any other)."""
+        return self.names.get(vm_id, "") if vm_id in self.managed else ""
+
+    def on_sync(self, running: list[DomainConsoles], every: dict[str, str]) -> None:
         """After a (re)connection: drop what was undefined meanwhile, bring
-        the running domains in."""
-        for uuid in sorted(self.managed - every):
+        the running domains in.  ``every``: each domain's UUID to its name."""
+        self.names.update(every)
+        for uuid in sorted(self.managed - every.keys()):
             self.on_remove(uuid)
         for uuid in self.managed:
             self._revivable(uuid)  # brought back by the registry at start

@@ -57,7 +57,7 @@ class LibvirtWatcher(threading.Thread):
     """The thread; ``deliver(kind, *args)`` is called on it and must hand the
     work to the reactor (``reactor.callFromThread``).
 
-    kinds: ``("sync", [DomainConsoles of running domains], {every uuid})``
+    kinds: ``("sync", [DomainConsoles of running domains], {uuid: name})``
     after each (re)connection; ``("upsert", DomainConsoles)`` when a domain
     starts; ``("remove", uuid)`` when one is undefined; ``("lost", why)``.
     """
@@ -137,10 +137,10 @@ class LibvirtWatcher(threading.Thread):
         self.retry_at = time.monotonic() + self.delay
         self.delay = min(self.delay * 2, self.maximum)
 
-    def _snapshot(self, connection: Any) -> tuple[list[DomainConsoles], set[str]]:
-        running, every = [], set()
+    def _snapshot(self, connection: Any) -> tuple[list[DomainConsoles], dict[str, str]]:
+        running, every = [], {}
         for domain in connection.listAllDomains():
-            every.add(domain.UUIDString())
+            every[domain.UUIDString()] = domain.name()
             found = self._consoles(domain)
             if found is not None:
                 running.append(found)
