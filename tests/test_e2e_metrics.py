@@ -112,6 +112,7 @@ def test_scrape_passes_promtool_and_counters_move(metrics_server, readers, tmp_p
     )
     followers = "vdsmconsole_console_followers"
     wait_for(lambda: value(scrape(server), followers, vm_id="vm1") == 1, 10, "wget")
+    assert value(scrape(server), "vdsmconsole_sessions", mode="follow") == 1
     line = "echo metrics-marker\r"
     type_into(server, "vm1", line)
     wait_for(lambda: b"metrics-marker\r\n" in follower.data(), 10, "the echo")

@@ -194,6 +194,24 @@ def test_tokens_and_tunnels_from_the_audit_trail(server):
     assert value(found, "vdsmconsole_audit_events_total", event="tokenMint") == 1
 
 
+def test_sessions_from_attach_and_detach(server):
+    """Streams and websockets by mode: opened, open now, and the bytes of
+    those that ended, from the audit log's attach and detach."""
+    audit = server.context.audit
+    audit.record("attach", "engine", vmId="vm1", mode="follow", offset=0)
+    audit.record("attach", "engine", vmId="vm1", mode="websocket", offset=0)
+    audit.record(
+        "detach", "engine", vmId="vm1", mode="websocket", bytesSent=100, bytesWritten=7
+    )
+    found = samples(server.context.metrics.registry)
+    assert value(found, "vdsmconsole_sessions", mode="follow") == 1
+    assert value(found, "vdsmconsole_sessions", mode="websocket") == 0
+    assert value(found, "vdsmconsole_sessions_opened_total", mode="websocket") == 1
+    moved = "vdsmconsole_session_bytes_total"
+    assert value(found, moved, mode="websocket", direction="to_client") == 100
+    assert value(found, moved, mode="websocket", direction="to_guest") == 7
+
+
 def test_label_values_are_bounded():
     """Label values come from a fixed set or a capped set of words: odd or
     endless values become ``other``."""

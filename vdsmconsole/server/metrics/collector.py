@@ -106,6 +106,7 @@ class ServerCollector(Collector):
         yield from self._connections()
         yield from self._tokens()
         yield from self._tunnels()
+        yield from self._sessions()
         yield from self.rpc_calls.collect()
         events = CounterMetricFamily(
             "vdsmconsole_audit_events",
@@ -245,6 +246,34 @@ class ServerCollector(Collector):
             for value in values:
                 family.add_metric([value], counts[value])
             yield family
+
+    def _sessions(self) -> Iterator[Metric]:
+        events = self.events
+        opened = CounterMetricFamily(
+            "vdsmconsole_sessions_opened",
+            "Console streams and websockets opened, by mode.",
+            labels=["mode"],
+        )
+        open_now = GaugeMetricFamily(
+            "vdsmconsole_sessions",
+            "Console streams and websockets open, by mode.",
+            labels=["mode"],
+        )
+        for mode in sorted(events.sessions_opened):
+            count = events.sessions_opened[mode]
+            opened.add_metric([mode], count)
+            open_now.add_metric([mode], count - events.sessions_closed[mode])
+        moved = CounterMetricFamily(
+            "vdsmconsole_session_bytes",
+            "Bytes of console streams and websockets that ended, by mode and "
+            "direction (to_client: output, to_guest: input).",
+            labels=["mode", "direction"],
+        )
+        for (mode, direction), count in sorted(events.ended_session_bytes.items()):
+            moved.add_metric([mode, direction], count)
+        yield opened
+        yield open_now
+        yield moved
 
     def _tunnels(self) -> Iterator[Metric]:
         events = self.events

@@ -1,5 +1,7 @@
 """Counts kept from the audit trail: tokens minted, used and refused, tunnels
-opened and the bytes of those that closed, every event by name.
+opened and the bytes of those that closed, console sessions (streams and
+websockets: ``attach``/``detach`` by ``mode``) and the bytes of those that
+ended, every event by name.
 
 Every one of these already passes through ``AuditLog.record`` (tokens'
 ``record_*``, ``Tunnel.opened``/``close``), so one listener there counts
@@ -52,6 +54,12 @@ class EventCounts:
         self.tunnels_opened: Counter[str] = Counter()  # by protocol
         # (protocol, "to_viewer"|"from_viewer") of the tunnels that closed
         self.closed_tunnel_bytes: Counter[tuple[str, str]] = Counter()
+        # Console sessions by mode (follow, send, duplex, websocket...).
+        self.sessions_opened: Counter[str] = Counter()
+        self.sessions_closed: Counter[str] = Counter()
+        # (mode, "to_client"|"to_guest") of the sessions that ended
+        self.ended_session_bytes: Counter[tuple[str, str]] = Counter()
+        self._mode = Bounded()
         self._event = Bounded()
         self._via = Bounded()
         self._protocol = Bounded(PROTOCOLS)
@@ -66,6 +74,18 @@ class EventCounts:
             self.tokens_refused[self._via(fields.get("via"))] += 1
         elif event == "tunnel-open":
             self.tunnels_opened[self._protocol(fields.get("protocol"))] += 1
+        elif event == "attach":
+            self.sessions_opened[self._mode(fields.get("mode"))] += 1
+        elif event == "detach":
+            mode = self._mode(fields.get("mode"))
+            self.sessions_closed[mode] += 1
+            for direction, key in (
+                ("to_client", "bytesSent"),
+                ("to_guest", "bytesWritten"),
+            ):
+                value = fields.get(key)
+                if isinstance(value, int) and value > 0:
+                    self.ended_session_bytes[mode, direction] += value
         elif event == "tunnel-close":
             protocol = self._protocol(fields.get("protocol"))
             for direction, key in (
