@@ -24,8 +24,14 @@ setup(
         "defusedxml>=0.7",
         # Websockets (server/websockets/): see docs/architecture.rst for why.
         "autobahn>=24.4",
+        # /metrics: the exposition formats and the process collector
+        # (Debian: python3-prometheus-client).
+        "prometheus-client>=0.16",
     ],
     extras_require={
+        # [libvirt] uri: discovery (builds against libvirt's headers, Debian's
+        # libvirt-dev; or use Debian's python3-libvirt with the system Python).
+        "libvirt": ["libvirt-python>=9.0"],
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
@@ -37,6 +43,8 @@ setup(
             # vncdo: the acceptance tests capture a guest's screen through a
             # tunnel (it brings Pillow, which reads the PNG back).
             "vncdotool>=1.2",
+            # tests/test_libvirt.py runs discovery against test:///default.
+            "libvirt-python>=9.0",
         ],
     },
     entry_points={

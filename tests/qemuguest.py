@@ -82,6 +82,10 @@ echo 'vdsmconsole-test-guest: booted'
 # setsid + cttyhack: a real controlling tty, so ^C and job control work.
 setsid cttyhack sh -i
 echo 'vdsmconsole-test-guest: shell exited, rebooting'
+# Let those last words leave the UART and reach the host's reader before
+# qemu exits: the pty's hangup flushes whatever the host has not read yet,
+# and reboot -f does not wait for the serial line to drain.
+sleep 1
 # qemu runs with -no-reboot, so this makes qemu exit.
 reboot -f
 """

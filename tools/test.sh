@@ -24,6 +24,12 @@ declare -A NEEDS=(
     [chromium]=chromium
     [chromedriver]=chromium-driver
     [npm]=npm
+    [promtool]=prometheus
+    [systemd-analyze]=systemd
+    # tests/test_e2e_libvirt.py starts a real libvirtd (as root).
+    [libvirtd]=libvirt-daemon-driver-qemu
+    [virtlogd]=libvirt-daemon
+    [virsh]=libvirt-clients
 )
 # Perl module -> Debian package: Perl's RPC::XML is the strict XML-RPC client
 # of another language that tests/test_e2e_wire.py reads the server with.
@@ -35,6 +41,8 @@ missing=()
 for tool in "${!NEEDS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${NEEDS[$tool]}")
 done
+# libvirt-python (the test extra) builds against libvirt's headers.
+pkg-config --exists libvirt 2>/dev/null || missing+=(libvirt-dev pkg-config)
 for module in "${!PERL_NEEDS[@]}"; do
     perl "-M$module" -e 1 >/dev/null 2>&1 || missing+=("${PERL_NEEDS[$module]}")
 done

@@ -27,6 +27,7 @@ RPC_PATH = "/RPC2"
 STREAM_PATH = "/consoleStream/"  # then the vmId
 TUNNEL_PATH = "/consoleTunnel/"  # then the vmId; CONNECT ...?protocol=P
 CONNECT_INFO_PATH = "/os-console-auth-tokens/"  # then the token (Nova's shape)
+METRICS_PATH = "/metrics"  # Prometheus' scrape (server/metrics/)
 DEFAULT_TOKEN_TTL = 600  # seconds, as Nova's [consoleauth] token_ttl
 MAX_TOKEN_TTL = 7 * 24 * 3600
 # secrets.token_urlsafe(32): 32 random bytes, 43 URL-safe characters.

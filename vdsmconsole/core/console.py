@@ -63,6 +63,10 @@ class Console:
         self.mark_error = ""
         self.input_paused = False
         self.closed = False
+        # A guest that comes back on another source (a libvirt domain that
+        # restarts gets a new pty): its going down does not end the streams,
+        # which wait for ``reattach``.
+        self.revivable = False
         self._subscribers: set[Subscriber] = set()
         self._writers: set[InputWriter] = set()
 
@@ -74,6 +78,20 @@ class Console:
 
     def start(self) -> None:
         self.source.start(self)
+
+    def reattach(
+        self, spec: ConsoleSpec, source: ConsoleSource
+    ) -> defer.Deferred[None]:
+        """Read the guest from ``source`` from now on, once the old source
+        has stopped: the ring, the log, the offsets and every stream carry
+        on (a restarted libvirt domain on its new pty)."""
+
+        def attach(_: object) -> None:
+            if not self.closed:
+                self.spec, self.source = spec, source
+                source.start(self)
+
+        return self.source.stop().addCallback(attach)
 
     def stop(self, why: str = DESTROYED) -> defer.Deferred[None]:
         """Stop reading the guest, end every stream, close the log.
@@ -173,7 +191,7 @@ class Console:
             # waits for ever.
             for writer in list(self._writers):
                 writer.resumeProducing()
-        elif state is SourceState.DOWN:
+        elif state is SourceState.DOWN and not self.revivable:
             # The guest is gone for good (a pty or a spawned child never comes
             # back): end the writers rather than leave them waiting, and the
             # followers once they have what is retained.
@@ -240,6 +258,16 @@ class Console:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 
+    @property
+    def readers(self) -> int:
+        """Followers now: streams, tunnels and websockets reading output."""
+        return len(self._subscribers)
+
+    @property
+    def writers(self) -> int:
+        """Clients sending input now."""
+        return len(self._writers)
+
     def count_lost(self, nbytes: int) -> None:
         self.lost_to_slow_readers += nbytes
 
@@ -295,8 +323,8 @@ class Console:
             "ringFirstOffset": self.ring.start,
             "bytesIn": self.bytes_in,
             "bytesOut": self.bytes_out,
-            "readers": len(self._subscribers),
-            "writers": len(self._writers),
+            "readers": self.readers,
+            "writers": self.writers,
             "bytesLostToSlowReaders": self.lost_to_slow_readers,
             "logBytes": self.log.disk_bytes() if self.log is not None else 0,
             "logError": self.log_error or self.mark_error,

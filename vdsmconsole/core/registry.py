@@ -95,7 +95,8 @@ class Registry:
     ``added`` and ``destroyed``: hooks called with the vmId once a VM is
     created or restored (the server's graphics probe), and once it is
     destroyed (its console tokens are revoked).  A hook that raises is logged
-    and the others still run.
+    and the others still run.  ``removed``: hooks called with a destroyed
+    console the moment it leaves the registry (the metrics keep its counts).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class Registry:
         self._refused: dict[str, dict[str, str]] = {}
         self.added: list[Callable[[str], None]] = []
         self.destroyed: list[Callable[[str], None]] = []
+        self.removed: list[Callable[[Console], None]] = []
         # vmId -> what waits for its destroyed console to have stopped.
         self._stopping: dict[str, list[defer.Deferred[None]]] = {}
         self._closed = False  # stop_all was called: the server stops
@@ -124,6 +126,10 @@ class Registry:
     def ids(self) -> list[str]:
         """Every VM: with a console, graphics or both."""
         return sorted(self._consoles.keys() | self._graphics.keys())
+
+    def consoles(self) -> list[Console]:
+        """Every serial console, in the order they were registered."""
+        return list(self._consoles.values())
 
     def has_vm(self, vm_id: str) -> bool:
         return vm_id in self._consoles or vm_id in self._graphics
@@ -281,6 +287,19 @@ class Registry:
                 )
         return console
 
+    def replace_graphics(
+        self, vm_id: str, graphics: Iterable[GraphicsEndpoint]
+    ) -> None:
+        """A VM's graphics from now on (checked by the caller), saved with
+        its console as it is now (a reattached pty's owner); OSError."""
+        endpoints = _checked_graphics(graphics)
+        if endpoints:
+            self._graphics[vm_id] = endpoints
+        else:
+            self._graphics.pop(vm_id, None)
+        self.save()
+        self._run_hooks(self.added, vm_id)  # the graphics probe
+
     def destroy(self, vm_id: str) -> defer.Deferred[None]:
         """Forget a VM (console and graphics); its console stops.
 
@@ -303,6 +322,8 @@ class Registry:
                 Code.UNEXPECTED, f"cannot persist the registry: {e.strerror}"
             ) from None
         self._refused.pop(vm_id, None)
+        if console is not None:
+            self._run_hooks(self.removed, console)
         self._run_hooks(self.destroyed, vm_id)
         if console is None:
             return defer.succeed(None)
@@ -316,7 +337,7 @@ class Registry:
 
         return console.stop(DESTROYED).addBoth(stopped)
 
-    def _run_hooks(self, hooks: list[Callable[[str], None]], vm_id: str) -> None:
+    def _run_hooks(self, hooks: list[Callable[[Any], None]], vm_id: Any) -> None:
         for hook in list(hooks):
             try:
                 hook(vm_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,8 +23,13 @@ class AuditLog:
         self._path = path
         self._clock = clock
         self._file: IO[str] | None = None
+        # Called with each event and its fields (the metrics count tokens and
+        # tunnels from them); never with the identity.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     def record(self, event: str, identity: object, **fields: Any) -> None:
+        for listener in self.listeners:
+            listener(event, fields)
         entry = {"time": round(self._clock.time(), 3), "event": event}
         entry["identity"] = str(identity)
         entry.update(fields)

@@ -8,6 +8,7 @@ which the command line turns into one line and exit status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import sys
@@ -82,6 +83,13 @@ class Config:
     websocket_max_message: int = 1024 * 1024
     websocket_ping_interval: float = 30.0
     websocket_ping_timeout: float = 30.0
+    # The plain /metrics listener: off (0) unless a port is set; loopback only.
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = 0
+    # Consoles with vm_id series of their own (the others: totals only).
+    metrics_console_series: int = 500
+    # libvirt discovery: "" (off) or a URI such as "qemu:///system".
+    libvirt_uri: str = ""
 
     def with_pki(self, pki_dir: Path) -> Config:
         """Point the three TLS files at a directory in VDSM's layout."""
@@ -135,6 +143,10 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("web", "max_message_bytes"): ("websocket_max_message", int),
     ("web", "ping_interval"): ("websocket_ping_interval", float),
     ("web", "ping_timeout"): ("websocket_ping_timeout", float),
+    ("metrics", "bind"): ("metrics_bind", str),
+    ("metrics", "port"): ("metrics_port", int),
+    ("metrics", "console_series"): ("metrics_console_series", int),
+    ("libvirt", "uri"): ("libvirt_uri", str),
 }
 # Keys that must be positive when set.
 POSITIVE = {
@@ -196,6 +208,15 @@ def check_values(config: Config) -> Config:
         raise ConfigError("console.log_keep_files: must be 0 or more")
     if config.expiry_warning_days < 0:
         raise ConfigError("tls.expiry_warning_days: must be 0 or more")
+    if not 0 <= config.metrics_port < 65536:
+        raise ConfigError(f"metrics.port: must be 0-65535, got {config.metrics_port}")
+    if not is_loopback(config.metrics_bind):
+        raise ConfigError(
+            f"metrics.bind: must be a loopback address (127.0.0.1, ::1), "
+            f"got {config.metrics_bind!r}: the plain listener has no TLS"
+        )
+    if config.metrics_console_series < 0:
+        raise ConfigError("metrics.console_series: must be 0 or more")
     for (section, key), (attr, _kind) in FIELDS.items():
         value = getattr(config, attr)
         # nan and inf are valid TOML floats but never a sane size or time.
@@ -212,6 +233,15 @@ def _check_origins(origins: tuple[str, ...]) -> None:
                 f"web.allowed_origins: {origin!r} is not an origin "
                 "(scheme://host[:port], https or http)"
             )
+
+
+def is_loopback(address: str) -> bool:
+    """An IPv4 or IPv6 loopback address (a name is not: it may resolve
+    elsewhere tomorrow)."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_sources(config: Config) -> None:

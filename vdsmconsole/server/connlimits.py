@@ -73,8 +73,10 @@ class RefusalLog:
         self._interval = interval
         self._next: dict[str, float] = {}
         self._unlogged: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # every refusal, for the metrics
 
     def note(self, kind: str, text: str, **fields: Any) -> None:
+        self.counts[kind] += 1
         now = self._clock.seconds()
         if now < self._next.get(kind, 0.0):
             self._unlogged[kind] += 1

@@ -37,3 +37,7 @@ class ServerContext:
     policy: SourcePolicy = field(default_factory=SourcePolicy)
     # Whether graphics endpoints answer (None: shown as not answering).
     graphics_probe: GraphicsProbe | None = None
+    # The Prometheus registry and collector (server/metrics/setup.py).
+    metrics: Any = None
+    # libvirt discovery, when [libvirt] uri is set (server/libvirt/).
+    libvirt: Any = None

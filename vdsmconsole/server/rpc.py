@@ -30,6 +30,7 @@ from vdsmconsole.identity import identity_of
 from vdsmconsole.server.authz import rpc_permission
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin
+from vdsmconsole.server.metrics.rpccalls import UNKNOWN, RpcCalls
 from vdsmconsole.server.tokens import methods as tokens
 from vdsmconsole.server.vmview import full_status, stats, summary
 from vdsmconsole.spec import (
@@ -118,34 +119,37 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
     def __init__(self, context: ServerContext) -> None:
         super().__init__(allowNone=False, useDateTime=False)
         self.context = context
+        self.calls = RpcCalls()  # what /metrics shows of the calls
         xmlrpc.addIntrospection(self)
 
     # -- transport -------------------------------------------------------
 
     def render_POST(self, request: Any) -> object:
         request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+        started = self.context.reactor.seconds()
         try:
             args, name = safe_loads(request.content.read())
             if not name:
                 raise ValueError("no methodName")
         except Exception as e:  # noqa: BLE001 - any parse error is the caller's
-            self._cbRender(
-                xmlrpc.Fault(self.FAILURE, f"Can't deserialize input: {e}"), request
-            )
+            fault = xmlrpc.Fault(self.FAILURE, f"Can't deserialize input: {e}")
+            self._answer(fault, request, UNKNOWN, started)
             return server.NOT_DONE_YET
-        return self._dispatch(request, name, args)
+        return self._dispatch(request, name, args, started)
 
-    def _dispatch(self, request: Any, name: str, args: tuple[Any, ...]) -> object:
+    def _dispatch(
+        self, request: Any, name: str, args: tuple[Any, ...], started: float
+    ) -> object:
         try:
             function = self.lookupProcedure(name)
         except xmlrpc.Fault as f:
-            self._cbRender(f, request)
+            self._answer(f, request, UNKNOWN, started)  # no client-made label
             return server.NOT_DONE_YET
         identity = identity_of(request)
         if not self.context.authz.allows(identity, rpc_permission(name)):
             self.context.audit.record("denied", identity, method=name)
             denied = StatusError(Code.DENIED, f"{identity} may not call {name}")
-            self._cbRender(failure(denied), request)
+            self._answer(failure(denied), request, name, started)
             return server.NOT_DONE_YET
         if not hasattr(function, "withRequest"):
             # Twisted's system.* introspection takes method names and raises
@@ -153,7 +157,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             problem = _bad_introspection_args(function, args)
             if problem:
                 fault = xmlrpc.Fault(self.FAILURE, f"bad arguments: {problem}")
-                self._cbRender(fault, request)
+                self._answer(fault, request, name, started)
                 return server.NOT_DONE_YET
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
@@ -162,8 +166,20 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         else:
             d = defer.maybeDeferred(function, *args)
         d.addErrback(self._ebRender)
-        d.addCallback(self._cbRender, request, gone)
+        d.addCallback(self._answer, request, name, started, gone)
         return server.NOT_DONE_YET
+
+    def _answer(
+        self,
+        result: Any,
+        request: Any,
+        method: str,
+        started: float,
+        responseFailed: object = None,
+    ) -> None:
+        """Count the answer (method, code, time taken), then send it."""
+        self.calls.observe(method, result, self.context.reactor.seconds() - started)
+        self._cbRender(result, request, responseFailed)
 
     def _cbRender(
         self, result: Any, request: Any, responseFailed: object = None
@@ -230,7 +246,13 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         show = full_status if fullStatus else summary
         probe = self.context.graphics_probe
         entries = [show(registry, probe, vm_id) for vm_id in wanted]
-        return success(vmList=[e for e in entries if e is not None])
+        shown = [e for e in entries if e is not None]
+        if self.context.libvirt is not None:
+            for entry in shown:  # a libvirt domain's name, as an alias
+                name = self.context.libvirt.alias(entry["vmId"])
+                if name:
+                    entry["name"] = name
+        return success(vmList=shown)
 
     @rpc_method(with_request=True)
     def xmlrpc_create(self, request: Any, params: object) -> Any:
@@ -238,6 +260,8 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         if not isinstance(params, dict):
             raise StatusError(Code.MISS_PARAM, "params must be a struct")
         vm_id = as_vm_id(params.get("vmId"))
+        if self.context.libvirt is not None:
+            self.context.libvirt.refuse_by_hand(vm_id, "change")
         try:
             graphics = parse_graphics(params.get("graphics"))
             spec = None
@@ -281,6 +305,8 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
     def xmlrpc_destroy(self, request: Any, vmId: object) -> Any:
         """Unregister a console (a spawned guest is stopped)."""
         vm_id = as_vm_id(vmId)
+        if self.context.libvirt is not None:
+            self.context.libvirt.refuse_by_hand(vm_id, "stop or undefine")
         d = self.context.registry.destroy(vm_id)
         self.context.audit.record("destroy", identity_of(request), vmId=vm_id)
         return d.addCallback(lambda _: success())

@@ -40,9 +40,12 @@ from vdsmconsole.server.http.endings import begin_shutdown
 from vdsmconsole.server.http.resources import Root
 from vdsmconsole.server.http.routes import is_stream_target
 from vdsmconsole.server.http.site import ConsoleRequest, ConsoleSite, SiteLimits
+from vdsmconsole.server.libvirt.setup import start_libvirt
+from vdsmconsole.server.metrics.setup import install_metrics, listen_plain
 from vdsmconsole.server.policy import RefusedSource, SourcePolicy
 from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.streams.resource import install_streams
+from vdsmconsole.server.systemd import Notifier
 from vdsmconsole.server.tls.files import TLSFiles
 from vdsmconsole.server.tls.reload import ServerTLS
 from vdsmconsole.server.tokens.connectinfo import install_connect_info
@@ -158,13 +161,16 @@ def build_site(context: ServerContext) -> ConsoleSite:
     install_streams(site, root, context)
     install_connect_info(root, context)
     install_tunnels(site, root, context)
+    context.metrics = install_metrics(root, site, context, rpc.calls)
     return site
 
 
 class ConsoleService(Service):
     """The whole server as one Twisted service."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any = None, notifier: Notifier | None = None
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -174,15 +180,26 @@ class ConsoleService(Service):
         self.context: ServerContext | None = None
         self.site: ConsoleSite | None = None
         self.listening: Any = None
+        self.metrics_listening: Any = None  # the plain /metrics listener
+        self._libvirt: Any = None  # the libvirt watcher thread, if any
         self.tls: ServerTLS | None = None
         self.web_site: ConsoleSite | None = None
         self.web_listening: Any = None
         self._expiry_check: task.LoopingCall | None = None
         self._token_pruning: task.LoopingCall | None = None
+        # systemd's NOTIFY_SOCKET, read (and taken out of the environment)
+        # at start, before a spawned console could inherit it.
+        self.notifier = notifier
 
     def startService(self) -> None:
-        """Listen; raise StartupError (one line) if anything is missing."""
+        """Listen; raise StartupError (one line) if anything is missing.
+
+        systemd hears READY=1 once the port listens and the registry is
+        loaded, as the reactor runs (at once if it already does).
+        """
         config = self.config
+        if self.notifier is None:
+            self.notifier = Notifier.from_environment(self.reactor)
         files = TLSFiles(config.ca_file, config.cert_file, config.key_file)
         self.tls = ServerTLS(
             replace(files, crl=config.crl_path),
@@ -208,7 +225,23 @@ class ConsoleService(Service):
         self.context.port = self.listening.getHost().port
         if config.web_enabled:
             self._listen_web()
+        self.context.metrics.watch_port(factory)
+        if config.metrics_port:
+            try:
+                self.metrics_listening = listen_plain(
+                    self.context.metrics,
+                    config.metrics_bind,
+                    config.metrics_port,
+                    self.reactor,
+                )
+            except Exception as e:  # noqa: BLE001 - CannotListenError and friends
+                self.listening.stopListening()
+                raise StartupError(
+                    f"cannot listen on {config.metrics_bind}:{config.metrics_port} "
+                    f"for metrics: {e}"
+                ) from None
         self.context.registry.load()
+        self._libvirt = start_libvirt(config, self.context, self.reactor)
         self._token_pruning = start_tokens(self.context.tokens, self.reactor)
         if self.context.graphics_probe is not None:
             self.context.graphics_probe.start()
@@ -223,6 +256,15 @@ class ConsoleService(Service):
         self._expiry_check = task.LoopingCall(self.tls.warn_if_expiring)
         self._expiry_check.clock = self.reactor
         self._expiry_check.start(EXPIRY_CHECK_SECONDS, now=True)
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        assert self.notifier is not None and self.context is not None
+        if self.running:
+            self.notifier.ready(
+                f"listening on {self.config.bind}:{self.context.port}, "
+                f"{len(self.context.registry)} consoles"
+            )
 
     def _listen_web(self) -> None:
         """The [web] listener for browsers (server/web/)."""
@@ -276,6 +318,10 @@ class ConsoleService(Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
+        if self.notifier is not None:
+            self.notifier.stopping("stopping")
+        if self._libvirt is not None:
+            self._libvirt.stop()  # sees it within WAKE_MS, closes its connection
         for looping in (self._expiry_check, self._token_pruning):
             if looping is not None and looping.running:
                 looping.stop()
@@ -290,6 +336,8 @@ class ConsoleService(Service):
             yield self.web_listening.stopListening()
         if self.listening is not None:
             yield self.listening.stopListening()
+        if self.metrics_listening is not None:
+            yield self.metrics_listening.stopListening()
         deadline = self.reactor.seconds() + self.config.shutdown_timeout * 0.8
         # Let RPC calls in flight finish; endless streams are cut below (not
         # ended: their consoles come back with the server).
@@ -302,6 +350,8 @@ class ConsoleService(Service):
             self.context.graphics_probe.stop()
         yield self.context.registry.stop_all()
         self.context.audit.close()
+        if self.notifier is not None:
+            self.notifier.close()
         log.info("vdsmconsole stopped")
 
     def _rpc_in_flight(self) -> bool:

@@ -6,8 +6,10 @@ below a request (``peer_identity_of``) to learn who is on the other end.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import error
 from twisted.internet.interfaces import (
     IProtocolFactory,
@@ -30,6 +32,20 @@ log = Logger(namespace="vdsmconsole.tls")
 CONNECTION_DONE = Failure(error.ConnectionDone())
 
 
+def failure_kind(refusal_kind: str | None, reason: Failure) -> str:
+    """Why a handshake failed, in one word of a fixed set (metrics label):
+    OpenSSL's verdict on the certificate, no certificate, another TLS
+    error, or a connection closed (by either side) before the end."""
+    if refusal_kind is not None:
+        return refusal_kind
+    value = reason.value
+    if isinstance(value, SSL.Error):
+        if "did not return a certificate" in _error_text(value):
+            return "no_certificate"
+        return "tls_error"
+    return "closed"
+
+
 def _short_reason(reason: Failure) -> str:
     """One readable phrase from the reason a connection was lost."""
     value = reason.value
@@ -49,11 +65,14 @@ class AuditedTLSProtocol(TLSMemoryBIOProtocol):
     _identity: PeerIdentity | None = None
     _handshakeFailureLogged = False
     _refusal: str | None = None
+    _refusalKind: str | None = None
 
-    def noteRefusal(self, why: str) -> None:
-        """Keep the first reason certificate verification gave, for the log."""
+    def noteRefusal(self, why: str, kind: str) -> None:
+        """Keep the first reason certificate verification gave, for the log
+        (and its kind, for the metrics)."""
         if self._refusal is None:
             self._refusal = why
+            self._refusalKind = kind
 
     @property
     def peerIdentity(self) -> PeerIdentity:
@@ -69,6 +88,9 @@ class AuditedTLSProtocol(TLSMemoryBIOProtocol):
         # layer keeps the real reason (say, a refused certificate) in _reason.
         if not self._handshakeDone and not self._handshakeFailureLogged:
             self._handshakeFailureLogged = True
+            failures = getattr(self.factory, "handshakeFailures", None)
+            if failures is not None:
+                failures[failure_kind(self._refusalKind, self._reason or reason)] += 1
             log.warn(
                 "TLS handshake with {address} failed: {why}",
                 address=peer_address(self),
@@ -79,6 +101,11 @@ class AuditedTLSProtocol(TLSMemoryBIOProtocol):
 
 class AuditedTLSFactory(TLSMemoryBIOFactory):
     protocol = AuditedTLSProtocol
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Failed handshakes by failure_kind(), for the metrics.
+        self.handshakeFailures: Counter[str] = Counter()
 
 
 def tls_factory(options: Any, wrapped: IProtocolFactory) -> AuditedTLSFactory:

@@ -18,7 +18,7 @@ class RefusalListener(Protocol):
     """A TLS protocol that keeps the reason its peer was refused, for its log
     line (``connection.AuditedTLSProtocol``)."""
 
-    def noteRefusal(self, why: str) -> None: ...
+    def noteRefusal(self, why: str, kind: str) -> None: ...
 
 
 def utc_text(when: datetime.datetime) -> str:
@@ -37,6 +37,25 @@ _NOT_FROM_OUR_CA = {
     _Codes.ERR_CERT_SIGNATURE_FAILURE,
     _Codes.ERR_CERT_UNTRUSTED,
 }
+
+
+# OpenSSL's verdict -> the ``reason`` label of vdsmconsole_tls_refusals_total:
+# a fixed set, whatever the certificate says.
+_KINDS = {
+    _Codes.ERR_CERT_HAS_EXPIRED: "certificate_expired",
+    _Codes.ERR_CERT_NOT_YET_VALID: "certificate_not_yet_valid",
+    _Codes.ERR_CERT_REVOKED: "certificate_revoked",
+    _Codes.ERR_INVALID_PURPOSE: "not_for_clients",
+    _Codes.ERR_UNABLE_TO_GET_CRL: "crl_unusable",
+    _Codes.ERR_CRL_HAS_EXPIRED: "crl_unusable",
+    _Codes.ERR_CRL_NOT_YET_VALID: "crl_unusable",
+    **dict.fromkeys(_NOT_FROM_OUR_CA, "unknown_ca"),
+}
+
+
+def refusal_kind(errnum: int) -> str:
+    """A refusal's kind in one word, from a fixed set (metrics label)."""
+    return _KINDS.get(errnum, "certificate_invalid")
 
 
 def refusal_reason(cert: x509.Certificate, errnum: int, depth: int) -> str:
@@ -96,7 +115,8 @@ def _verifier(require_client_usage: bool) -> _VerifyCallback:
         protocol = connection.get_app_data()
         if isinstance(protocol, RefusalListener):
             protocol.noteRefusal(
-                refusal_reason(certificate.to_cryptography(), errnum, depth)
+                refusal_reason(certificate.to_cryptography(), errnum, depth),
+                refusal_kind(errnum),
             )
         return False
 
