@@ -11,9 +11,11 @@ import ssl
 import subprocess
 import sys
 import xmlrpc.client
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.serverproc import ServerProcess, client_context, wait_for
+from tests.tools import require_tool
 from vdsmconsole.demoguest import _flood_bytes
 
 # The demo guest without its heartbeat: its output is then only its boot log
@@ -101,6 +103,31 @@ def curl_base(server: ServerProcess) -> list[str]:
         "--key",
         str(pki.client_key),
     ]
+
+
+def wget_argv(server: ServerProcess, path: str) -> list[str]:
+    """wget following ``path`` on the server's port with the client
+    certificate, the body to stdout (wget skips the test if it is missing)."""
+    pki = server.pki
+    return [
+        require_tool("wget", "wget"),
+        "-q",
+        "-O",
+        "-",
+        f"--certificate={pki.client_cert}",
+        f"--private-key={pki.client_key}",
+        f"--ca-certificate={pki.ca_cert}",
+        server.url(path),
+    ]
+
+
+def wget_follow(
+    server: ServerProcess, path: str, readers: Callable[..., Reader], out: Path
+) -> Reader:
+    """A wget following ``path`` (``/consoleStream/<vmId>?...``) in the
+    background, started with the ``readers`` fixture (which stops it), its
+    output in ``out``."""
+    return readers(wget_argv(server, path), out)
 
 
 def tls_socket(server: ServerProcess, timeout: float = 10) -> ssl.SSLSocket:

@@ -41,6 +41,7 @@ from tests.streamhelp import (
     stats,
     tls_socket,
     type_into,
+    wget_argv,
 )
 from tests.tools import require_tool
 
@@ -51,22 +52,12 @@ FOLLOWERS = ["wget", "curl-http1.1", "curl-http2"]
 
 def follower_argv(server: ServerProcess, tool: str, query: str, head: Path) -> list:
     """A follower of vm1 with ``tool``; curl dumps headers and trailers to ``head``."""
-    url = server.url(f"/consoleStream/vm1{query}")
+    path = f"/consoleStream/vm1{query}"
     if tool == "wget":
-        pki = server.pki
-        return [
-            require_tool("wget", "wget"),
-            "-q",
-            "-O",
-            "-",
-            f"--certificate={pki.client_cert}",
-            f"--private-key={pki.client_key}",
-            f"--ca-certificate={pki.ca_cert}",
-            url,
-        ]
+        return wget_argv(server, path)
     require_tool("curl", "curl")
     version = "--" + tool.split("-")[1]
-    return [*curl_base(server), "-N", version, "-D", str(head), url]
+    return [*curl_base(server), "-N", version, "-D", str(head), server.url(path)]
 
 
 def end_trailer(head: Path) -> str | None:

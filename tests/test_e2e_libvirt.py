@@ -18,7 +18,7 @@ import pytest
 
 from tests.qemuguest import PROMPT, ensure_guest_image
 from tests.serverproc import ServerProcess, wait_for
-from tests.streamhelp import stats, type_into
+from tests.streamhelp import stats, type_into, wget_follow
 from tests.tools import require_tool, unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
@@ -162,20 +162,8 @@ def test_a_domain_through_its_life(domain, server_factory, readers, tmp_path):
     assert entry["name"] == name  # the domain's name, as an alias
     graphics = server.rpc().list(True, [uuid])["vmList"][0]["graphics"]
     assert [g["type"] for g in graphics] == ["vnc"]
-    wget = require_tool("wget", "wget")
-    pki = server.pki
-    follower = readers(
-        [
-            wget,
-            "-q",
-            "-O",
-            "-",
-            f"--certificate={pki.client_cert}",
-            f"--private-key={pki.client_key}",
-            f"--ca-certificate={pki.ca_cert}",
-            server.url(f"/consoleStream/{uuid}?offset=0"),
-        ],
-        tmp_path / "wget.out",
+    follower = wget_follow(
+        server, f"/consoleStream/{uuid}?offset=0", readers, tmp_path / "wget.out"
     )
     wait_for(lambda: PROMPT in follower.data(), 60, "the guest's prompt via wget")
     first_end = stats(server, uuid)["nextOffset"]
@@ -208,18 +196,8 @@ def test_a_lost_libvirtd_is_retried_and_consoles_keep_streaming(
     wait_for(lambda: connected in server.log(), 10, "connect")
     virsh("start", name)
     wait_for(lambda: uuid in listed(server), 2, "the domain in list")
-    follower = readers(
-        [
-            require_tool("wget", "wget"),
-            "-q",
-            "-O",
-            "-",
-            f"--certificate={server.pki.client_cert}",
-            f"--private-key={server.pki.client_key}",
-            f"--ca-certificate={server.pki.ca_cert}",
-            server.url(f"/consoleStream/{uuid}?offset=0"),
-        ],
-        tmp_path / "wget.out",
+    follower = wget_follow(
+        server, f"/consoleStream/{uuid}?offset=0", readers, tmp_path / "wget.out"
     )
     wait_for(lambda: PROMPT in follower.data(), 60, "the guest's prompt")
     libvirtd.stop("libvirtd")

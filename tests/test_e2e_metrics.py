@@ -19,7 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.connecthelp import TunnelSocket
 from tests.serverproc import ServerProcess, client_context, wait_for
-from tests.streamhelp import DEMO_CONFIG, create_demo, curl_base, type_into
+from tests.streamhelp import (
+    DEMO_CONFIG,
+    create_demo,
+    curl_base,
+    type_into,
+    wget_follow,
+)
 from tests.tools import require_tool
 from vdsmconsole.testing import free_port
 
@@ -95,21 +101,7 @@ def test_scrape_passes_promtool_and_counters_move(metrics_server, readers, tmp_p
     assert value(before, "vdsmconsole_consoles", state="connected") == 1
     expiry = value(before, "vdsmconsole_tls_certificate_expiry_timestamp_seconds")
     assert expiry > time.time() + 300 * 86400  # pki init: years ahead
-    wget = require_tool("wget", "wget")
-    pki = server.pki
-    follower = readers(
-        [
-            wget,
-            "-q",
-            "-O",
-            "-",
-            f"--certificate={pki.client_cert}",
-            f"--private-key={pki.client_key}",
-            f"--ca-certificate={pki.ca_cert}",
-            server.url("/consoleStream/vm1"),
-        ],
-        tmp_path / "wget.out",
-    )
+    follower = wget_follow(server, "/consoleStream/vm1", readers, tmp_path / "wget.out")
     followers = "vdsmconsole_console_followers"
     wait_for(lambda: value(scrape(server), followers, vm_id="vm1") == 1, 10, "wget")
     assert value(scrape(server), "vdsmconsole_sessions", mode="follow") == 1

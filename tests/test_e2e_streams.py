@@ -27,6 +27,7 @@ from tests.streamhelp import (
     stats,
     tls_socket,
     type_into,
+    wget_follow,
 )
 from tests.tools import require_tool
 
@@ -54,20 +55,8 @@ def marker() -> str:
 
 def test_wget_follows_a_console(demo_server, readers, tmp_path):
     """wget follows a console: a marker typed into the guest shows while wget runs."""
-    wget = require_tool("wget", "wget")
-    pki = demo_server.pki
-    follower = readers(
-        [
-            wget,
-            "-q",
-            "-O",
-            "-",
-            f"--certificate={pki.client_cert}",
-            f"--private-key={pki.client_key}",
-            f"--ca-certificate={pki.ca_cert}",
-            demo_server.url("/consoleStream/vm1"),
-        ],
-        tmp_path / "wget.out",
+    follower = wget_follow(
+        demo_server, "/consoleStream/vm1", readers, tmp_path / "wget.out"
     )
     wait_for(lambda: stats(demo_server, "vm1")["readers"] == 1, 10, "wget to attach")
     text = marker()
