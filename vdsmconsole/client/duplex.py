@@ -21,13 +21,11 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 
+from vdsmconsole.client.responsehead import MAX_HEAD, BadHead, HeadReader, ResponseHead
 from vdsmconsole.spec import STREAM_PATH
 from vdsmconsole.streamend import END_HEADER, StreamEnd, end_of, parse_end
 
-__all__ = ["DuplexStream", "open_duplex"]
-
-# The most a response head may take before it is refused as garbage.
-MAX_HEAD = 64 * 1024
+__all__ = ["MAX_HEAD", "DuplexStream", "open_duplex"]
 
 
 class DuplexStream:
@@ -93,7 +91,8 @@ class _DuplexProtocol(Protocol):
         self.lost = lost
         self.stream = DuplexStream(vm_id, self)
         self.started: defer.Deferred[DuplexStream] = defer.Deferred()
-        self._buffer = b""
+        self._reader = HeadReader()
+        self._buffer = b""  # a refusal's text, as it comes
         self._decoder: Any = None
         # code, length, X-Console-End
         self._refusal: tuple[int, int | None, StreamEnd | None] | None = None
@@ -124,44 +123,29 @@ class _DuplexProtocol(Protocol):
             except http._MalformedChunkedDataError:
                 self._end(Failure(ValueError("malformed chunked response")))
             return
-        self._buffer += data
         if self._refusal is not None:
+            self._buffer += data
             self._checkRefusal()
             return
-        head, sep, rest = self._buffer.partition(b"\r\n\r\n")
-        if not sep:
-            if len(self._buffer) > MAX_HEAD:
-                self._end(Failure(ValueError("response head too long")))
-            return
-        self._buffer = b""
-        self._headReceived(head, rest)
-
-    def _headReceived(self, head: bytes, rest: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
         try:
-            code = int(parts[1])
-        except (IndexError, ValueError):
-            self._end(Failure(ValueError(f"bad status line {lines[0]!r}")))
+            received = self._reader.receive(data)
+        except BadHead as e:
+            self._end(Failure(e))
             return
-        if code != 200:
-            length = headers.get(b"content-length", b"")
-            self._refusal = (
-                code,
-                int(length) if length.isdigit() else None,
-                parse_end(headers.get(END_HEADER.lower(), b"")),
-            )
+        if received is not None:
+            self._headReceived(*received)
+
+    def _headReceived(self, head: ResponseHead, rest: bytes) -> None:
+        if head.code != 200:
+            end = parse_end(head.header(END_HEADER))
+            self._refusal = (head.code, head.content_length, end)
             self._buffer = rest
             self._checkRefusal()
             return
         stream = self.stream
         try:
-            stream.start_offset = int(headers.get(b"x-console-offset", b"0"))
-            stream.lost = int(headers.get(b"x-console-lost", b"0"))
+            stream.start_offset = int(head.header(b"x-console-offset", b"0"))
+            stream.lost = int(head.header(b"x-console-lost", b"0"))
         except ValueError:
             self._end(Failure(ValueError("bad X-Console-* header")))
             return

@@ -31,15 +31,12 @@ from vdsmconsole.client.errors import (
     NoSuchConsole,
     ServerStopping,
 )
+from vdsmconsole.client.responsehead import MAX_HEAD, BadHead, HeadReader, ResponseHead
 from vdsmconsole.spec import TUNNEL_PATH
 from vdsmconsole.status import no_vm_message
 from vdsmconsole.streamend import END_HEADER, StreamEnd, parse_end
 
 __all__ = ["MAX_HEAD", "Tunnel", "open_tunnel", "refusal", "tunnel_head"]
-
-# The most a response head (or a refusal's text) may take before it is
-# refused as garbage: a tunnel's answer is a status line and a few headers.
-MAX_HEAD = 64 * 1024
 
 
 def tunnel_head(
@@ -180,7 +177,8 @@ class _TunnelProtocol(Protocol):
         self.tunnel = Tunnel(vm_id, protocol, self)
         # Cancelled (a timeout) before the answer: the connection goes too.
         self.started: defer.Deferred[Tunnel] = defer.Deferred(self._cancel)
-        self._buffer = b""
+        self._reader = HeadReader()
+        self._buffer = b""  # a refusal's text, as it comes
         # (code, Content-Length, X-Console-End) of a refusal whose text is
         # still coming.
         self._refusal: tuple[int, int | None, StreamEnd | None] | None = None
@@ -199,30 +197,20 @@ class _TunnelProtocol(Protocol):
             if self._refusal is None:
                 self.tunnel._received(data)
             return
-        self._buffer += data
         if self._refusal is not None:
+            self._buffer += data
             self._checkRefusal()
             return
-        head, sep, rest = self._buffer.partition(b"\r\n\r\n")
-        if not sep:
-            if len(self._buffer) > MAX_HEAD:
-                self._fail(ValueError("the answer to CONNECT is too long"))
-            return
-        self._buffer = b""
-        self._headReceived(head, rest)
-
-    def _headReceived(self, head: bytes, rest: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            self._fail(ValueError(f"bad status line {lines[0][:80]!r}"))
-            return
         try:
-            code = int(parts[1])
-        except ValueError:
-            self._fail(ValueError(f"bad status line {lines[0][:80]!r}"))
+            received = self._reader.receive(data)
+        except BadHead as e:
+            self._fail(e)
             return
-        if code == 200:
+        if received is not None:
+            self._headReceived(*received)
+
+    def _headReceived(self, head: ResponseHead, rest: bytes) -> None:
+        if head.code == 200:
             # From here on everything is the console's, including ``rest``;
             # held until the caller takes it (reading paused meanwhile).
             self.tunnel._pending = rest
@@ -231,16 +219,8 @@ class _TunnelProtocol(Protocol):
             transport.pauseProducing()
             self.started.callback(self.tunnel)
             return
-        length: int | None = None
-        end: StreamEnd | None = None
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name, value = name.strip().lower(), value.strip()
-            if name == b"content-length" and value.isdigit():
-                length = int(value)
-            elif name == END_HEADER.lower():
-                end = parse_end(value)
-        self._refusal = (code, length, end)
+        end = parse_end(head.header(END_HEADER))
+        self._refusal = (head.code, head.content_length, end)
         self._buffer = rest
         self._checkRefusal()
 
