@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vdsmconsole"
 MAX_LINES = 500
 
 # What each part may not import.  Top-level modules that both sides share
-# (status, spec, identity, xmlrpcwire, streamend, terminal, transports, pki)
-# import none
+# (status, spec, identity, xmlrpcwire, streamend, terminal, transports, pki,
+# graphics, backoff) import none
 # of the four packages; the entry points (cli, demoguest, demoscreen,
 # testing) may.
 SHARED = (
@@ -31,6 +31,7 @@ SHARED = (
     "vdsmconsole.transports",
     "vdsmconsole.pki",
     "vdsmconsole.graphics",
+    "vdsmconsole.backoff",
 )
 PACKAGES = (
     "vdsmconsole.protocols",

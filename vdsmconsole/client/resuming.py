@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from vdsmconsole.backoff import Backoff
 from vdsmconsole.client.api import ConsoleClient
 from vdsmconsole.client.errors import (
     BeyondEnd,
@@ -70,7 +71,7 @@ class ResumingFollow:
         self.stopped = False
         self.done: defer.Deferred[None] = defer.Deferred()
         self._retry: Any = None  # IDelayedCall
-        self._delay = initial_delay
+        self._backoff = Backoff(initial_delay, max_delay)
         self._attempt: defer.Deferred[Stream] | None = None
 
     @property
@@ -107,7 +108,7 @@ class ResumingFollow:
         self.stream = stream
         self._offset = stream.start_offset
         self.lost += stream.lost
-        self._delay = self.initial_delay
+        self._backoff.reset()
         stream.done.addBoth(self._ended, stream)
         return stream
 
@@ -182,6 +183,4 @@ class ResumingFollow:
             if not self.done.called:
                 self.done.errback(reason)
             return
-        delay = self._delay
-        self._delay = min(self._delay * 2, self.max_delay)
-        self._schedule(delay)
+        self._schedule(self._backoff.next_delay())

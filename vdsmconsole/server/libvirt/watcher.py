@@ -27,6 +27,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from vdsmconsole.backoff import Backoff
 from vdsmconsole.server.libvirt.domxml import DomainConsoles, parse_domain
 
 __all__ = ["LibvirtWatcher"]
@@ -75,9 +76,7 @@ class LibvirtWatcher(threading.Thread):
         self.libvirt = libvirt
         self.uri = uri
         self.deliver = deliver
-        self.initial = initial
-        self.maximum = maximum
-        self.delay = initial
+        self.backoff = Backoff(initial, maximum)
         self.retry_at = 0.0
         self.connection: Any = None
         self.stopping = threading.Event()
@@ -118,7 +117,7 @@ class LibvirtWatcher(threading.Thread):
             self._retry_later(str(e).splitlines()[0] if str(e) else "error")
             return
         self.connection = connection
-        self.delay = self.initial
+        self.backoff.reset()
         self.connected.set()
         log.info(
             "libvirt {uri}: connected, {count} domains running",
@@ -128,14 +127,14 @@ class LibvirtWatcher(threading.Thread):
         self.deliver("sync", running, every)
 
     def _retry_later(self, why: str) -> None:
+        delay = self.backoff.next_delay()
         log.warn(
             "libvirt {uri}: {why}; retrying in {delay:g} s",
             uri=self.uri,
             why=why,
-            delay=self.delay,
+            delay=delay,
         )
-        self.retry_at = time.monotonic() + self.delay
-        self.delay = min(self.delay * 2, self.maximum)
+        self.retry_at = time.monotonic() + delay
 
     def _snapshot(self, connection: Any) -> tuple[list[DomainConsoles], dict[str, str]]:
         running, every = [], {}
