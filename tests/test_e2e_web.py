@@ -6,16 +6,20 @@ from __future__ import annotations
 import http.client
 import random
 import re
+import socket
 import ssl
+import subprocess
+import sys
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.serverproc import ServerProcess, wait_for
+from tests.serverproc import ServerProcess, refuses_connections, serve_flags, wait_for
 from tests.streamhelp import DEMO_CONFIG, PROMPT, console_bytes, create_demo
 from tests.webtokens import mint
 from tests.wshelp import WsFollower, ws_connect
 from vdsmconsole.server.tokens.store import token_id
+from vdsmconsole.testing import free_port
 
 pytestmark = pytest.mark.e2e
 WEB_LISTENING = re.compile(r"vdsmconsole web listening on [^:\s]+:(\d+)")
@@ -71,6 +75,37 @@ def test_off_unless_enabled(server_factory):
     """Without [web] enabled = true the server opens no web port."""
     server = server_factory(DEMO_CONFIG)
     assert "web listening" not in server.log()
+
+
+def test_a_web_port_that_cannot_listen_stops_the_start(pki, tmp_path, assets):
+    """[web] on a port another program listens on: `serve` exits 2 with one
+    line naming [web], never says it listens, and leaves no port open."""
+    with socket.create_server(("127.0.0.1", 0)) as taken, free_port() as main:
+        web_port = taken.getsockname()[1]
+        config = tmp_path / "vdsmconsole.conf"
+        config.write_text(
+            f'[web]\nenabled = true\nport = {web_port}\nassets = "{assets}"\n'
+        )
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vdsmconsole",
+                "serve",
+                *serve_flags(pki.root, tmp_path / "state", config, port=main),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 2, result.stderr
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith(f"vdsmconsole: cannot listen on 127.0.0.1:{web_port}")
+        assert "for [web]" in last and "in use" in last
+        assert "Traceback" not in result.stderr
+        assert "vdsmconsole listening" not in result.stderr
+        assert refuses_connections(main)  # the TLS port is not left open
 
 
 def test_no_client_certificate_asked_and_http11_only(web):

@@ -235,7 +235,7 @@ class ConsoleService(Service):
                     self.reactor,
                 )
             except Exception as e:  # noqa: BLE001 - CannotListenError and friends
-                self.listening.stopListening()
+                self._stop_listening()
                 raise StartupError(
                     f"cannot listen on {config.metrics_bind}:{config.metrics_port} "
                     f"for metrics: {e}"
@@ -284,7 +284,7 @@ class ConsoleService(Service):
                     self.context, self.web_site, self.tls, limits, port=0
                 )
         except Exception as e:  # noqa: BLE001 - CannotListenError and friends
-            self.listening.stopListening()
+            self._stop_listening()
             raise StartupError(
                 f"cannot listen on {config.web_bind or config.bind}:"
                 f"{config.web_port} for [web]: {e}"
@@ -295,6 +295,15 @@ class ConsoleService(Service):
             bind=config.web_bind or config.bind,
             port=self.context.web_port,
         )
+
+    def _stop_listening(self) -> None:
+        """A listener could not listen: the server does not start, so the ones
+        already open close too (nothing is left half up, in a process that
+        goes on: twistd, a test)."""
+        for port in (self.web_listening, self.listening):
+            if port is not None:
+                port.stopListening()
+        self.web_listening = self.listening = None
 
     def reload(self, why: str = "SIGHUP") -> bool:
         """Re-read certificate, key, CA and CRL for new connections (SIGHUP).
