@@ -13,7 +13,13 @@ from selenium.webdriver.common.keys import Keys
 
 from tests.browser import browser  # noqa: F401 - the fixture
 from tests.serverproc import ServerProcess, wait_for
-from tests.streamhelp import DEMO_CONFIG, console_bytes, create_demo
+from tests.streamhelp import (
+    DEMO_CONFIG,
+    PROMPT,
+    console_bytes,
+    create_demo,
+    wget_follow,
+)
 from tests.tools import unavailable
 from tests.webtokens import mint
 
@@ -43,19 +49,29 @@ def screen_text(driver) -> str:
 def test_serial_page_shows_the_prompt_types_and_reloads_once(
     browser,  # noqa: F811 - the fixture
     page_server,
+    readers,
+    tmp_path,
 ):
-    """The page shows the prompt; typed keys come back on the page and in the
-    console; a reload shows the recent history again, once."""
+    """The page shows the prompt; typed keys come back as output on the page
+    and in a wget following the same console; a reload shows the recent
+    history again, once."""
     server, port, token = page_server
     url = f"https://127.0.0.1:{port}/console/serial?token={token}"
     browser.get(url)
     wait_for(lambda: "demo#" in screen_text(browser), 20, "the prompt on the page")
+    # From offset 0, so that it is following once the prompt has reached it.
+    wget = wget_follow(server, "/consoleStream/vm1?offset=0", readers, tmp_path / "w")
+    wait_for(lambda: PROMPT in wget.data(), 20, "the prompt in wget")
     text = f"web-{random.randrange(10**9)}"
     browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea").send_keys(
         f"echo {text}" + Keys.ENTER
     )
     wait_for(lambda: screen_text(browser).count(text) == 2, 20, "the echo on the page")
-    assert f"{text}\r\n".encode() in console_bytes(server, "vm1")
+    # The guest's output line, not only the echo of what was typed.
+    output = f"\r\n{text}\r\n".encode()
+    wait_for(lambda: output in wget.data(), 20, "the output in wget")
+    assert wget.running(), "wget stopped following"
+    assert output in console_bytes(server, "vm1")
     browser.refresh()
     wait_for(lambda: text in screen_text(browser), 20, "the history after a reload")
     state = browser.execute_script("return window.consoleState")
