@@ -128,6 +128,18 @@ def test_a_refusal_without_a_length_is_described_when_the_connection_ends():
     assert exchange.failure().args == (503, b"down", None)
 
 
+def test_an_endless_refusal_without_a_length_is_cut_at_max_head():
+    """A refusal's text that never ends is not kept past MAX_HEAD: described
+    with its first MAX_HEAD bytes, and the connection dropped."""
+    exchange = Exchange()
+    exchange.feed(b"HTTP/1.1 502 Bad Gateway\r\n\r\n", 1000)
+    exchange.feed(b"x" * (MAX_HEAD + 4096), 4096)
+    assert exchange.failure().args == (502, b"x" * MAX_HEAD, None)
+    assert exchange.transport.disconnecting
+    exchange.feed(b"x" * MAX_HEAD, 4096)  # until the close: dropped
+    assert len(exchange.protocol._buffer) <= MAX_HEAD + 4096
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -124,8 +124,9 @@ class _DuplexProtocol(Protocol):
                 self._end(Failure(ValueError("malformed chunked response")))
             return
         if self._refusal is not None:
-            self._buffer += data
-            self._checkRefusal()
+            if not self._ended:  # described already: the rest is dropped
+                self._buffer += data
+                self._checkRefusal()
             return
         try:
             received = self._reader.receive(data)
@@ -159,6 +160,10 @@ class _DuplexProtocol(Protocol):
         code, length, end = self._refusal
         if length is not None and len(self._buffer) >= length:
             self._fail(self.describe(code, self._buffer[:length], end))
+            self.hangUp()
+        elif len(self._buffer) > MAX_HEAD:
+            # No length and no end: what came is enough to say why (as tunnel.py).
+            self._fail(self.describe(code, self._buffer[:MAX_HEAD], end))
             self.hangUp()
 
     def _output(self, data: bytes) -> None:
