@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 
 from vdsmconsole.server.config import Config
 from vdsmconsole.server.service import ConsoleService, StartupError
@@ -79,3 +80,29 @@ def test_a_metrics_port_that_cannot_listen_closes_the_web_port_too(pki, tmp_path
     assert sorted(reactor.opened) == [MAIN, WEB]
     assert [p for p, port in reactor.opened.items() if not port.stopped] == []
     assert not service.running
+
+
+@pytest.mark.parametrize("assets", ["", "missing"])
+def test_web_assets_that_are_not_there_are_said_once_at_start(pki, tmp_path, assets):
+    """[web] on with no assets directory: one warning at start names the fix."""
+    reactor = Ports(taken=0)
+    config = Config(
+        port=MAIN,
+        bind="127.0.0.1",
+        state_dir=tmp_path / "state",
+        web_enabled=True,
+        web_port=WEB,
+        web_assets=str(tmp_path / assets) if assets else "",
+    ).with_pki(pki.root)
+    service = ConsoleService(config, reactor)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        service.startService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    try:
+        lines = [formatEvent(e) for e in events if "assets" in e.get("log_format", "")]
+        assert len(lines) == 1 and "tools/assets.sh" in lines[0]
+    finally:
+        service.stopService()

@@ -295,6 +295,13 @@ class ConsoleService(Service):
             bind=config.web_bind or config.bind,
             port=self.context.web_port,
         )
+        if not config.web_assets or not os.path.isdir(config.web_assets):
+            # Pages would answer 503; say it once now, not only per request.
+            log.warn(
+                "[web] assets {assets!r} is not a directory: the console pages "
+                "answer 503 until tools/assets.sh installs them there",
+                assets=config.web_assets,
+            )
 
     def _stop_listening(self) -> None:
         """A listener could not listen: the server does not start, so the ones
