@@ -448,15 +448,14 @@ def test_expiry_warning_and_days_left(own_pki, start):
 # -- the twistd plugin ---------------------------------------------------------------
 
 
-def test_twistd_plugin_reloads_on_sighup(own_pki, tmp_path):
-    """Under twistd, SIGHUP reloads too: new connections see the renewed certificate."""
+def twistd_argv(*flags: str) -> tuple[list[str], dict[str, str]]:
+    """``twistd -n vdsmconsole FLAGS`` from this source tree, and its environment."""
     repo = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
     # From a source tree, twisted.plugins finds the plugin via the repository.
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(repo), env.get("PYTHONPATH")) if p
     )
-    log_path = tmp_path / "twistd.log"
     args = [
         sys.executable,
         "-c",
@@ -464,8 +463,37 @@ def test_twistd_plugin_reloads_on_sighup(own_pki, tmp_path):
         "-n",
         "--pidfile=",
         "vdsmconsole",
-        *serve_flags(own_pki.paths.root, tmp_path / "state"),
+        *flags,
     ]
+    return args, env
+
+
+def test_twistd_plugin_port_taken_is_one_line_and_exit_2(own_pki, tmp_path):
+    """Under twistd, a port that cannot listen is one line and exit 2, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = serve_flags(own_pki.paths.root, tmp_path / "state")
+        args, env = twistd_argv(*flags, "--port", str(port))
+        result = subprocess.run(
+            args,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+            env=env,
+            timeout=60,
+        )
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in out
+    assert b"Traceback" not in out
+
+
+def test_twistd_plugin_reloads_on_sighup(own_pki, tmp_path):
+    """Under twistd, SIGHUP reloads too: new connections see the renewed certificate."""
+    log_path = tmp_path / "twistd.log"
+    args, env = twistd_argv(*serve_flags(own_pki.paths.root, tmp_path / "state"))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             args,

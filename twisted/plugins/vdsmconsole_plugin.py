@@ -60,7 +60,18 @@ class ServiceMaker:
             prepare_state_dir(config.state_dir)
         except (ConfigError, TLSConfigError, StartupError) as e:
             fail(str(e))
-        service = ConsoleService(config)
+
+        class TwistdService(ConsoleService):
+            """A listener that cannot listen: one line and exit 2, as `serve`
+            says it, not twistd's traceback of startService."""
+
+            def startService(self) -> None:
+                try:
+                    super().startService()
+                except StartupError as e:
+                    fail(str(e))
+
+        service = TwistdService(config)
         install_reload_signal(service, service.reactor)  # SIGHUP: TLS files
         return service
 
