@@ -27,7 +27,7 @@ Each kind fails differently, and that shapes the code:
 Reading is shaped for what it costs.  A busy guest's pty is read until it
 runs dry and handed on as one piece (a pty gives about 4 KiB per read).  A
 guest that trickles a few bytes at a time is read at once, then left unread
-for ``SourceOptions.coalesce_delay`` (20 ms, at most 25) so that the kernel
+for ``SourceOptions.coalesce_delay`` (22 ms, at most 25) so that the kernel
 gathers its next writes into one read: one log write and one TLS record per
 hold instead of one per few bytes.  Only while nobody types: input ends such
 a wait, and for ``interactive_window`` (2 s) after it nothing is held, so

@@ -27,7 +27,7 @@ FULL_READ = 2048
 # chosen by measurement (docs/benchmarks.rst, "Interactive-aware
 # coalescing"); the cap keeps any byte's added delay below what a person
 # watching a log notices.
-COALESCE_DELAY = 0.020
+COALESCE_DELAY = 0.022
 MAX_COALESCE_DELAY = 0.025
 
 # How long after the last input nothing is held (interactive_window): longer
@@ -90,7 +90,7 @@ class SourceOptions:
     """Reads shorter than this many bytes start a coalescing wait, if they came
     slowly enough that the guest writes less than this during the wait (a
     guest streaming faster than ``small_read / coalesce_delay``, about
-    200 KB/s at the default 20 ms, is never held back)."""
+    190 KB/s at the default 22 ms, is never held back)."""
 
     def __post_init__(self) -> None:
         for name in ("reconnect_initial", "reconnect_max", "connect_timeout"):
