@@ -1,4 +1,4 @@
-"""``python -m bench [all|bulk|fanout|latency|trickle|scale] [options]``.
+"""``python -m bench [all|bulk|fanout|latency|trickle|echo|scale] [options]``.
 
 Runs vdsmconsole and its peers (socat, websockify, conserver, and the bare
 pty as a baseline) against the same fake guest with the same clients,
@@ -18,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import machine, report, scenarios
+from bench import echo, machine, report, scenarios
 from bench.install import MissingPeer, ensure_peers
 from bench.peers import PEER_CLASSES, PEERS, server_config, unsupported
 
-SCENARIOS = ("bulk", "fanout", "latency", "trickle", "scale")
+SCENARIOS = ("bulk", "fanout", "latency", "trickle", "echo", "scale")
+report.TABLES["echo"] = echo.echo_table
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -118,7 +119,8 @@ class Runner:
         if "vdsmconsole" in peers:
             at = peers.index("vdsmconsole") + 1
             peers[at:at] = [f"vdsmconsole@{label}" for label in self.args.variants]
-        if scenario in ("bulk", "latency", "trickle") and not self.args.no_baseline:
+        baselined = ("bulk", "latency", "trickle", "echo")
+        if scenario in baselined and not self.args.no_baseline:
             peers.append("pty")
         return peers
 
@@ -185,6 +187,7 @@ class Runner:
             "total_cpu_percent",
             "delay_p99_ms",
             "delay_max_ms",
+            "echo_p99_us",
         )
         return ", ".join(
             f"{k}={r[k]:.3g}" if isinstance(r[k], float) else f"{k}={r[k]}"
@@ -231,6 +234,18 @@ class Runner:
             "trickle",
             "trickle",
             lambda p: scenarios.trickle(self.session, p, a.seconds, a.interval_ms),
+        )
+        return {"seconds": a.seconds, "interval_ms": a.interval_ms, "peers": peers}
+
+    def echo(self) -> dict[str, Any]:
+        a = self.args
+        self.say(
+            f"echo: keys typed into a {a.interval_ms} ms trickle for {a.seconds} s"
+        )
+        peers = self.repeat(
+            "echo",
+            "echo",
+            lambda p: echo.echo(self.session, p, a.seconds, a.interval_ms),
         )
         return {"seconds": a.seconds, "interval_ms": a.interval_ms, "peers": peers}
 
@@ -298,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.session.close()
     result["load_after"] = machine.loadavg()
     result["targets"] = report.targets(result["scenarios"])
+    result["targets"] += echo.targets(result["scenarios"])
     print(render(result))
     path = (
         args.json or RESULTS / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -72,7 +72,7 @@ def test_every_scenario_runs_and_adds_up(tmp_path: Path) -> None:
     assert machine["cpu"] and machine["nproc"] >= 1
     assert len(result["load_before"]) == 3 and len(result["load_after"]) == 3
     scenarios = result["scenarios"]
-    assert set(scenarios) == {"bulk", "fanout", "latency", "trickle", "scale"}
+    assert set(scenarios) == {"bulk", "fanout", "latency", "trickle", "echo", "scale"}
 
     bulk = scenarios["bulk"]["peers"]
     for peer in [*peers, "pty"]:
@@ -107,6 +107,13 @@ def test_every_scenario_runs_and_adds_up(tmp_path: Path) -> None:
         assert m["in_order"] is True
         assert m["delay_p50_ms"] <= m["delay_p99_ms"] <= m["delay_max_ms"]
     assert trickle["vdsmconsole"]["writes_per_s"] > 0
+
+    echo = scenarios["echo"]["peers"]
+    for peer in [*peers, "pty"]:
+        m = echo[peer]
+        assert m["failed_runs"] == 0, m
+        assert m["keys"] > 0 and m["lost"] == 0 and m["stray_letters"] == 0, m
+        assert 0 < m["echo_p50_us"] <= m["echo_p99_us"] <= m["echo_max_us"]
 
     scale = scenarios["scale"]["vdsmconsole"]
     assert scale["failed_runs"] == 0, scale

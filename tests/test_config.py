@@ -191,6 +191,13 @@ BAD = [
     ("[server]\nshutdown_timeout = nan\n", "server.shutdown_timeout"),
     ("[server]\nshutdown_timeout = inf\n", "server.shutdown_timeout"),
     ("[console]\nreconnect_max = 'soon'\n", "console.reconnect_max"),
+    ("[console]\ncoalesce_delay = 0.026\n", "console.coalesce_delay"),
+    ("[console]\ncoalesce_delay = 3\n", "console.coalesce_delay"),
+    ("[console]\ncoalesce_delay = -0.001\n", "console.coalesce_delay"),
+    ("[console]\ncoalesce_delay = nan\n", "console.coalesce_delay"),
+    ("[console]\ninteractive_window = -1\n", "console.interactive_window"),
+    ("[console]\ninteractive_window = inf\n", "console.interactive_window"),
+    ("[console]\ninteractive_window = nan\n", "console.interactive_window"),
     ("[spawn]\nfoo = 1\n", "spawn.foo"),
     ("[spawn]\ncommands = 1\n", "spawn.commands"),
     ("[spawn.commands]\ndemo = []\n", "spawn.commands.demo"),
@@ -361,3 +368,25 @@ def test_cli_missing_certificate_is_one_line_exit_2(tmp_path, pki):
     missing.unlink()
     result = run_cli("serve", *serve_flags(root, tmp_path / "state"))
     assert_one_line_exit_2(result, str(missing))
+
+
+def test_coalescing_keys_reach_every_console_source(tmp_path):
+    """[console] coalesce_delay and interactive_window are what sources use."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from vdsmconsole.server.libvirt.setup import source_factory
+    from vdsmconsole.server.service import make_console_factory
+    from vdsmconsole.spec import ConsoleSpec
+
+    config = parse_config(
+        {"console": {"coalesce_delay": 0.02, "interactive_window": 0.5}},
+        Config(state_dir=tmp_path),
+    )
+    assert (config.coalesce_delay, config.interactive_window) == (0.02, 0.5)
+    spec = ConsoleSpec(type="unix", path=str(tmp_path / "never.sock"))
+    reactor = MemoryReactorClock()  # the unix source never connects
+    made = make_console_factory(config, reactor)("vm-1", spec, fresh=True).source
+    moved = source_factory(config, reactor)(spec, None)
+    for source in (made, moved):
+        assert source._coalesceDelay == 0.02
+        assert source._interactiveWindow == 0.5

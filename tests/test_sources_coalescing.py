@@ -14,11 +14,20 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.serverproc import wait_for
-from vdsmconsole.sources.options import FULL_READ, SourceOptions
+from vdsmconsole.sources.options import (
+    COALESCE_DELAY,
+    FULL_READ,
+    MAX_COALESCE_DELAY,
+    SourceOptions,
+)
 from vdsmconsole.sources.pty import PtySource
 from vdsmconsole.testing import PtyGuest, RecordingSink
 
 HOLD = 0.003
+# What one read of a pty gives at most (its line discipline's buffer).
+PTY_READ = 4095
+BOUND = MAX_COALESCE_DELAY
+WINDOW = 1.0
 
 
 @pytest.fixture
@@ -125,11 +134,23 @@ def test_a_busy_guest_is_read_until_dry_and_passed_on_as_one(
     except BlockingIOError:
         pass
     assert len(written) > 2 * FULL_READ
-    a.wait_pending()
+    # The line discipline hands the slave at most one read's worth at a
+    # time and is refilled by a kernel worker: on a loaded machine a read
+    # can find it not yet refilled, which ends the poll early.  So: the
+    # first poll starts with a full line discipline, and polls go on until
+    # everything arrived; batching shows as fewer pieces than reads.
+    a.wait_pending(PTY_READ)
+    reads = -(-len(written) // PTY_READ)
     a.poll()
+    assert len(a.sink.data) >= PTY_READ
+    for _ in range(reads):
+        assert a.reading and a.clock.getDelayedCalls() == []  # no hold
+        if len(a.sink.data) == len(written):
+            break
+        a.wait_pending()
+        a.poll()
     assert bytes(a.sink.data) == written
-    assert a.pieces == 1
-    assert a.reading  # a big read starts no hold
+    assert a.pieces < reads
     a.source.stop()
 
 
@@ -193,3 +214,138 @@ def test_options_reject_a_bad_delay() -> None:
         SourceOptions(coalesce_delay=5)
     with pytest.raises(ValueError, match="small_read"):
         SourceOptions(small_read=-1)
+    with pytest.raises(ValueError, match="coalesce_delay"):
+        SourceOptions(coalesce_delay=MAX_COALESCE_DELAY * 1.01)
+    with pytest.raises(ValueError, match="interactive_window"):
+        SourceOptions(interactive_window=-1)
+    with pytest.raises(ValueError, match="interactive_window"):
+        SourceOptions(interactive_window=float("nan"))
+    assert SourceOptions(coalesce_delay=MAX_COALESCE_DELAY).coalesce_delay == BOUND
+
+
+def test_the_default_hold_is_within_the_bound() -> None:
+    """The default hold is a real hold, and never above 25 ms."""
+    assert 0 < COALESCE_DELAY <= MAX_COALESCE_DELAY == 0.025
+    assert SourceOptions().coalesce_delay == COALESCE_DELAY
+
+
+# -- interactive-aware: held while nobody types, never while someone does -------
+
+
+def test_idle_chatter_is_held_up_to_the_bound_and_not_longer(
+    guest: PtyGuest,
+) -> None:
+    """With nobody typing, chatter waits the whole hold, then goes out at once."""
+    a = Attached(guest, coalesce_delay=BOUND, interactive_window=WINDOW)
+    a.output(b"tick0")
+    a.poll()
+    assert a.sink.data == b"tick0"  # after a quiet spell: at once
+    for i in range(1, 4):
+        assert not a.reading
+        a.output(b"tick%d" % i)
+        a.clock.advance(BOUND * 0.99)
+        assert not a.sink.data.endswith(b"tick%d" % i)  # still held
+        a.clock.advance(BOUND * 0.02)
+        assert a.sink.data.endswith(b"tick%d" % i)  # the bound: out, no later
+    a.clock.advance(BOUND * 1.01)
+    assert a.reading and a.clock.getDelayedCalls() == []
+    a.source.stop()
+
+
+def test_an_echo_goes_out_at_once_and_nothing_is_held_through_the_window(
+    guest: PtyGuest,
+) -> None:
+    """After a key, the echo and all chatter are read unheld until the window ends."""
+    a = Attached(guest, coalesce_delay=BOUND, interactive_window=WINDOW)
+    a.output(b"chatter")
+    a.poll()
+    assert not a.reading  # idle: held
+    assert a.source.write(b"k")
+    assert a.reading and a.clock.getDelayedCalls() == []  # the key ends the hold
+    assert guest.read_available() == b"k"
+    a.output(b"chatter")  # what came before the echo...
+    a.poll()
+    assert a.reading  # ...is not held, so the echo is not held behind it
+    a.output(b"k")
+    a.poll()
+    assert a.sink.data == b"chatterchatterk"
+    steps = 9
+    for _ in range(steps):  # chatter through the window: every read at once
+        a.clock.advance(WINDOW / (steps + 1))
+        a.output(b"x")
+        a.poll()
+        assert a.reading and a.clock.getDelayedCalls() == []
+    assert a.sink.data.endswith(b"x" * steps)
+    a.source.stop()
+
+
+def test_once_the_window_lapses_chatter_is_held_again(guest: PtyGuest) -> None:
+    """Interactive to idle: the first small read after the window starts a hold."""
+    a = Attached(guest, coalesce_delay=BOUND, interactive_window=WINDOW)
+    assert a.source.write(b"k")
+    a.output(b"k")
+    a.poll()
+    a.clock.advance(WINDOW * 0.5)
+    a.output(b"x")
+    a.poll()
+    assert a.reading  # within the window
+    a.clock.advance(WINDOW * 0.5)
+    a.output(b"y")
+    a.poll()
+    assert not a.reading  # the window is over: idle again, held
+    a.output(b"z")
+    a.clock.advance(BOUND * 1.01)
+    assert a.sink.data == b"kxyz"
+    a.source.stop()
+
+
+def test_a_key_during_idle_chatter_switches_to_interactive_at_once(
+    guest: PtyGuest,
+) -> None:
+    """Idle to interactive: a key during a hold ends it; its echo is unheld."""
+    a = Attached(guest, coalesce_delay=BOUND, interactive_window=WINDOW)
+    a.output(b"a")
+    a.poll()
+    a.output(b"b")  # gathered during the hold
+    a.clock.advance(BOUND * 0.1)
+    assert a.sink.data == b"a" and not a.reading
+    assert a.source.write(b"k")
+    assert a.reading and a.clock.getDelayedCalls() == []
+    a.poll()  # what gathered, read at once
+    assert a.sink.data == b"ab"
+    assert a.reading  # and not held after it: the echo may be next
+    a.clock.advance(0.002)  # the guest is slow to answer
+    a.output(b"k")
+    a.poll()
+    assert a.sink.data == b"abk" and a.reading
+    a.source.stop()
+
+
+def test_a_burst_is_never_held_even_with_the_longest_hold(guest: PtyGuest) -> None:
+    """A guest writing faster than small_read per hold is read on at once."""
+    a = Attached(guest, coalesce_delay=BOUND, interactive_window=WINDOW)
+    assert os.write(guest.master, bytes(6000)) == 6000
+    a.wait_pending()
+    a.poll()
+    assert a.reading
+    for _ in range(5):  # 1000 bytes a millisecond: 1 MB/s, far above 160 KB/s
+        a.output(bytes(1000))
+        a.clock.advance(0.001)
+        a.poll()
+        assert a.reading and a.clock.getDelayedCalls() == []
+    assert len(a.sink.data) == 11000
+    a.source.stop()
+
+
+def test_no_window_still_leaves_the_answer_to_input_unheld(guest: PtyGuest) -> None:
+    """interactive_window=0: the read after input is unheld, the next one held."""
+    a = Attached(guest, coalesce_delay=BOUND, interactive_window=0)
+    assert a.source.write(b"k")
+    a.output(b"k")
+    a.poll()
+    assert a.reading
+    a.clock.advance(0.01)  # a slow guest: 1 byte in 10 ms
+    a.output(b"x")
+    a.poll()
+    assert not a.reading
+    a.source.stop()

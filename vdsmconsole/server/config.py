@@ -27,6 +27,12 @@ from vdsmconsole.server.policy import (
     SourcePolicy,
 )
 from vdsmconsole.server.web.origin import normal_origin
+from vdsmconsole.sources.options import (
+    COALESCE_DELAY,
+    INTERACTIVE_WINDOW,
+    MAX_COALESCE_DELAY,
+    MAX_INTERACTIVE_WINDOW,
+)
 from vdsmconsole.spec import DEFAULT_PORT
 
 DEFAULT_PKI = "/etc/pki/vdsm"
@@ -66,6 +72,9 @@ class Config:
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
     client_buffer_bytes: int = 256 * 1024
+    # A quiet console's output may wait this long (sources/options.py).
+    coalesce_delay: float = COALESCE_DELAY
+    interactive_window: float = INTERACTIVE_WINDOW
     spawn_commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     unix_paths: tuple[str, ...] = DEFAULT_UNIX_PATHS
     unix_denied: tuple[str, ...] = DEFAULT_UNIX_DENIED
@@ -131,6 +140,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("console", "reconnect_initial"): ("reconnect_initial", float),
     ("console", "reconnect_max"): ("reconnect_max", float),
     ("console", "client_buffer_bytes"): ("client_buffer_bytes", int),
+    ("console", "coalesce_delay"): ("coalesce_delay", float),
+    ("console", "interactive_window"): ("interactive_window", float),
     ("sources", "unix_paths"): ("unix_paths", tuple),
     ("sources", "unix_denied"): ("unix_denied", tuple),
     ("sources", "tcp_endpoints"): ("tcp_endpoints", tuple),
@@ -217,6 +228,17 @@ def check_values(config: Config) -> Config:
         )
     if config.metrics_console_series < 0:
         raise ConfigError("metrics.console_series: must be 0 or more")
+    # "not a <= x <= b" also refuses nan.
+    if not 0 <= config.coalesce_delay <= MAX_COALESCE_DELAY:
+        raise ConfigError(
+            f"console.coalesce_delay: must be 0 to {MAX_COALESCE_DELAY} seconds "
+            f"(0: never hold output), got {config.coalesce_delay!r}"
+        )
+    if not 0 <= config.interactive_window <= MAX_INTERACTIVE_WINDOW:
+        raise ConfigError(
+            f"console.interactive_window: must be 0 to {MAX_INTERACTIVE_WINDOW:.0f} "
+            f"seconds, got {config.interactive_window!r}"
+        )
     for (section, key), (attr, _kind) in FIELDS.items():
         value = getattr(config, attr)
         # nan and inf are valid TOML floats but never a sane size or time.

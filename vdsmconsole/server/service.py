@@ -81,6 +81,8 @@ def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]
         reconnect_initial=config.reconnect_initial,
         reconnect_max=config.reconnect_max,
         spawn_commands=dict(config.spawn_commands),
+        coalesce_delay=config.coalesce_delay,
+        interactive_window=config.interactive_window,
     )
 
     def factory(

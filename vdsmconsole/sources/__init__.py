@@ -27,12 +27,14 @@ Each kind fails differently, and that shapes the code:
 Reading is shaped for what it costs.  A busy guest's pty is read until it
 runs dry and handed on as one piece (a pty gives about 4 KiB per read).  A
 guest that trickles a few bytes at a time is read at once, then left unread
-for ``SourceOptions.coalesce_delay`` (a few milliseconds) so that the kernel
+for ``SourceOptions.coalesce_delay`` (22 ms, at most 25) so that the kernel
 gathers its next writes into one read: one log write and one TLS record per
-few milliseconds instead of one per few bytes.  Input ends such a wait, and
-the output that answers it (an echo) is never held.  Within the wait the pty
-buffers what the guest writes (about 12 KiB before the guest's write would
-block), so nothing is lost and the guest is not stalled in practice.
+hold instead of one per few bytes.  Only while nobody types: input ends such
+a wait, and for ``interactive_window`` (2 s) after it nothing is held, so
+the echo of a key and the answer to a command go out at once.  A guest
+writing faster than ``small_read`` per hold is never held.  Within the wait
+the pty buffers what the guest writes (about 12 KiB before the guest's write
+would block), so nothing is lost and the guest is not stalled in practice.
 
 Input backpressure comes from the write transport's producer protocol: each
 source registers a small push producer on the transport it writes to, and the

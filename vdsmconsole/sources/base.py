@@ -67,13 +67,17 @@ class _SourceBase:
         options = options or _DEFAULT_OPTIONS
         self._coalesceDelay = options.coalesce_delay
         self._smallRead = options.small_read
+        self._interactiveWindow = options.interactive_window
         # Reading held back for a moment after a small read (see
         # SourceOptions.coalesce_delay), on top of pauseReading's pause.
         self._coalescing = False
         self._coalesceCall: Any = None
         # Input went to the guest since the last read: what comes back
-        # answers it and is not held.
+        # answers it and is not held (what counts when the window is 0).
         self._inputSent = False
+        # When input last went to the guest (reactor time): within
+        # interactive_window of it, nothing is held.
+        self._lastInput = float("-inf")
         # When the last data was read (reactor time): with its size, the
         # guest's rate, which decides whether holding back is worth it.
         self._lastData = float("-inf")
@@ -97,8 +101,10 @@ class _SourceBase:
             return False
         if data:
             transport.write(data)
-            # The guest will answer: read it as soon as it does.
+            # The guest will answer: read it as soon as it does, and all
+            # that follows while someone is typing.
             self._inputSent = True
+            self._lastInput = self._reactor.seconds()
             if self._coalescing:
                 self._endCoalescing()
         return True
@@ -182,6 +188,8 @@ class _SourceBase:
         elif (
             n < self._smallRead
             and self._coalesceDelay > 0
+            # Nobody typed lately: no echo or answer is waiting on this.
+            and now - self._lastInput >= self._interactiveWindow
             # A slow guest only: at the rate these bytes came, the guest
             # writes less than small_read while it is left unread, far from
             # filling the pty.  A busy guest that was merely caught up with

@@ -23,6 +23,20 @@ READ_BATCH = 256 * 1024
 FULL_READ = 2048
 
 
+# How long a quiet console's output may wait (SourceOptions.coalesce_delay):
+# chosen by measurement (docs/benchmarks.rst, "Interactive-aware
+# coalescing"); the cap keeps any byte's added delay below what a person
+# watching a log notices.
+COALESCE_DELAY = 0.022
+MAX_COALESCE_DELAY = 0.025
+
+# How long after the last input nothing is held (interactive_window): longer
+# than the pauses between keys of someone typing, long enough to cover the
+# answer to a command just entered.
+INTERACTIVE_WINDOW = 2.0
+MAX_INTERACTIVE_WINDOW = 3600.0
+
+
 # The reactor provides IReactorTime, IReactorFDSet, IReactorProcess,
 # IReactorTCP, IReactorUNIX and IReactorPluggableNameResolver.  zope interfaces
 # are not checkable types without the mypy-zope plugin, hence Any.
@@ -49,23 +63,34 @@ class SourceOptions:
     stop_timeout: float = 5.0
     """Seconds a spawned child gets between SIGTERM and SIGKILL; also how long
     its pty may stay open after it exited (a grandchild may hold it)."""
-    coalesce_delay: float = 0.003
-    """Seconds the guest's output is left unread after a small read; 0: never.
+    coalesce_delay: float = COALESCE_DELAY
+    """Seconds a quiet console's output may be left unread; 0: never held.
 
-    A guest that prints a few bytes at a time (a boot log, a progress bar)
-    would otherwise cost one read, one log write and one TLS record per few
-    bytes.  After a read shorter than ``small_read`` the source stops reading
-    for this long, so that the kernel gathers what the guest writes meanwhile
-    and the next read takes it all at once.  The first bytes after a quiet
-    spell go out at once; later ones wait at most this long.  Input written to
-    the guest ends the wait, and output that follows input (an echo, the
-    answer to a keystroke) is never held.
+    A guest that prints a few bytes at a time (a boot log, a progress bar, a
+    clock in a status line) would otherwise cost one read, one log write and
+    one TLS record per few bytes.  After a read shorter than ``small_read``
+    the source stops reading for this long, so that the kernel gathers what
+    the guest writes meanwhile and the next read takes it all at once: a
+    chattering console costs 1 / coalesce_delay writes a second.  The first
+    bytes after a quiet spell go out at once; later ones wait at most this
+    long.  Never while someone types (``interactive_window``), never for a
+    guest writing fast (``small_read``), and never for a follower reading
+    what the console already holds (holding is the source's, not the
+    stream's).  At most ``MAX_COALESCE_DELAY``.
+    """
+    interactive_window: float = INTERACTIVE_WINDOW
+    """Seconds after input reached the guest during which nothing is held.
+
+    What a person notices is the echo of their keys and the answer to what
+    they typed; within this window every read goes out at once.  Input also
+    ends a hold at once, so the first key after a quiet spell is answered
+    unheld too.  0: only the read right after input is unheld.
     """
     small_read: int = 4096
     """Reads shorter than this many bytes start a coalescing wait, if they came
     slowly enough that the guest writes less than this during the wait (a
-    guest streaming faster than ``small_read / coalesce_delay``, about 1.4 MB/s
-    by default, is never held back)."""
+    guest streaming faster than ``small_read / coalesce_delay``, about
+    190 KB/s at the default 22 ms, is never held back)."""
 
     def __post_init__(self) -> None:
         for name in ("reconnect_initial", "reconnect_max", "connect_timeout"):
@@ -74,9 +99,15 @@ class SourceOptions:
                 raise ValueError(f"{name} must be positive, not {value!r}")
         if not self.stop_timeout >= 0:
             raise ValueError(f"stop_timeout must be >= 0, not {self.stop_timeout!r}")
-        if not 0 <= self.coalesce_delay <= 1:
+        if not 0 <= self.coalesce_delay <= MAX_COALESCE_DELAY:
             raise ValueError(
-                f"coalesce_delay must be 0 to 1 second, not {self.coalesce_delay!r}"
+                f"coalesce_delay must be 0 to {MAX_COALESCE_DELAY} seconds, "
+                f"not {self.coalesce_delay!r}"
+            )
+        if not 0 <= self.interactive_window <= MAX_INTERACTIVE_WINDOW:
+            raise ValueError(
+                f"interactive_window must be 0 to {MAX_INTERACTIVE_WINDOW} seconds, "
+                f"not {self.interactive_window!r}"
             )
         if self.small_read < 0:
             raise ValueError(f"small_read must be >= 0, not {self.small_read!r}")

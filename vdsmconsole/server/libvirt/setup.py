@@ -24,6 +24,8 @@ def source_factory(
         reconnect_initial=config.reconnect_initial,
         reconnect_max=config.reconnect_max,
         spawn_commands=dict(config.spawn_commands),
+        coalesce_delay=config.coalesce_delay,
+        interactive_window=config.interactive_window,
     )
 
     def sources(spec: ConsoleSpec, owner: PtyOwner | None) -> ConsoleSource:
