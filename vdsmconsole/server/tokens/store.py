@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from vdsmconsole.core.jsonfile import TextCache
 from vdsmconsole.server.tokens.tokenfile import ROLES, load_records, save_records
 from vdsmconsole.spec import REMOTE_PROTOCOLS, is_valid_token, is_valid_vm_id
 
@@ -109,6 +110,7 @@ class TokenStore:
         self._new_token = new_token
         self._max_tokens = max_tokens
         self._grants: dict[str, TokenGrant] = {}
+        self._texts = TextCache()
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -230,9 +232,9 @@ class TokenStore:
 
     def save(self) -> None:
         if self._path is not None:
-            save_records(
-                self._path, {d: g.to_record() for d, g in self._grants.items()}
-            )
+            # A grant never changes: its JSON is made once (TextCache).
+            tokens = self._texts.json_map(self._grants, TokenGrant.to_record)
+            save_records(self._path, tokens)
 
     def _save_or_log(self, what: str) -> None:
         # Forgetting a token must not fail: it is forgotten here at once; only
