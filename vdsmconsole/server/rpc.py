@@ -43,7 +43,7 @@ from vdsmconsole.spec import (
     parse_console_spec,
     validate_vm_id,
 )
-from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
+from vdsmconsole.status import Code, StatusError, failure, success
 from vdsmconsole.xmlrpcwire import dumps_response, safe_loads
 
 log = Logger(namespace="vdsmconsole.rpc")
@@ -103,7 +103,8 @@ def rpc_method(
                 log.failure("RPC {name} failed", reason, name=method.__name__)
                 return failure(StatusError(Code.UNEXPECTED))
 
-            d.addCallbacks(wire_safe, on_error)
+            # No wire_safe pass: dumps_response leaves None out as it does.
+            d.addErrback(on_error)
             return d
 
         wrapper.signature = signature  # type: ignore[attr-defined]
