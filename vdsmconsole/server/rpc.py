@@ -32,7 +32,7 @@ from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin
 from vdsmconsole.server.metrics.rpccalls import UNKNOWN, RpcCalls
 from vdsmconsole.server.tokens import methods as tokens
-from vdsmconsole.server.vmview import full_status, stats, summary
+from vdsmconsole.server.vmview import full_status, stats, summary, summary_xml
 from vdsmconsole.spec import (
     DEFAULT_READ_BYTES,
     SOURCE_TYPES,
@@ -244,7 +244,9 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             )
         # Each console once, in the order first asked for.
         wanted = registry.ids() if not vmList else dict.fromkeys(map(as_vm_id, vmList))
-        show = full_status if fullStatus else summary
+        show: Callable[..., Any] = full_status if fullStatus else summary
+        if not fullStatus and self.context.libvirt is None:
+            show = summary_xml  # marshalled once per console state
         probe = self.context.graphics_probe
         entries = [show(registry, probe, vm_id) for vm_id in wanted]
         shown = [e for e in entries if e is not None]
