@@ -190,6 +190,13 @@ _SCALE_ROWS = (
         2,
         1,
     ),
+    ("server CPU create / mint (s)", ("create_cpu_seconds", "mint_cpu_seconds"), 2, 1),
+    (
+        "server CPU ms per list / fullStatus (idle)",
+        ("list_idle_cpu_ms", "full_idle_cpu_ms"),
+        2,
+        1,
+    ),
     ("RSS consoles / tokens (MB)", ("rss_consoles_bytes", "rss_tokens_bytes"), 1, 1e6),
     ("RSS followers / peak (MB)", ("rss_followers_bytes", "peak_rss_bytes"), 1, 1e6),
     ("list p50/p99 idle (ms)", ("list_idle_p50_ms", "list_idle_p99_ms"), 2, 1),

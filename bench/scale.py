@@ -80,12 +80,19 @@ class VncStandIn:
         self.sock.close()
 
 
-def _time_list(rpc: RawRPC, count: int, full: bool, prefix: str) -> dict[str, float]:
+def _time_list(
+    rpc: RawRPC, peer: VdsmConsole, count: int, full: bool, prefix: str
+) -> dict[str, float]:
+    """Latency of ``count`` calls, and the server's CPU time per call (the
+    figure the machine's load moves least)."""
+    before = machine.sample(peer.roots())
     times = [rpc.call("list", full)[0] for _ in range(count)]
+    cpu = machine.cpu_between(before, machine.sample(peer.roots()))
     return {
         f"{prefix}_p50_ms": percentile(times, 50),
         f"{prefix}_p99_ms": percentile(times, 99),
         f"{prefix}_max_ms": max(times),
+        f"{prefix}_cpu_ms": cpu / 1e6 / count,
     }
 
 
@@ -111,13 +118,17 @@ def scale(
     try:
         peer.start(guest.ptys)
         out["create_seconds"] = peer.create_seconds
+        out["create_cpu_seconds"] = peer.create_cpu_seconds
         out["rss_consoles_bytes"] = machine.rss_bytes(peer.roots())
         rpc = RawRPC(peer)
         t0 = time.monotonic()
+        before = machine.sample(peer.roots())
         for i in range(tokens):
             rpc.call("remoteConsole", peer.vm_id(i % consoles), "vnc", {"ttl": 86400})
         out["tokens"] = tokens
         out["mint_seconds"] = time.monotonic() - t0
+        cpu = machine.cpu_between(before, machine.sample(peer.roots()))
+        out["mint_cpu_seconds"] = cpu / 1e9
         out["rss_tokens_bytes"] = machine.rss_bytes(peer.roots())
         paths = [f"/consoleStream/{peer.vm_id(i % consoles)}" for i in range(followers)]
         spec = {"mode": "idle", "peer": peer.client(), "paths": paths, "readers": 1}
@@ -139,15 +150,15 @@ def scale(
         out["graphics_answering"] = sum(
             1 for e in listed for g in e.get("graphics", []) if g.get("answers")
         )
-        out.update(_time_list(rpc, calls, False, "list_idle"))
-        out.update(_time_list(rpc, full_calls, True, "full_idle"))
+        out.update(_time_list(rpc, peer, calls, False, "list_idle"))
+        out.update(_time_list(rpc, peer, full_calls, True, "full_idle"))
         guest.send({"cmd": "flood", "pty": 0})
         guest.wait("flood-start", 30)
         time.sleep(1.0)
         in0 = rpc.call("getVmStats", peer.vm_id(0))[1]["statsList"][0]["bytesIn"]
         t0 = time.monotonic()
-        out.update(_time_list(rpc, calls, False, "list_flood"))
-        out.update(_time_list(rpc, full_calls, True, "full_flood"))
+        out.update(_time_list(rpc, peer, calls, False, "list_flood"))
+        out.update(_time_list(rpc, peer, full_calls, True, "full_flood"))
         elapsed = time.monotonic() - t0
         in1 = rpc.call("getVmStats", peer.vm_id(0))[1]["statsList"][0]["bytesIn"]
         out["flood_mb_per_s_during_list"] = (in1 - in0) / MB / elapsed
