@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import echo, machine, report, scenarios
+from bench import scale as bench_scale
 from bench.install import MissingPeer, ensure_peers
 from bench.peers import PEER_CLASSES, PEERS, server_config, unsupported
 
@@ -251,35 +252,45 @@ class Runner:
 
     def scale(self) -> dict[str, Any]:
         a = self.args
-        self.say(f"scale: {a.consoles} consoles, {a.followers} idle followers")
-        if "vdsmconsole" not in a.peer_list:
+        self.say(
+            f"scale: {a.consoles} consoles with a VNC endpoint and a token each, "
+            f"{a.followers} idle followers"
+        )
+        peers = [p for p in self.peers_for("scale") if p.startswith("vdsmconsole")]
+        if not peers:
             return {"vdsmconsole": {"error": "vdsmconsole not among --peers"}}
-        runs = []
-        for i in range(a.runs if a.runs < 3 else max(1, a.runs // 3)):
-            load = machine.loadavg()
-            try:
-                result = scenarios.scale(
-                    self.session, a.consoles, a.followers, a.list_calls
-                )
-            except Exception as e:  # noqa: BLE001 - reported as the result
-                result = {"failed": f"{type(e).__name__}: {e}"}
-                self.say(traceback.format_exc(limit=3))
-            result["load_before"] = load
-            result["load_after"] = machine.loadavg()
-            runs.append(result)
-            self.say(f"  scale run {i + 1}: {self._brief_scale(result)}")
-        summary = report.median_of_runs(runs)
-        summary["all_runs"] = runs
-        return {"vdsmconsole": summary, "note": "no peer has an RPC list"}
+        runs: dict[str, list[dict[str, Any]]] = {p: [] for p in peers}
+        for i in range(a.runs):
+            for peer in peers[i % len(peers) :] + peers[: i % len(peers)]:
+                load = machine.loadavg()
+                try:
+                    result = bench_scale.scale(
+                        self.session, peer, a.consoles, a.followers, a.list_calls
+                    )
+                except Exception as e:  # noqa: BLE001 - reported as the result
+                    result = {"failed": f"{type(e).__name__}: {e}"}
+                    self.say(traceback.format_exc(limit=3))
+                result["load_before"] = load
+                result["load_after"] = machine.loadavg()
+                runs[peer].append(result)
+                self.say(f"  scale run {i + 1} {peer}: {self._brief_scale(result)}")
+        out: dict[str, Any] = {"note": "no peer has an RPC list"}
+        for peer, results in runs.items():
+            out[peer] = report.median_of_runs(results)
+            out[peer]["all_runs"] = results
+        return out
 
     @staticmethod
     def _brief_scale(r: dict[str, Any]) -> str:
         if r.get("failed"):
             return "FAILED " + r["failed"]
         return (
+            f"create={r.get('create_seconds', 0):.1f}s "
+            f"mint={r.get('mint_seconds', 0):.1f}s "
             f"rss={r.get('rss_followers_bytes', 0) / 1e6:.0f}MB "
             f"list p99 idle={r.get('list_idle_p99_ms', 0):.1f}ms "
-            f"flooding={r.get('list_flood_p99_ms', 0):.1f}ms"
+            f"flooding={r.get('list_flood_p99_ms', 0):.1f}ms "
+            f"full={r.get('full_flood_p99_ms', 0):.0f}ms"
         )
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.machine import cpu_ns
 from vdsmconsole.pki import PkiPaths, init_pki
 from vdsmconsole.testing import free_port
 
@@ -191,6 +192,10 @@ class VdsmConsole(Peer):
     cprofile: Path | None = None
     #: another checkout's vdsmconsole to run instead (a --variant), or None
     root: Path | None = None
+    create_seconds = 0.0  # how long start() took to create the consoles
+    create_cpu_seconds = 0.0  # and the server's CPU time meanwhile
+    #: give each console a VNC endpoint on this loopback port (scale)
+    graphics_port: int | None = None
 
     def start(self, ptys: list[str]) -> None:
         argv = [sys.executable, "-m"]
@@ -228,12 +233,23 @@ class VdsmConsole(Peer):
 
         self.port = wait_for(port, 30, "vdsmconsole to listen", proc)
         rpc = self.rpc()
+        t0 = time.monotonic()
+        cpu0 = cpu_ns(proc.pid)
         for i, path in enumerate(ptys):
-            reply = rpc.create(
-                {"vmId": self.vm_id(i), "console": {"type": "pty", "path": path}}
-            )
+            params: dict[str, Any] = {
+                "vmId": self.vm_id(i),
+                "console": {"type": "pty", "path": path},
+            }
+            if self.graphics_port is not None:
+                vnc = {"type": "vnc", "host": "127.0.0.1", "port": self.graphics_port}
+                params["graphics"] = [vnc]
+            reply = rpc.create(params)
             if reply["status"]["code"] != 0:
                 raise RuntimeError(f"create failed: {reply['status']}")
+        self.create_seconds = time.monotonic() - t0  # the creates alone
+        cpu1 = cpu_ns(proc.pid)
+        if cpu0 is not None and cpu1 is not None:
+            self.create_cpu_seconds = (cpu1[0] - cpu0[0]) / 1e9  # the server's
 
     @staticmethod
     def vm_id(index: int) -> str:

@@ -7,7 +7,6 @@ starts the measured part.  Nothing of a run outlives it.
 
 from __future__ import annotations
 
-import http.client
 import os
 import secrets
 import shutil
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,117 +374,4 @@ def trickle(
     elif cpu["relay_write_syscalls"]:
         out["writes_per_s"] = cpu["relay_write_syscalls"] * 1e9 / wall
         out["writes_measured_as"] = "write syscalls of the relay (/proc/PID/io)"
-    return out
-
-
-# -- scale -------------------------------------------------------------------
-
-
-class RawRPC:
-    """XML-RPC over one kept-alive TLS connection, timed to the last byte.
-
-    The time covers the request and the whole response but not parsing it
-    (xmlrpc.client takes longer to parse 1000 entries than the server to
-    make them); every answer is still parsed and checked, outside the clock.
-    """
-
-    def __init__(self, peer: VdsmConsole) -> None:
-        self.conn = http.client.HTTPSConnection(
-            "127.0.0.1", peer.port, context=peer.context(), timeout=60
-        )
-
-    def call(self, method: str, *args: Any) -> tuple[float, Any]:
-        body = xmlrpc.client.dumps(args, method).encode()
-        t0 = time.perf_counter()
-        self.conn.request(
-            "POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"}
-        )
-        response = self.conn.getresponse()
-        data = response.read()
-        elapsed = (time.perf_counter() - t0) * 1000
-        if response.status != 200:
-            raise RuntimeError(f"{method}: HTTP {response.status}")
-        reply = xmlrpc.client.loads(data)[0][0]
-        if reply["status"]["code"] != 0:
-            raise RuntimeError(f"{method} failed: {reply['status']}")
-        return elapsed, reply
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _time_calls(rpc: RawRPC, count: int) -> list[float]:
-    return [rpc.call("list")[0] for _ in range(count)]
-
-
-def scale(
-    session: Session, consoles: int, followers: int, calls: int = 200
-) -> dict[str, Any]:
-    """Many consoles, an idle follower each; list() while one console floods."""
-    from bench.procs import Child
-
-    run_dir = session.run_dir("vdsmconsole-scale")
-    guest = Guest(run_dir, ptys=consoles)
-    peer = VdsmConsole(run_dir, session.pki)
-    idle: Child | None = None
-    out: dict[str, Any] = {"consoles": consoles, "followers": followers}
-    try:
-        t0 = time.monotonic()
-        peer.start(guest.ptys)
-        out["create_seconds"] = time.monotonic() - t0
-        out["rss_consoles_bytes"] = machine.rss_bytes(peer.roots())
-        import json
-        import sys
-
-        paths = [f"/consoleStream/{peer.vm_id(i % consoles)}" for i in range(followers)]
-        spec = {
-            "mode": "idle",
-            "peer": peer.client(),
-            "paths": paths,
-            "readers": 1,
-        }
-        t0 = time.monotonic()
-        idle = Child(
-            [sys.executable, "-m", "bench.clients", json.dumps(spec)],
-            run_dir / "idle.log",
-        )
-        connected = idle.wait("connected", 120 + followers * 0.2)
-        out["attach_seconds"] = time.monotonic() - t0
-        out["followers_attached"] = connected["n"]
-        out["follower_errors"] = connected["errors"]
-        rpc = RawRPC(peer)
-        stats = rpc.call("getVmStats", peer.vm_id(0))[1]["statsList"][0]
-        out["readers_of_console0"] = stats["readers"]
-        out["rss_followers_bytes"] = machine.rss_bytes(peer.roots())
-        listed = len(rpc.call("list")[1]["vmList"])
-        if listed != consoles:
-            raise RuntimeError(f"list returned {listed} consoles, not {consoles}")
-        idle_times = _time_calls(rpc, calls)
-        out["list_idle_p50_ms"] = percentile(idle_times, 50)
-        out["list_idle_p99_ms"] = percentile(idle_times, 99)
-        guest.send({"cmd": "flood", "pty": 0})
-        guest.wait("flood-start", 30)
-        time.sleep(1.0)
-        in0 = rpc.call("getVmStats", peer.vm_id(0))[1]["statsList"][0]["bytesIn"]
-        t0 = time.monotonic()
-        flood_times = _time_calls(rpc, calls)
-        elapsed = time.monotonic() - t0
-        in1 = rpc.call("getVmStats", peer.vm_id(0))[1]["statsList"][0]["bytesIn"]
-        out["flood_mb_per_s_during_list"] = (in1 - in0) / MB / elapsed
-        out["list_flood_p50_ms"] = percentile(flood_times, 50)
-        out["list_flood_p99_ms"] = percentile(flood_times, 99)
-        out["list_flood_max_ms"] = max(flood_times)
-        guest.send({"cmd": "stop", "pty": 0})
-        guest.wait("stopped", 30)
-        out["rss_after_flood_bytes"] = machine.rss_bytes(peer.roots())
-        out["peak_rss_bytes"] = machine.peak_rss_bytes(peer.roots()[0])
-        rpc.close()
-        idle.send("quit")
-        done = idle.wait("done", 60)
-        out["flood_bytes_drained_by_reader"] = done["drained"]
-    finally:
-        if idle is not None:
-            idle.stop()
-        peer.stop()
-        guest.stop()
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import termios
@@ -30,6 +31,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from tests.fakeproc import fake_process
+from vdsmconsole.core import ptyowner
 from vdsmconsole.core.console import Console, ConsoleDown
 from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.core.ptyowner import (
@@ -42,12 +44,14 @@ from vdsmconsole.core.ptyowner import (
 )
 from vdsmconsole.core.registry import Registry
 from vdsmconsole.server.config import Config
+from vdsmconsole.server.policy import SourcePolicy
 from vdsmconsole.server.service import make_console_factory
 from vdsmconsole.sources.pty import PtySource
-from vdsmconsole.spec import ConsoleSpec
+from vdsmconsole.spec import ConsoleSpec, NotAllowed
 from vdsmconsole.testing import PtyGuest, RecordingSink, queued, wait_until
 
 Gen = Generator[Deferred[Any], Any, None]
+QEMU = "/usr/bin/qemu-system-x86_64"
 
 # -- a fake /proc ------------------------------------------------------------
 
@@ -116,6 +120,56 @@ def test_a_remembered_holder_is_checked_by_its_descriptor(proc: Path) -> None:
     (proc / "100" / "fd" / "11").unlink()
     fake_process(proc, 600, 9000, {3: ("/dev/ptmx", 5)})
     assert find_pty_owner(5, proc) == PtyOwner(600, 9000)
+
+
+def test_a_burst_checks_a_restored_owner_by_one_descriptor(
+    proc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guest holding many masters: after the scan, checking that it still
+    holds one (the source's check at attach) reads one descriptor, not all."""
+    fake_process(proc, 700, 7700, {10 + i: ("/dev/ptmx", 20 + i) for i in range(50)})
+    guest = PtyOwner(700, 7700)
+    assert find_pty_owner(20, proc) == guest  # the scan of a burst's first create
+    read: list[str] = []
+    real = ptyowner._master_index
+
+    def counted(pid: int, fd: str, root: Path) -> int | None:
+        read.append(fd)
+        return real(pid, fd, root)
+
+    monkeypatch.setattr(ptyowner, "_master_index", counted)
+    for i in range(50):
+        assert find_pty_owner(20 + i, proc) == guest
+        assert owner_holds(guest, 20 + i, proc)
+    assert len(read) == 2 * 50
+    # Without a scan that saw it, all of its descriptors are looked at.
+    read.clear()
+    assert owner_holds(PtyOwner(100, 5000), 5, proc)
+    assert not owner_holds(guest, 5, proc)
+    assert len(read) >= 50
+
+
+def test_a_burst_refuses_a_pty_whose_holder_changed(proc: Path) -> None:
+    """Within a burst (one scan), a pty number that passed to another process,
+    or whose holder's pid was reused, is never credited to the remembered one."""
+    fake_process(
+        proc, 700, 7700, {10: ("/dev/ptmx", 20), 11: ("/dev/ptmx", 21)}, exe=QEMU
+    )
+    guest = PtyOwner(700, 7700)
+    assert find_pty_owner(20, proc) == guest
+    # pts 21 is closed by the guest and handed to a shell at once.
+    (proc / "700" / "fd" / "11").unlink()
+    fake_process(proc, 800, 8800, {3: ("/dev/ptmx", 21)}, exe="/bin/bash")
+    assert not owner_holds(guest, 21, proc)
+    assert find_pty_owner(21, proc) == PtyOwner(800, 8800)
+    with pytest.raises(NotAllowed, match="held by pid 800"):
+        SourcePolicy(proc=proc).check_owner(PtyOwner(800, 8800), "/dev/pts/21")
+    # The guest exits and its pid comes back as another process holding
+    # pts 20 by the same descriptor number: another start, not the guest.
+    shutil.rmtree(proc / "700")
+    fake_process(proc, 700, 9900, {10: ("/dev/ptmx", 20)}, exe="/bin/bash")
+    assert not owner_holds(guest, 20, proc)
+    assert find_pty_owner(20, proc) == PtyOwner(700, 9900)
 
 
 def test_unreadable_proc_finds_nobody(tmp_path: Path) -> None:

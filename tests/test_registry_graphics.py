@@ -250,3 +250,33 @@ def test_policy_checks_graphics_as_console_targets() -> None:
     ):
         with pytest.raises(NotAllowed):
             policy.check_graphics(refused)
+
+
+def test_the_file_follows_every_change_though_entries_are_kept_encoded(
+    tmp_path: Path,
+) -> None:
+    """Each entry's JSON is made once (jsonfile.TextCache), yet after creates,
+    a destroy, new graphics and a vmId created again the file says exactly
+    what the registry holds, and loads back."""
+    path = tmp_path / "registry.json"
+    registry = make(path)
+    registry.create("a", UNIX, graphics=(VNC,))
+    registry.create("b", ConsoleSpec("tcp", host="127.0.0.1", port=1))
+    registry.create("c", None, graphics=(SPICE,))
+    registry.destroy("b")
+    registry.replace_graphics("a", (RDP,))
+    registry.replace_graphics("c", (VNC,))
+    registry.create("b", ConsoleSpec("tcp", host="127.0.0.1", port=2))
+    data = on_disk(path)
+    assert data == {
+        "version": 1,
+        "consoles": {
+            "a": UNIX.to_wire(),
+            "b": {"type": "tcp", "host": "127.0.0.1", "port": 2},
+        },
+        "graphics": {"a": [RDP.to_persist()], "c": [VNC.to_persist()]},
+    }
+    again = make(path)
+    again.load()
+    assert again.ids() == ["a", "b", "c"]
+    assert again.graphics("a") == (RDP,) and again.graphics("c") == (VNC,)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import xmlrpc.client
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.xmlrpcspec import SpecViolation, read_response
-from vdsmconsole.status import success
-from vdsmconsole.xmlrpcwire import dumps_response
+from vdsmconsole.core.registry import Registry
+from vdsmconsole.graphics import parse_graphics
+from vdsmconsole.server.vmview import summary, summary_xml
+from vdsmconsole.spec import ConsoleSpec
+from vdsmconsole.status import success, wire_safe
+from vdsmconsole.xmlrpcwire import _WideMarshaller, dumps_response
 
 # -- the checker itself refuses what strict clients refuse -----------------------
 
@@ -149,3 +156,73 @@ def test_nested_structs_and_arrays_follow_the_spec():
         "empty": [],
     }
     assert read_response(dumps_response(value)) == ("params", value)
+
+
+WIRE_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(value=st.dictionaries(st.text(max_size=6), WIRE_VALUES, max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_fast_marshalling_writes_what_the_marshaller_wrote(value: dict) -> None:
+    """dumps_response's own marshalling (``list`` of 1000 VMs) gives the very
+    bytes of xmlrpc.client's Marshaller after wire_safe, for any value."""
+    marshaller = _WideMarshaller("utf-8", allow_none=False)
+    try:
+        slow = marshaller.dumps((wire_safe(value),))
+    except OverflowError:
+        return
+    expected = "<?xml version='1.0'?>\n<methodResponse>\n" + slow
+    assert dumps_response(value) == (expected + "</methodResponse>\n").encode()
+
+
+VNC = {"type": "vnc", "host": "127.0.0.1", "port": 5900}
+
+
+class _FakeConsole:
+    """What list's summary reads of a console: its vmId and state."""
+
+    def __init__(self, vm_id: str, *args: Any, **kwargs: Any) -> None:
+        self.vm_id = vm_id
+        self.state = "connected"
+        self.source = None
+
+    def summary(self) -> dict[str, str]:
+        return {"vmId": self.vm_id, "status": self.state}
+
+    def start(self) -> None:
+        pass
+
+
+def test_list_summaries_are_marshalled_again_when_the_state_changes() -> None:
+    """list's marshalled summaries (made once per console) follow each
+    console's state, and a graphics-only VM's, and say the same as before."""
+    registry = Registry(None, _FakeConsole)
+    console = registry.create("vm1", ConsoleSpec("tcp", host="h", port=1))
+    registry.create("vm2", None, graphics=parse_graphics([VNC]))
+
+    def listed() -> list[Any]:
+        shown = [summary_xml(registry, None, v) for v in registry.ids()]
+        return xmlrpc.client.loads(dumps_response(success(vmList=shown)))[0][0][
+            "vmList"
+        ]
+
+    assert listed() == [
+        {"vmId": "vm1", "status": "connected"},
+        {"vmId": "vm2", "status": "down"},
+    ]
+    assert listed() == [summary(registry, None, v) for v in registry.ids()]
+    console.state = "down"
+    assert listed()[0] == {"vmId": "vm1", "status": "down"}

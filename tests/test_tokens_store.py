@@ -157,6 +157,32 @@ def test_the_store_is_bounded_and_prunes_before_refusing():
     assert len(store) == 1
 
 
+def test_one_identity_cannot_take_the_whole_store():
+    """An identity holding its share of live tokens is refused more, while
+    others still mint; its share comes back as its tokens are used,
+    revoked or expire."""
+    clock = _clock()
+    store = TokenStore(clock, max_tokens=10, max_per_identity=3)
+    single = store.mint("vm1", "vnc", "viewer", 10, True, holder="a")[0]
+    store.mint("vm2", "vnc", "viewer", 10, False, holder="a")
+    store.mint("vm1", "vnc", "viewer", 20, False, holder="a")
+    with pytest.raises(TooManyTokens, match="of this identity"):
+        store.mint("vm1", "vnc", "viewer", 10, False, holder="a")
+    store.mint("vm1", "vnc", "viewer", 10, False, holder="b")
+    store.mint("vm1", "vnc", "viewer", 10, False)  # no identity: only the total
+    assert store.use(single) is not None
+    store.mint("vm3", "vnc", "viewer", 10, False, holder="a")
+    assert store.revoke_vm("vm2") == 1
+    store.mint("vm3", "vnc", "viewer", 10, False, holder="a")
+    with pytest.raises(TooManyTokens):
+        store.mint("vm3", "vnc", "viewer", 10, False, holder="a")
+    clock.advance(10)  # all but the 20 s one expire: pruned before refusing
+    store.mint("vm3", "vnc", "viewer", 10, False, holder="a")
+    store.mint("vm3", "vnc", "viewer", 10, False, holder="a")
+    with pytest.raises(TooManyTokens):
+        store.mint("vm3", "vnc", "viewer", 10, False, holder="a")
+
+
 # -- the file ------------------------------------------------------------------
 
 

@@ -182,6 +182,15 @@ def owner_holds(
     if fd is not None:
         holds = _master_index(owner.pid, fd, proc) == index
     else:
-        holds = index in master_indexes(owner.pid, proc)
+        # The descriptor the last scan saw that very process hold it by: one
+        # readlink and one fdinfo read instead of all of the process's
+        # descriptors (a guest holding a thousand masters).  Only a hint:
+        # when it no longer holds, every descriptor is looked at.
+        seen = _last_scan.get((proc, index))
+        holds = (
+            seen is not None
+            and seen[0] == owner
+            and _master_index(owner.pid, seen[1], proc) == index
+        ) or index in master_indexes(owner.pid, proc)
     # Read the start again: the pid may have been reused meanwhile.
     return holds and process_start(owner.pid, proc) == owner.start

@@ -30,7 +30,6 @@ it out.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, overload
@@ -40,6 +39,7 @@ from twisted.logger import Logger
 
 from vdsmconsole.core.console import Console
 from vdsmconsole.core.interfaces import DESTROYED, SERVER_STOPPING
+from vdsmconsole.core.jsonfile import TextCache, json_object, write_atomically
 from vdsmconsole.core.ptyowner import PtyOwner
 from vdsmconsole.graphics import GraphicsEndpoint, parse_graphics
 from vdsmconsole.spec import (
@@ -120,6 +120,8 @@ class Registry:
         # vmId -> what waits for its destroyed console to have stopped.
         self._stopping: dict[str, list[defer.Deferred[None]]] = {}
         self._closed = False  # stop_all was called: the server stops
+        self._texts = TextCache()  # each entry's JSON in the file
+        self._graphics_texts = TextCache()
 
     # -- lookups -------------------------------------------------------------
 
@@ -181,6 +183,8 @@ class Registry:
         """Pids of the children that spawn consoles run now."""
         pids = set()
         for console in self._consoles.values():
+            if console.spec.type != "spawn":
+                continue
             facts = console.source.describe()
             if facts["type"] == "spawn" and facts.get("running") and facts.get("pid"):
                 pids.add(facts["pid"])
@@ -273,9 +277,11 @@ class Registry:
         if console is None:
             return None
         console.start()
-        if _owner_of(console) is not None:
-            # The pty's owner is known once it is attached: record it, or the
-            # next start would not reopen the pty.
+        if _owner_of(console) not in (None, owner):
+            # The pty's owner is known once it is attached (unless the policy
+            # found it, and it is saved already): record it, or the next
+            # start would not reopen the pty.
+            self._texts.forget(vm_id)
             try:
                 self.save()
             except OSError as e:
@@ -369,28 +375,18 @@ class Registry:
     def save(self) -> None:
         if self._path is None:
             return
-        data: dict[str, Any] = {
-            "version": FORMAT_VERSION,
-            "consoles": {v: self._entry(c) for v, c in self._consoles.items()},
+        members = {
+            "version": str(FORMAT_VERSION),
+            "consoles": self._texts.json_map(self._consoles, self._entry),
         }
         if self._graphics:
             # Only when there are some: a file without graphics stays as an
             # older server wrote it (and reads it).
-            data["graphics"] = {
-                v: [e.to_persist() for e in endpoints]
-                for v, endpoints in self._graphics.items()
-            }
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        # 0600: it holds VNC passwords.  fchmod too: a temporary file a crash
-        # left behind keeps its old mode through O_TRUNC.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with open(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+            members["graphics"] = self._graphics_texts.json_map(
+                self._graphics, lambda e: [x.to_persist() for x in e]
+            )
+        # 0600: it holds VNC passwords.
+        write_atomically(self._path, json_object(members), 0o600)
 
     @staticmethod
     def _entry(console: Console) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin
 from vdsmconsole.server.metrics.rpccalls import UNKNOWN, RpcCalls
 from vdsmconsole.server.tokens import methods as tokens
-from vdsmconsole.server.vmview import full_status, stats, summary
+from vdsmconsole.server.vmview import full_status, stats, summary, summary_xml
 from vdsmconsole.spec import (
     DEFAULT_READ_BYTES,
     SOURCE_TYPES,
@@ -43,7 +43,7 @@ from vdsmconsole.spec import (
     parse_console_spec,
     validate_vm_id,
 )
-from vdsmconsole.status import Code, StatusError, failure, success, wire_safe
+from vdsmconsole.status import Code, StatusError, failure, success
 from vdsmconsole.xmlrpcwire import dumps_response, safe_loads
 
 log = Logger(namespace="vdsmconsole.rpc")
@@ -103,7 +103,8 @@ def rpc_method(
                 log.failure("RPC {name} failed", reason, name=method.__name__)
                 return failure(StatusError(Code.UNEXPECTED))
 
-            d.addCallbacks(wire_safe, on_error)
+            # No wire_safe pass: dumps_response leaves None out as it does.
+            d.addErrback(on_error)
             return d
 
         wrapper.signature = signature  # type: ignore[attr-defined]
@@ -243,7 +244,9 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             )
         # Each console once, in the order first asked for.
         wanted = registry.ids() if not vmList else dict.fromkeys(map(as_vm_id, vmList))
-        show = full_status if fullStatus else summary
+        show: Callable[..., Any] = full_status if fullStatus else summary
+        if not fullStatus and self.context.libvirt is None:
+            show = summary_xml  # marshalled once per console state
         probe = self.context.graphics_probe
         entries = [show(registry, probe, vm_id) for vm_id in wanted]
         shown = [e for e in entries if e is not None]

@@ -12,9 +12,12 @@ the configuration no longer allows.
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
+from vdsmconsole.core.console import Console
 from vdsmconsole.core.registry import Registry
 from vdsmconsole.server.graphicsprobe import GraphicsProbe
+from vdsmconsole.xmlrpcwire import Marshalled, marshal
 
 GRAPHICS_UP = "up"
 GRAPHICS_DOWN = "down"
@@ -49,6 +52,27 @@ def summary(
     if not registry.has_vm(vm_id):
         return None
     return {"vmId": vm_id, "status": _status(graphics(registry, probe, vm_id))}
+
+
+# console -> (its state, its summary's XML): a list of 1000 VMs marshals only
+# those whose state changed since the last list.  Weak: a destroyed console's
+# entry goes with it.
+_SUMMARIES: WeakKeyDictionary[Console, tuple[str, Marshalled]] = WeakKeyDictionary()
+
+
+def summary_xml(
+    registry: Registry, probe: GraphicsProbe | None, vm_id: str
+) -> Marshalled | None:
+    """``summary``, already marshalled (``list``'s answer as it goes out)."""
+    console = registry.find(vm_id)
+    if console is None:
+        shown = summary(registry, probe, vm_id)
+        return None if shown is None else marshal(shown)
+    state = console.state
+    held = _SUMMARIES.get(console)
+    if held is None or held[0] != state:
+        held = _SUMMARIES[console] = (state, marshal(console.summary()))
+    return held[1]
 
 
 def full_status(

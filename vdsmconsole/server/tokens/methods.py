@@ -154,7 +154,7 @@ def remote_console(
     _check_console(context, vm, kind)
     try:
         token, expires = context.tokens.mint(
-            vm, kind, role, asked.ttl, asked.single_use
+            vm, kind, role, asked.ttl, asked.single_use, holder=identity.name or "-"
         )
     except TooManyTokens as e:
         raise StatusError(Code.UNEXPECTED, f"{e}; retry later") from None

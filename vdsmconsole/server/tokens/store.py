@@ -25,11 +25,13 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from vdsmconsole.core.jsonfile import TextCache
 from vdsmconsole.server.tokens.tokenfile import ROLES, load_records, save_records
 from vdsmconsole.spec import REMOTE_PROTOCOLS, is_valid_token, is_valid_vm_id
 
 __all__ = [
     "MAX_LIVE_TOKENS",
+    "MAX_TOKENS_PER_IDENTITY",
     "TOKEN_ROLES",
     "Clock",
     "TokenGrant",
@@ -44,6 +46,10 @@ TOKEN_ROLES = ROLES
 # Live tokens at most: every mint rewrites the file, and a caller with read
 # access may mint, so the store (and the file) must not grow without bound.
 MAX_LIVE_TOKENS = 10_000
+# ... and at most this many minted by one identity (a client certificate),
+# so that one client cannot take the whole store from the others.  Not
+# persisted: tokens restored after a restart count for nobody.
+MAX_TOKENS_PER_IDENTITY = 2_000
 TOKEN_ID_CHARS = 12
 
 
@@ -55,7 +61,8 @@ class Clock(Protocol):
 
 
 class TooManyTokens(Exception):
-    """The store holds MAX_LIVE_TOKENS live tokens already."""
+    """The store holds MAX_LIVE_TOKENS live tokens already, or the minting
+    identity MAX_TOKENS_PER_IDENTITY."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class TokenGrant:
     expires: float
     single_use: bool
     id: str = ""
+    holder: str = ""  # the identity that minted it ("": unknown); not saved
 
     def to_record(self) -> dict[str, Any]:
         """What tokens.json keeps of it (under the token's SHA-256)."""
@@ -103,12 +111,16 @@ class TokenStore:
         path: Path | None = None,
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
         max_tokens: int = MAX_LIVE_TOKENS,
+        max_per_identity: int = MAX_TOKENS_PER_IDENTITY,
     ) -> None:
         self._clock = clock
         self._path = path
         self._new_token = new_token
         self._max_tokens = max_tokens
+        self._max_per_identity = max_per_identity
+        self._held: dict[str, int] = {}  # identity -> tokens it minted, held
         self._grants: dict[str, TokenGrant] = {}
+        self._texts = TextCache()
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -120,10 +132,17 @@ class TokenStore:
     # -- minting and using -----------------------------------------------------
 
     def mint(
-        self, vm_id: str, protocol: str, role: str, ttl: float, single_use: bool
+        self,
+        vm_id: str,
+        protocol: str,
+        role: str,
+        ttl: float,
+        single_use: bool,
+        holder: str = "",
     ) -> tuple[str, float]:
         """A new token for ``vm_id``'s ``protocol`` console: (token, expires).
 
+        ``holder``: the identity minting it, held to MAX_TOKENS_PER_IDENTITY.
         Raises ValueError for a bad argument, TooManyTokens when full, and
         OSError when the file cannot be written (then no token was made).
         """
@@ -137,18 +156,33 @@ class TokenStore:
             raise ValueError(f"ttl must be positive, not {ttl!r}")
         if len(self._grants) >= self._max_tokens and not self.prune():
             raise TooManyTokens(f"{len(self._grants)} live console tokens already")
+        if holder and self._held.get(holder, 0) >= self._max_per_identity:
+            self.prune()
+            if self._held.get(holder, 0) >= self._max_per_identity:
+                raise TooManyTokens(
+                    f"{self._held[holder]} live console tokens of this identity already"
+                )
         token = self._new_token()
         if not is_valid_token(token):
             raise ValueError("the token factory made a malformed token")
         digest = _digest(token)
         expires = self._clock.seconds() + ttl
-        self._grants[digest] = TokenGrant(
-            vm_id, protocol, role, expires, bool(single_use), digest[:TOKEN_ID_CHARS]
+        self._add(
+            digest,
+            TokenGrant(
+                vm_id,
+                protocol,
+                role,
+                expires,
+                bool(single_use),
+                digest[:TOKEN_ID_CHARS],
+                holder,
+            ),
         )
         try:
             self.save()
         except OSError:
-            del self._grants[digest]
+            self._drop(digest)
             raise
         return token, expires
 
@@ -185,7 +219,7 @@ class TokenStore:
             return None
         if grant.single_use:
             assert isinstance(token, str)
-            del self._grants[_digest(token)]
+            self._drop(_digest(token))
             self._save_or_log(f"that token {grant.id} was used")
         return grant
 
@@ -193,7 +227,7 @@ class TokenStore:
         """Forget every token of ``vm_id``; how many there were (expired too)."""
         gone = [d for d, g in self._grants.items() if g.vm_id == vm_id]
         for digest in gone:
-            del self._grants[digest]
+            self._drop(digest)
         if gone:
             self._save_or_log(f"that the tokens of {vm_id} were revoked")
         return len(gone)
@@ -203,7 +237,7 @@ class TokenStore:
         now = self._clock.seconds()
         gone = [d for d, g in self._grants.items() if g.expires <= now]
         for digest in gone:
-            del self._grants[digest]
+            self._drop(digest)
         if gone:
             self._save_or_log("that expired tokens were pruned")
         return len(gone)
@@ -225,14 +259,29 @@ class TokenStore:
             )
             for digest, entry in load_records(self._path).items()
         }
+        self._held = {}
         self.prune()
         return len(self._grants)
 
+    def _add(self, digest: str, grant: TokenGrant) -> None:
+        self._grants[digest] = grant
+        if grant.holder:
+            self._held[grant.holder] = self._held.get(grant.holder, 0) + 1
+
+    def _drop(self, digest: str) -> None:
+        grant = self._grants.pop(digest)
+        if grant.holder:
+            left = self._held[grant.holder] - 1
+            if left:
+                self._held[grant.holder] = left
+            else:
+                del self._held[grant.holder]
+
     def save(self) -> None:
         if self._path is not None:
-            save_records(
-                self._path, {d: g.to_record() for d, g in self._grants.items()}
-            )
+            # A grant never changes: its JSON is made once (TextCache).
+            tokens = self._texts.json_map(self._grants, TokenGrant.to_record)
+            save_records(self._path, tokens)
 
     def _save_or_log(self, what: str) -> None:
         # Forgetting a token must not fail: it is forgotten here at once; only

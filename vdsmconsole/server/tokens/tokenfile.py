@@ -13,14 +13,13 @@ token only means asking for a new one, never a console opened wrongly.
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
 
+from vdsmconsole.core.jsonfile import json_object, write_atomically
 from vdsmconsole.spec import REMOTE_PROTOCOLS, is_valid_vm_id
 
 __all__ = ["FORMAT_VERSION", "load_records", "save_records"]
@@ -33,18 +32,11 @@ DIGEST = re.compile(r"[0-9a-f]{64}")
 ROLES = ("viewer", "operator")
 
 
-def save_records(path: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
-    """Replace the file with ``records`` (SHA-256 hex -> entry); OSError if not."""
-    data = {"version": FORMAT_VERSION, "tokens": dict(records)}
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        os.fchmod(fd, FILE_MODE)  # a leftover .tmp may have had another mode
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def save_records(path: Path, tokens: str) -> None:
+    """Replace the file with ``tokens``, the JSON text of a map of SHA-256
+    hex -> entry (``TextCache.json_map``); OSError if it cannot be written."""
+    text = json_object({"version": str(FORMAT_VERSION), "tokens": tokens})
+    write_atomically(path, text, FILE_MODE)
 
 
 def _valid(digest: object, entry: object) -> bool:
