@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from bench.framers import HttpFramer, RawFramer, WsFramer
+from bench.framers import HttpFramer, RawFramer, TunnelFramer, WsFramer
 from bench.payload import RECORD, start_marker, sync_marker
 from bench.streams import (
     TIMEOUT,
@@ -125,7 +125,9 @@ def open_stream(peer: dict[str, Any], mode: str) -> tuple[Any, Any]:
     elif kind == "http":
         framer = HttpFramer(peer["path"], duplex=mode == "latency")
     elif kind == "ws":
-        framer = WsFramer(peer.get("path", "/"))
+        framer = WsFramer(peer.get("path", "/"), peer.get("origin", ""))
+    elif kind == "tunnel":
+        framer = TunnelFramer(peer["path"])
     else:
         raise ValueError(f"unknown peer kind {kind!r}")
     opening = framer.opening()
@@ -178,7 +180,8 @@ class Client(threading.Thread):
             while not sink.done:
                 self._read_once()
         self.records_at_end = stream.records or 0
-        stream.close()
+        if not spec.get("linger"):
+            stream.close()
 
     def _read_once(self) -> None:
         data = self.stream.recv()
@@ -316,6 +319,12 @@ def main() -> None:
         if c.is_alive():
             c.error = c.error or "timed out"
     report({"event": "done", "results": [c.result() for c in clients]})
+    if spec.get("linger"):
+        # The streams stay open until the orchestrator has taken its CPU
+        # sample: a relay that forks a child per connection (websockify,
+        # socat) would otherwise lose it, and the kernel's account of a
+        # reaped child (cutime, in clock ticks) undercounts it.
+        sys.stdin.readline()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Framers: each relay's protocol taken off what a client reads and put on
 what it sends: raw TLS (socat, conserver), HTTP/1.1 chunked (vdsmconsole),
-RFC 6455 websocket frames (websockify).
+RFC 6455 websocket frames (websockify, vdsmconsole's ``/websockify``), a
+CONNECT tunnel (vdsmconsole's ``/consoleTunnel``).
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ class WsFramer(_HeadFramer):
 
     expect = b" 101 "
 
-    def __init__(self, path: str = "/") -> None:
+    def __init__(self, path: str = "/", origin: str = "") -> None:
         super().__init__()
         self.path = path
+        self.origin = origin  # a browser's page (vdsmconsole's web listener)
         self.buf = b""
         self.left = 0
         self.opcode = 0
@@ -125,8 +127,9 @@ class WsFramer(_HeadFramer):
 
     def opening(self) -> bytes:
         key = base64.b64encode(os.urandom(16)).decode()
+        origin = f"Origin: {self.origin}\r\n" if self.origin else ""
         return (
-            f"GET {self.path} HTTP/1.1\r\nHost: localhost\r\n"
+            f"GET {self.path} HTTP/1.1\r\nHost: localhost\r\n{origin}"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
             "Sec-WebSocket-Protocol: binary\r\n\r\n"
@@ -179,3 +182,20 @@ class WsFramer(_HeadFramer):
         else:
             head = struct.pack(">BBQ", 0x82, 0x80 | 127, n)
         return head + mask + masked
+
+
+class TunnelFramer(_HeadFramer):
+    """vdsmconsole's CONNECT tunnel: a 200, then the endpoint's raw bytes."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def opening(self) -> bytes:
+        return f"CONNECT {self.path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+
+    def body(self, data: bytes) -> list[bytes]:
+        return [data]
+
+    def encode(self, data: bytes) -> bytes:
+        return data

@@ -191,8 +191,21 @@ class VdsmConsole(Peer):
     cprofile: Path | None = None
     #: another checkout's vdsmconsole to run instead (a --variant), or None
     root: Path | None = None
+    #: configuration appended to the common one (bench.wspeers: [web])
+    extra_config = ""
 
     def start(self, ptys: list[str]) -> None:
+        self.serve()
+        rpc = self.rpc()
+        for i, path in enumerate(ptys):
+            reply = rpc.create(
+                {"vmId": self.vm_id(i), "console": {"type": "pty", "path": path}}
+            )
+            if reply["status"]["code"] != 0:
+                raise RuntimeError(f"create failed: {reply['status']}")
+
+    def serve(self) -> None:
+        """Start the server and wait until it listens (``self.port``)."""
         argv = [sys.executable, "-m"]
         if self.cprofile is not None:
             # Profiled between SIGUSR1 and SIGUSR2 (bench.profserve).
@@ -200,7 +213,7 @@ class VdsmConsole(Peer):
         else:
             argv += ["vdsmconsole"]
         config = self.workdir / "vdsmconsole.conf"
-        config.write_text(server_config(self.root))
+        config.write_text(server_config(self.root) + self.extra_config)
         argv += [
             "serve",
             "--config",
@@ -227,13 +240,6 @@ class VdsmConsole(Peer):
             return int(found.group(1)) if found else None
 
         self.port = wait_for(port, 30, "vdsmconsole to listen", proc)
-        rpc = self.rpc()
-        for i, path in enumerate(ptys):
-            reply = rpc.create(
-                {"vmId": self.vm_id(i), "console": {"type": "pty", "path": path}}
-            )
-            if reply["status"]["code"] != 0:
-                raise RuntimeError(f"create failed: {reply['status']}")
 
     @staticmethod
     def vm_id(index: int) -> str:
