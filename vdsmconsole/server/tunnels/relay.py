@@ -9,8 +9,12 @@ The viewer is a ``side.ViewerSide``: a CONNECT's raw TLS connection
 Each side's transport is the other side's consumer: a viewer that stops
 reading fills its send buffer (``[console] client_buffer_bytes``), which
 pauses reading the endpoint; an endpoint that stops reading fills its own
-(Twisted's 64 KiB), which pauses reading the viewer.  So a tunnel holds at
-most those buffers and one read, whatever either side sends.  The endpoint
+(``ENDPOINT_BUFFER``, 256 KiB), which pauses reading the viewer.  So a tunnel
+holds at most those buffers and one read, whatever either side sends.
+The endpoint is read up to 256 KiB at a time as well (Twisted reads
+``bufferSize`` at once, 64 KiB by default): a graphics server's bulk output
+then costs a quarter of the reads, websocket messages and writes, which is
+most of what relaying it costs.  The endpoint
 connection is opened for the tunnel and closed with it; either side closing
 closes the other once what is in flight has been written (TLS has no
 half-close to pass on).
@@ -37,6 +41,10 @@ from vdsmconsole.server.tunnels.tunnel import CLOSE_GRACE, Tunnel, abort_if_open
 from vdsmconsole.server.tunnels.vncauth import VncAuthStep
 
 log = Logger(namespace="vdsmconsole.tunnels")
+
+# The endpoint connection's read size and send-buffer bound (Twisted's
+# bufferSize): as much as a viewer's ([console] client_buffer_bytes default).
+ENDPOINT_BUFFER = 256 * 1024
 
 
 @implementer(IPushProducer)
@@ -109,6 +117,7 @@ class RelayTunnel(Tunnel):
     def _connected(self, protocol: Protocol) -> None:
         self.connecting = None
         transport: Any = protocol.transport
+        transport.bufferSize = ENDPOINT_BUFFER
         self.endpointTransport = transport
         if self.link.gone or self.site.stopping:
             transport.loseConnection()
