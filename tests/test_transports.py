@@ -54,3 +54,31 @@ def test_nothing_overtakes_what_is_queued(pair) -> None:
     assert received(theirs) == b""
     transport.doWrite()
     assert received(theirs) == b"a" * (EAGER_MAX + 1) + b"b"
+
+
+def test_a_viewers_small_write_reaches_the_endpoint_at_once() -> None:
+    """A tunnel's small write to its endpoint (a plain Twisted TCP transport)
+    is sent without waiting for the reactor; a large one at the next poll."""
+    from twisted.internet import tcp
+
+    from vdsmconsole.server.tunnels.relay import RelayTunnel
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    reactor = MemoryReactor()
+    try:
+        relay = RelayTunnel.__new__(RelayTunnel)  # only its endpoint side
+        relay.done, relay.toEndpoint = False, 0
+        relay.endpointTransport = tcp.Server(
+            ours, Protocol(), ("127.0.0.1", 1), None, 1, reactor
+        )
+        relay._writeEndpoint(b"k")
+        assert received(theirs) == b"k"
+        assert relay.endpointTransport not in reactor.getWriters()
+        relay._writeEndpoint(b"x" * (EAGER_MAX + 1))
+        assert received(theirs) == b""
+        assert relay.toEndpoint == EAGER_MAX + 2
+    finally:
+        ours.close()
+        theirs.close()

@@ -39,6 +39,7 @@ from vdsmconsole.server.authz import ROLES, Permission
 from vdsmconsole.server.tunnels.connector import connect_endpoint, failure_reason
 from vdsmconsole.server.tunnels.tunnel import CLOSE_GRACE, Tunnel, abort_if_open
 from vdsmconsole.server.tunnels.vncauth import VncAuthStep
+from vdsmconsole.transports import EAGER_MAX, write_at_once
 
 log = Logger(namespace="vdsmconsole.tunnels")
 
@@ -183,7 +184,14 @@ class RelayTunnel(Tunnel):
     def _writeEndpoint(self, data: bytes) -> None:
         if not self.done and data:
             self.toEndpoint += len(data)
-            self.endpointTransport.write(data)
+            transport = self.endpointTransport
+            if len(data) <= EAGER_MAX:
+                # A keystroke or a pointer move goes to the kernel now, not
+                # at the reactor's next round (transports.py).
+                data = write_at_once(transport, data)
+                if not data:
+                    return
+            transport.write(data)
 
     def _authDone(self, to_viewer: bytes, to_endpoint: bytes) -> None:
         self.auth = None
