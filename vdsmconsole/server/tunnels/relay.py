@@ -9,12 +9,14 @@ The viewer is a ``side.ViewerSide``: a CONNECT's raw TLS connection
 Each side's transport is the other side's consumer: a viewer that stops
 reading fills its send buffer (``[console] client_buffer_bytes``), which
 pauses reading the endpoint; an endpoint that stops reading fills its own
-(``ENDPOINT_BUFFER``, 256 KiB), which pauses reading the viewer.  So a tunnel
+(``ENDPOINT_BUFFER``, 128 KiB), which pauses reading the viewer.  So a tunnel
 holds at most those buffers and one read, whatever either side sends.
-The endpoint is read up to 256 KiB at a time as well (Twisted reads
+The endpoint is read up to 128 KiB at a time as well (Twisted reads
 ``bufferSize`` at once, 64 KiB by default): a graphics server's bulk output
-then costs a quarter of the reads, websocket messages and writes, which is
-most of what relaying it costs.  The endpoint
+then costs half the reads, websocket messages and writes.  Not more: a read
+as large as the viewer's whole buffer (256 KiB) pauses the endpoint after
+every read, and a CONNECT tunnel's bulk was slower for it
+(docs/benchmarks.rst).  The endpoint
 connection is opened for the tunnel and closed with it; either side closing
 closes the other once what is in flight has been written (TLS has no
 half-close to pass on).
@@ -44,8 +46,8 @@ from vdsmconsole.transports import EAGER_MAX, write_at_once
 log = Logger(namespace="vdsmconsole.tunnels")
 
 # The endpoint connection's read size and send-buffer bound (Twisted's
-# bufferSize): as much as a viewer's ([console] client_buffer_bytes default).
-ENDPOINT_BUFFER = 256 * 1024
+# bufferSize): half a viewer's ([console] client_buffer_bytes default).
+ENDPOINT_BUFFER = 128 * 1024
 
 
 @implementer(IPushProducer)
