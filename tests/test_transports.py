@@ -82,3 +82,27 @@ def test_a_viewers_small_write_reaches_the_endpoint_at_once() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_web_listeners_connections_write_small_pieces_at_once() -> None:
+    """The [web] listener accepts EagerServer connections, as the mTLS port."""
+    from types import SimpleNamespace
+
+    from twisted.internet import tcp
+
+    from vdsmconsole.server.web.listener import listen_web
+
+    ports: list[tcp.Port] = []
+
+    def listenTCP(port: int, factory: object, interface: str) -> tcp.Port:
+        ports.append(tcp.Port(port, factory, interface=interface, reactor=reactor))
+        return ports[-1]
+
+    reactor = MemoryReactor()
+    config = SimpleNamespace(web_bind="127.0.0.1", bind="", web_port=0)
+    context = SimpleNamespace(
+        config=config, reactor=SimpleNamespace(listenTCP=listenTCP)
+    )
+    listening = listen_web(context, None, None, None)  # type: ignore[arg-type]
+    assert listening is ports[0]
+    assert listening.transport is EagerServer
