@@ -48,6 +48,8 @@ log = Logger(namespace="vdsmconsole.tunnels")
 # The endpoint connection's read size and send-buffer bound (Twisted's
 # bufferSize): half a viewer's ([console] client_buffer_bytes default).
 ENDPOINT_BUFFER = 128 * 1024
+# How long a refusal the viewer has yet to hear keeps its tunnel open.
+VIEWER_WAIT = 10.0
 
 
 @implementer(IPushProducer)
@@ -207,8 +209,16 @@ class RelayTunnel(Tunnel):
     # -- the end ---------------------------------------------------------------
 
     def endpointLost(self) -> None:
-        if self.auth is not None:
-            self.auth.endpoint_closed()  # the viewer hears why, then the close
+        auth = self.auth
+        if auth is not None:
+            auth.endpoint_closed()  # the viewer hears why, then the close
+            if not auth.finished and not self.done:
+                # The VNC server refused and left before the viewer sent its
+                # version: RFB lets the viewer hear why only after that, so
+                # the close waits for it (``_authFailed`` closes), a viewer
+                # that never answers for at most VIEWER_WAIT seconds.
+                self.reactor.callLater(VIEWER_WAIT, self.close, "the endpoint closed")
+                return
         self.close("the endpoint closed")
 
     def _authFailed(self, why: str) -> None:
