@@ -1,4 +1,4 @@
-"""``python -m bench [all|bulk|fanout|latency|trickle|echo|scale] [options]``.
+"""``python -m bench [all|bulk|fanout|latency|trickle|echo|scale|ws-bulk|...]``.
 
 Runs vdsmconsole and its peers (socat, websockify, conserver, and the bare
 pty as a baseline) against the same fake guest with the same clients,
@@ -18,12 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import echo, machine, report, scenarios
+from bench import echo, machine, report, scenarios, wsbench
 from bench import scale as bench_scale
 from bench.install import MissingPeer, ensure_peers
 from bench.peers import PEER_CLASSES, PEERS, server_config, unsupported
 
-SCENARIOS = ("bulk", "fanout", "latency", "trickle", "echo", "scale")
+SCENARIOS = (
+    *("bulk", "fanout", "latency", "trickle", "echo", "scale"),
+    *wsbench.SCENARIOS,
+)
 report.TABLES["echo"] = echo.echo_table
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -316,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in wanted:
             started = time.monotonic()
-            section = getattr(runner, name)()
+            if name in wsbench.SCENARIOS:
+                section = wsbench.run(runner, name)
+            else:
+                section = getattr(runner, name)()
             section["load_after"] = machine.loadavg()
             section["seconds"] = time.monotonic() - started
             result["scenarios"][name] = section
@@ -325,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     result["load_after"] = machine.loadavg()
     result["targets"] = report.targets(result["scenarios"])
     result["targets"] += echo.targets(result["scenarios"])
+    result["targets"] += wsbench.targets(result["scenarios"])
     print(render(result))
     path = (
         args.json or RESULTS / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -344,7 +351,8 @@ def render(result: dict[str, Any]) -> str:
         f"medians of {result['runs']} runs",
     ]
     for name, section in result["scenarios"].items():
-        lines += ["", f"== {name}", report.TABLES[name](section)]
+        table = {**report.TABLES, **wsbench.TABLES}[name]
+        lines += ["", f"== {name}", table(section)]
     if result["targets"]:
         lines += ["", "== targets", report.targets_table(result["targets"])]
     return "\n".join(lines)

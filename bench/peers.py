@@ -196,8 +196,32 @@ class VdsmConsole(Peer):
     create_cpu_seconds = 0.0  # and the server's CPU time meanwhile
     #: give each console a VNC endpoint on this loopback port (scale)
     graphics_port: int | None = None
+    #: configuration appended to the common one (bench.wspeers: [web])
+    extra_config = ""
 
     def start(self, ptys: list[str]) -> None:
+        proc = self.serve()
+        rpc = self.rpc()
+        t0 = time.monotonic()
+        cpu0 = cpu_ns(proc.pid)
+        for i, path in enumerate(ptys):
+            params: dict[str, Any] = {
+                "vmId": self.vm_id(i),
+                "console": {"type": "pty", "path": path},
+            }
+            if self.graphics_port is not None:
+                vnc = {"type": "vnc", "host": "127.0.0.1", "port": self.graphics_port}
+                params["graphics"] = [vnc]
+            reply = rpc.create(params)
+            if reply["status"]["code"] != 0:
+                raise RuntimeError(f"create failed: {reply['status']}")
+        self.create_seconds = time.monotonic() - t0  # the creates alone
+        cpu1 = cpu_ns(proc.pid)
+        if cpu0 is not None and cpu1 is not None:
+            self.create_cpu_seconds = (cpu1[0] - cpu0[0]) / 1e9  # the server's
+
+    def serve(self) -> subprocess.Popen[bytes]:
+        """Start the server and wait until it listens (``self.port``)."""
         argv = [sys.executable, "-m"]
         if self.cprofile is not None:
             # Profiled between SIGUSR1 and SIGUSR2 (bench.profserve).
@@ -205,7 +229,7 @@ class VdsmConsole(Peer):
         else:
             argv += ["vdsmconsole"]
         config = self.workdir / "vdsmconsole.conf"
-        config.write_text(server_config(self.root))
+        config.write_text(server_config(self.root) + self.extra_config)
         argv += [
             "serve",
             "--config",
@@ -232,24 +256,7 @@ class VdsmConsole(Peer):
             return int(found.group(1)) if found else None
 
         self.port = wait_for(port, 30, "vdsmconsole to listen", proc)
-        rpc = self.rpc()
-        t0 = time.monotonic()
-        cpu0 = cpu_ns(proc.pid)
-        for i, path in enumerate(ptys):
-            params: dict[str, Any] = {
-                "vmId": self.vm_id(i),
-                "console": {"type": "pty", "path": path},
-            }
-            if self.graphics_port is not None:
-                vnc = {"type": "vnc", "host": "127.0.0.1", "port": self.graphics_port}
-                params["graphics"] = [vnc]
-            reply = rpc.create(params)
-            if reply["status"]["code"] != 0:
-                raise RuntimeError(f"create failed: {reply['status']}")
-        self.create_seconds = time.monotonic() - t0  # the creates alone
-        cpu1 = cpu_ns(proc.pid)
-        if cpu0 is not None and cpu1 is not None:
-            self.create_cpu_seconds = (cpu1[0] - cpu0[0]) / 1e9  # the server's
+        return proc
 
     @staticmethod
     def vm_id(index: int) -> str:

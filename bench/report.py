@@ -411,5 +411,6 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def targets_table(items: list[dict[str, Any]]) -> str:
-    rows = [[t["target"], "met" if t["met"] else "MISSED", t["detail"]] for t in items]
+    verdicts = {True: "met", False: "MISSED", None: "info"}  # None: no target
+    rows = [[t["target"], verdicts[t["met"]], t["detail"]] for t in items]
     return table(["target", "", "measured (medians, same run)"], rows) if rows else ""

@@ -144,7 +144,9 @@ class Run:
         pid = str(self.peer.roots()[0])
         if self.session.profile_tool == "perf":
             self.profile_path = out_dir / f"{self.label}-{stamp}.perf.data"
-            argv = ["perf", "record", "-F", "2000", "-g", "-p", pid, "-o"]
+            # cpu-clock: a VM without a PMU records no "cycles" samples.
+            argv = ["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g"]
+            argv += ["-p", pid, "-o"]
             argv.append(str(self.profile_path))
         else:
             self.profile_path = out_dir / f"{self.label}-{stamp}.txt"

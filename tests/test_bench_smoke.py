@@ -72,7 +72,10 @@ def test_every_scenario_runs_and_adds_up(tmp_path: Path) -> None:
     assert machine["cpu"] and machine["nproc"] >= 1
     assert len(result["load_before"]) == 3 and len(result["load_after"]) == 3
     scenarios = result["scenarios"]
-    assert set(scenarios) == {"bulk", "fanout", "latency", "trickle", "echo", "scale"}
+    assert set(scenarios) == {
+        *("bulk", "fanout", "latency", "trickle", "echo", "scale"),
+        *("ws-bulk", "ws-latency", "ws-trickle", "tunnel-bulk"),
+    }
 
     bulk = scenarios["bulk"]["peers"]
     for peer in [*peers, "pty"]:
@@ -121,6 +124,25 @@ def test_every_scenario_runs_and_adds_up(tmp_path: Path) -> None:
     assert scale["readers_of_console0"] >= 1
     assert scale["rss_followers_bytes"] > 0
     assert scale["list_flood_p99_ms"] > 0
+
+    ws_peers = [p for p in ("vdsmconsole", "websockify") if p in peers]
+    tunnel_peers = [p for p in ("vdsmconsole", "socat") if p in peers]
+    for name, family in (("ws-bulk", ws_peers), ("tunnel-bulk", tunnel_peers)):
+        assert set(scenarios[name]["peers"]) == set(family)
+        for peer in family:
+            m = scenarios[name]["peers"][peer]
+            assert m["failed_runs"] == 0, m
+            assert m["runs_intact"] == 1 and m["mb_per_s"] > 0, m
+            # a relay's child per connection is counted too (websockify, socat)
+            assert m["relay_cpu_ns"] > 0, m
+    for peer in ws_peers:
+        m = scenarios["ws-latency"]["peers"][peer]
+        assert m["failed_runs"] == 0, m
+        assert m["roundtrips"] == roundtrips and m["mismatches"] == 0
+        m = scenarios["ws-trickle"]["peers"][peer]
+        assert m["failed_runs"] == 0, m
+        assert m["records_received"] == m["records_sent"] == int(seconds * 1000)
+        assert m["in_order"] is True
 
     names = {t["target"] for t in result["targets"]}
     assert any(n.startswith("bulk") for n in names)

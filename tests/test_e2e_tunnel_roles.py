@@ -4,6 +4,8 @@ VNC authentication, on the real port (docs/protocol.rst, "Tunnels")."""
 from __future__ import annotations
 
 import struct
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -196,6 +198,48 @@ def test_wrong_vnc_password_is_a_clear_error_and_a_log_line(server):
     lines = [line for line in log if "[vdsmconsole.tunnels#" in line]
     assert len(lines) == 1 and "VNC authentication refused" in lines[0], lines
     assert PASSWORD.decode() not in server.log()
+
+
+def _connected_to(port: int) -> bool:
+    """Whether a socket here is connected to ``port`` (or half-closed by it)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(
+        f[2].endswith(f":{port:04X}")
+        and f[3] in ("01", "08")  # ESTABLISHED, CLOSE_WAIT
+        for f in (line.split() for line in lines)
+    )
+
+
+def test_a_refusal_before_the_viewer_answers_still_reaches_it(server):
+    """The VNC server refuses the stored password and closes before the
+    viewer has sent its version: the viewer still gets the RFB failure with
+    the reason once it answers, not a bare close."""
+    handled = threading.Event()
+    refuse = vnc_server(b"another")
+
+    def refuse_then_close(conn, first):
+        try:
+            refuse(conn, first)
+        finally:
+            handled.set()
+
+    standin = StandIn(refuse_then_close, speaks_first=True)
+    try:
+        endpoint = {**standin.endpoint("vnc"), "password": PASSWORD.decode()}
+        register(server, "vnc4", [endpoint])
+        tunnel = TunnelSocket(server, "vnc4", "vnc")
+        assert tunnel.status == 200, tunnel.head
+        assert tunnel.read_exactly(12) == b"RFB 003.008\n"
+        assert handled.wait(15), "the VNC server never finished"
+        # The server has seen the close: its side of the connection is gone.
+        wait_for(lambda: not _connected_to(standin.port), 15, "the close")
+        tunnel.sock.sendall(b"RFB 003.008\n")  # after the endpoint is gone
+        assert tunnel.read_exactly(1) == b"\x00"  # no types: a reason follows
+        assert b"Authentication failed" in tunnel.body()
+    finally:
+        standin.stop()
+    closed = wait_for(lambda: tunnel_records(server, "tunnel-close"), 15, "close")
+    assert closed[0]["why"].startswith("VNC authentication refused")
 
 
 @pytest.mark.parametrize(

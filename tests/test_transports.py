@@ -54,3 +54,55 @@ def test_nothing_overtakes_what_is_queued(pair) -> None:
     assert received(theirs) == b""
     transport.doWrite()
     assert received(theirs) == b"a" * (EAGER_MAX + 1) + b"b"
+
+
+def test_a_viewers_small_write_reaches_the_endpoint_at_once() -> None:
+    """A tunnel's small write to its endpoint (a plain Twisted TCP transport)
+    is sent without waiting for the reactor; a large one at the next poll."""
+    from twisted.internet import tcp
+
+    from vdsmconsole.server.tunnels.relay import RelayTunnel
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    reactor = MemoryReactor()
+    try:
+        relay = RelayTunnel.__new__(RelayTunnel)  # only its endpoint side
+        relay.done, relay.toEndpoint = False, 0
+        relay.endpointTransport = tcp.Server(
+            ours, Protocol(), ("127.0.0.1", 1), None, 1, reactor
+        )
+        relay._writeEndpoint(b"k")
+        assert received(theirs) == b"k"
+        assert relay.endpointTransport not in reactor.getWriters()
+        relay._writeEndpoint(b"x" * (EAGER_MAX + 1))
+        assert received(theirs) == b""
+        assert relay.toEndpoint == EAGER_MAX + 2
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_web_listeners_connections_write_small_pieces_at_once() -> None:
+    """The [web] listener accepts EagerServer connections, as the mTLS port."""
+    from types import SimpleNamespace
+
+    from twisted.internet import tcp
+
+    from vdsmconsole.server.web.listener import listen_web
+
+    ports: list[tcp.Port] = []
+
+    def listenTCP(port: int, factory: object, interface: str) -> tcp.Port:
+        ports.append(tcp.Port(port, factory, interface=interface, reactor=reactor))
+        return ports[-1]
+
+    reactor = MemoryReactor()
+    config = SimpleNamespace(web_bind="127.0.0.1", bind="", web_port=0)
+    context = SimpleNamespace(
+        config=config, reactor=SimpleNamespace(listenTCP=listenTCP)
+    )
+    listening = listen_web(context, None, None, None)  # type: ignore[arg-type]
+    assert listening is ports[0]
+    assert listening.transport is EagerServer

@@ -9,8 +9,14 @@ The viewer is a ``side.ViewerSide``: a CONNECT's raw TLS connection
 Each side's transport is the other side's consumer: a viewer that stops
 reading fills its send buffer (``[console] client_buffer_bytes``), which
 pauses reading the endpoint; an endpoint that stops reading fills its own
-(Twisted's 64 KiB), which pauses reading the viewer.  So a tunnel holds at
-most those buffers and one read, whatever either side sends.  The endpoint
+(``ENDPOINT_BUFFER``, 128 KiB), which pauses reading the viewer.  So a tunnel
+holds at most those buffers and one read, whatever either side sends.
+The endpoint is read up to 128 KiB at a time as well (Twisted reads
+``bufferSize`` at once, 64 KiB by default): a graphics server's bulk output
+then costs half the reads, websocket messages and writes.  Not more: a read
+as large as the viewer's whole buffer (256 KiB) pauses the endpoint after
+every read, and a CONNECT tunnel's bulk was slower for it
+(docs/benchmarks.rst).  The endpoint
 connection is opened for the tunnel and closed with it; either side closing
 closes the other once what is in flight has been written (TLS has no
 half-close to pass on).
@@ -35,8 +41,15 @@ from vdsmconsole.server.authz import ROLES, Permission
 from vdsmconsole.server.tunnels.connector import connect_endpoint, failure_reason
 from vdsmconsole.server.tunnels.tunnel import CLOSE_GRACE, Tunnel, abort_if_open
 from vdsmconsole.server.tunnels.vncauth import VncAuthStep
+from vdsmconsole.transports import EAGER_MAX, write_at_once
 
 log = Logger(namespace="vdsmconsole.tunnels")
+
+# The endpoint connection's read size and send-buffer bound (Twisted's
+# bufferSize): half a viewer's ([console] client_buffer_bytes default).
+ENDPOINT_BUFFER = 128 * 1024
+# How long a refusal the viewer has yet to hear keeps its tunnel open.
+VIEWER_WAIT = 10.0
 
 
 @implementer(IPushProducer)
@@ -109,6 +122,7 @@ class RelayTunnel(Tunnel):
     def _connected(self, protocol: Protocol) -> None:
         self.connecting = None
         transport: Any = protocol.transport
+        transport.bufferSize = ENDPOINT_BUFFER
         self.endpointTransport = transport
         if self.link.gone or self.site.stopping:
             transport.loseConnection()
@@ -174,7 +188,14 @@ class RelayTunnel(Tunnel):
     def _writeEndpoint(self, data: bytes) -> None:
         if not self.done and data:
             self.toEndpoint += len(data)
-            self.endpointTransport.write(data)
+            transport = self.endpointTransport
+            if len(data) <= EAGER_MAX:
+                # A keystroke or a pointer move goes to the kernel now, not
+                # at the reactor's next round (transports.py).
+                data = write_at_once(transport, data)
+                if not data:
+                    return
+            transport.write(data)
 
     def _authDone(self, to_viewer: bytes, to_endpoint: bytes) -> None:
         self.auth = None
@@ -188,8 +209,16 @@ class RelayTunnel(Tunnel):
     # -- the end ---------------------------------------------------------------
 
     def endpointLost(self) -> None:
-        if self.auth is not None:
-            self.auth.endpoint_closed()  # the viewer hears why, then the close
+        auth = self.auth
+        if auth is not None:
+            auth.endpoint_closed()  # the viewer hears why, then the close
+            if not auth.finished and not self.done:
+                # The VNC server refused and left before the viewer sent its
+                # version: RFB lets the viewer hear why only after that, so
+                # the close waits for it (``_authFailed`` closes), a viewer
+                # that never answers for at most VIEWER_WAIT seconds.
+                self.reactor.callLater(VIEWER_WAIT, self.close, "the endpoint closed")
+                return
         self.close("the endpoint closed")
 
     def _authFailed(self, why: str) -> None:

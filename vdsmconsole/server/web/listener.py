@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import tcp
+
 from vdsmconsole.server.connlimits import LimitedTLSFactory
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.site import ConsoleSite, SiteLimits
@@ -15,6 +17,7 @@ from vdsmconsole.server.tls.reload import ServerTLS
 from vdsmconsole.server.tunnels.tunnel import close_vm_tunnels
 from vdsmconsole.server.web.resources import WebRoot
 from vdsmconsole.server.web.tls import WebTLS
+from vdsmconsole.transports import EagerServer
 
 
 class WebSite(ConsoleSite):
@@ -44,4 +47,10 @@ def listen_web(
     factory = LimitedTLSFactory(WebTLS(tls), site, limits, context.reactor)
     bind = config.web_bind or config.bind
     port = config.web_port if port is None else port
-    return context.reactor.listenTCP(port, factory, interface=bind)
+    listening = context.reactor.listenTCP(port, factory, interface=bind)
+    if isinstance(listening, tcp.Port):
+        # Accepted connections send small writes at once (transports.py), as
+        # the mTLS port's do: a keystroke's echo or a pointer's update to a
+        # browser without another reactor round.
+        listening.transport = EagerServer
+    return listening
