@@ -7,7 +7,6 @@ set to now, so nothing here sleeps or opens a port.
 from __future__ import annotations
 
 import datetime
-import time
 import tomllib
 from pathlib import Path
 
@@ -19,63 +18,22 @@ from twisted.internet import ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
+from tests.tlshelp import Pki, now_clock, utcnow
 from vdsmconsole import pki as pkimod
 from vdsmconsole.pki import Issued, PkiPaths
 from vdsmconsole.server.config import Config, ConfigError, parse_config
 from vdsmconsole.server.service import EXPIRY_CHECK_SECONDS, ConsoleService
 from vdsmconsole.server.tls.connection import AuditedTLSFactory
-from vdsmconsole.server.tls.files import TLSConfigError, TLSFiles, load_server_tls
+from vdsmconsole.server.tls.files import TLSConfigError, load_server_tls
 from vdsmconsole.server.tls.reload import CRL_CHECK_SECONDS, ServerTLS
 from vdsmconsole.server.tls.verify import refusal_reason
 
 DAY = datetime.timedelta(days=1)
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def now_clock() -> MemoryReactorClock:
-    """A fake reactor whose clock reads the real time (certificates are real)."""
-    clock = MemoryReactorClock()
-    clock.advance(time.time())
-    return clock
-
-
-class Pki:
-    """A PKI under tmp_path: CA, server certificate, CRL, and more on demand."""
-
-    def __init__(self, root: Path) -> None:
-        self.paths = pkimod.init_pki(root, hostname="localhost")
-        self.ca = pkimod.load_issued(self.paths.ca_cert, self.paths.ca_key)
-        self.crl = root / "crl.pem"
-        self.write_crl([])
-
-    def files(self, crl: bool = True) -> TLSFiles:
-        p = self.paths
-        return TLSFiles(
-            p.ca_cert, p.server_cert, p.server_key, self.crl if crl else None
-        )
-
-    def write_crl(self, revoked: list[Issued], ca: Issued | None = None) -> None:
-        crl = pkimod.make_crl(ca or self.ca, [r.cert for r in revoked])
-        tmp = self.crl.with_suffix(".new")
-        tmp.write_bytes(pkimod.crl_pem(crl))
-        tmp.replace(self.crl)
-
-    def renew_server(self, **kwargs) -> Issued:
-        renewed = pkimod.issue(
-            self.ca, "localhost", sans=["localhost"], server=True, **kwargs
-        )
-        pkimod.write_private(self.paths.server_key, renewed.key_pem())
-        pkimod.write_public(self.paths.server_cert, renewed.cert_pem())
-        return renewed
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
-from tests.test_tls_unit import Pki, now_clock
+from tests.tlshelp import Pki, now_clock
 from vdsmconsole import pki as pkimod
 from vdsmconsole.server.tls.connection import RECORD, AuditedTLSFactory
 from vdsmconsole.server.tls.reload import ServerTLS
