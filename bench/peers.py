@@ -292,6 +292,11 @@ class Socat(Peer):
         "fanout": "not supported: a forked reader per client splits the stream",
     }
 
+    @staticmethod
+    def target(path: str) -> str:
+        """socat's address of what the relay serves (the guest's pty)."""
+        return f"FILE:{path},raw,echo=0"
+
     def start(self, ptys: list[str]) -> None:
         held = free_port()  # socat's reuseaddr binds it while we hold it
         self.port = held.port
@@ -301,7 +306,7 @@ class Socat(Peer):
                 "socat",
                 f"OPENSSL-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,"
                 f"cert={p.server_cert},key={p.server_key},cafile={p.ca_cert},verify=1",
-                f"FILE:{ptys[0]},raw,echo=0",
+                self.target(ptys[0]),
             ],
             "socat.log",
         )

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench.peers import Peer, Pki, VdsmConsole, listening, wait_for
+from bench.peers import Peer, Pki, Socat, VdsmConsole, listening, wait_for
 from vdsmconsole.testing import free_port
 
 PROTOCOL = "rdp"  # raw bytes both ways, as websockify and socat relay them
@@ -132,36 +132,14 @@ class WebsockifyTcp(Peer):
         }
 
 
-class SocatTcp(Peer):
+class SocatTcp(Socat):
     """socat's TLS relay to TCP: ``OPENSSL-LISTEN ... TCP:``, a child each."""
 
-    name = "socat"
+    unsupported: dict[str, str] = {}
 
-    def start(self, ptys: list[str]) -> None:
-        held = free_port()  # socat's reuseaddr binds it while we hold it
-        self.port = held.port
-        p = self.pki.paths
-        proc = self.spawn(
-            [
-                "socat",
-                f"OPENSSL-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,"
-                f"cert={p.server_cert},key={p.server_key},cafile={p.ca_cert},verify=1",
-                f"TCP:{ptys[0]}",
-            ],
-            "socat.log",
-        )
-        try:
-            wait_for(lambda: listening(self.port), 10, "socat to listen", proc)
-        finally:
-            held.release()
-
-    def client(self, index: int = 0) -> dict[str, Any]:
-        return {
-            "kind": "raw",
-            "host": "127.0.0.1",
-            "port": self.port,
-            **self.pki.client(),
-        }
+    @staticmethod
+    def target(path: str) -> str:
+        return f"TCP:{path}"  # the endpoint's host:port
 
 
 #: scenario family -> peer name -> class
