@@ -23,6 +23,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from vdsmconsole.server.tunnels.side import ViewerBase
+
 log = Logger(namespace="vdsmconsole.tunnels")
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -40,20 +42,14 @@ def plain_answer(code: int, message: str) -> bytes:
     )
 
 
-class ViewerLink:
+class ViewerLink(ViewerBase):
     """The viewer's side of a tunnel: bytes in, bytes out, backpressure."""
 
     def __init__(self, request: Any) -> None:
+        super().__init__()
         self.request = request
         self.channel = request.channel
         self.transport = self.channel.transport  # TLS
-        self.sink: Callable[[bytes], None] | None = None
-        self.early: list[bytes] = []
-        self.received = 0  # from the viewer
-        self.sent = 0  # to the viewer
-        self.gone = False
-        self._paused: set[str] = set()  # why reading is paused
-        self._lost: list[Callable[[], None]] = []
 
     def take(self) -> None:
         """From now on every byte the viewer sends is the tunnel's."""
@@ -63,32 +59,15 @@ class ViewerLink:
         self.pauseReading("connecting")
         self.request.notifyFinish().addBoth(self._connectionLost)
 
-    def whenLost(self, f: Callable[[], None]) -> None:
-        if self.gone:
-            f()
-        else:
-            self._lost.append(f)
-
     def start(self, sink: Callable[[bytes], None]) -> None:
         """Hand what came early, then every byte, to ``sink``; read again."""
-        self.sink = sink
         # Resume first (it reads nothing at once): a pause the sink asks for
         # while it takes the early bytes then stays in force.
         self.resumeReading("connecting")
-        early, self.early = self.early, []
-        for data in early:
-            if self.gone:
-                return
-            sink(data)
+        self._handEarly(sink)
 
     def _data(self, data: bytes) -> None:
-        if self.gone or not data:
-            return
-        self.received += len(data)
-        if self.sink is None:
-            self.early.append(data)
-        else:
-            self.sink(data)
+        self._received(data)
 
     # -- writing -------------------------------------------------------------
 
@@ -120,20 +99,6 @@ class ViewerLink:
         if self.channel is not None:
             self.channel.unregisterProducer()
 
-    # -- reading -------------------------------------------------------------
-
-    def pauseReading(self, why: str) -> None:
-        if not self._paused and not self.gone:
-            self.transport.pauseProducing()
-        self._paused.add(why)
-
-    def resumeReading(self, why: str) -> None:
-        if why not in self._paused:
-            return
-        self._paused.discard(why)
-        if not self._paused and not self.gone:
-            self.transport.resumeProducing()
-
     # -- the end -------------------------------------------------------------
 
     def close(self) -> None:
@@ -149,8 +114,4 @@ class ViewerLink:
             self.transport.abortConnection()
 
     def _connectionLost(self, result: object) -> None:
-        self.gone = True
-        self.early = []
-        calls, self._lost = self._lost, []
-        for f in calls:
-            f()
+        self._lostNow()

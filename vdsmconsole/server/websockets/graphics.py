@@ -38,6 +38,7 @@ from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import answer, end_with
 from vdsmconsole.server.tokens.store import TokenGrant
 from vdsmconsole.server.tunnels.relay import RelayTunnel
+from vdsmconsole.server.tunnels.side import ViewerBase
 from vdsmconsole.server.tunnels.tunnel import TunnelGrant
 from vdsmconsole.server.websockets.admit import socket_limits
 from vdsmconsole.server.websockets.wire import (
@@ -71,22 +72,16 @@ class _Messages:
         self.link.closed()
 
 
-class SocketLink:
+class SocketLink(ViewerBase):
     """A relay's viewer side on a websocket: binary messages both ways."""
 
     def __init__(self, request: Any, limits: SocketLimits) -> None:
+        super().__init__()
         self.request = request
         self.limits = limits
         self.socket: SocketProtocol | None = None
         self.accepted = False
-        self.sink: Callable[[bytes], None] | None = None
-        self.early: list[bytes] = []  # messages before the relay started
         self.unsent: list[bytes] = []  # writes before the websocket opened
-        self.sent = 0
-        self.received = 0
-        self.gone = False
-        self._paused: set[str] = set()
-        self._lost: list[Callable[[], None]] = []
         request.notifyFinish().addBoth(self._connectionLost)
 
     @property
@@ -94,12 +89,6 @@ class SocketLink:
         return self.request.channel.transport if self.request.channel else None
 
     # -- ViewerSide: the start -------------------------------------------------
-
-    def whenLost(self, f: Callable[[], None]) -> None:
-        if self.gone:
-            f()
-        else:
-            self._lost.append(f)
 
     def accept(self) -> None:
         """The endpoint answered: the websocket handshake (101) now."""
@@ -113,12 +102,7 @@ class SocketLink:
             end_with(self.request, code, message)
 
     def start(self, sink: Callable[[bytes], None]) -> None:
-        self.sink = sink
-        early, self.early = self.early, []
-        for data in early:
-            if self.gone:
-                return
-            sink(data)
+        self._handEarly(sink)
 
     # -- from the websocket (_Messages) -----------------------------------------
 
@@ -129,13 +113,7 @@ class SocketLink:
             socket.send_bytes(data)
 
     def message(self, data: bytes) -> None:
-        if self.gone or not data:
-            return
-        self.received += len(data)
-        if self.sink is None:
-            self.early.append(data)
-        else:
-            self.sink(data)
+        self._received(data)
 
     def closed(self) -> None:
         self.socket = None
@@ -162,18 +140,6 @@ class SocketLink:
         if self.transport is not None:
             self.transport.unregisterProducer()
 
-    def pauseReading(self, why: str) -> None:
-        if not self._paused and not self.gone and self.transport is not None:
-            self.transport.pauseProducing()
-        self._paused.add(why)
-
-    def resumeReading(self, why: str) -> None:
-        if why not in self._paused:
-            return
-        self._paused.discard(why)
-        if not self._paused and not self.gone and self.transport is not None:
-            self.transport.resumeProducing()
-
     # -- ViewerSide: the end ---------------------------------------------------
 
     def close(self) -> None:
@@ -192,14 +158,8 @@ class SocketLink:
             self.transport.abortConnection()
 
     def _connectionLost(self, result: object) -> None:
-        if self.gone:
-            return
-        self.gone = True
-        self.early = []
         self.unsent = []
-        calls, self._lost = self._lost, []
-        for f in calls:
-            f()
+        self._lostNow()
 
 
 def graphics_socket(
