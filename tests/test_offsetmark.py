@@ -175,3 +175,145 @@ def test_rewritten_in_place_with_a_fixed_width(tmp_path: Path) -> None:
     assert (tmp_path / MARK_FILE).stat().st_size == size
     mark.close(10**12)
     assert (tmp_path / MARK_FILE).stat().st_size == size
+
+
+# -- reservations made ahead, off the caller's thread -----------------------------
+
+
+class Job:
+    """A submitted write, run when the test says (or when its result is
+    needed: ``result`` blocks as a real future's would, here by running it)."""
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args = fn, args
+        self.ran = False
+        self.value = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        if not self.ran:
+            self.ran = True
+            try:
+                self.value = self.fn(*self.args)
+            except BaseException as e:  # noqa: BLE001 - kept for result()
+                self.error = e
+
+    def done(self) -> bool:
+        return self.ran
+
+    def result(self):
+        self.run()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Ahead:
+    """An executor that keeps what it is given until the test runs it."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def submit(self, fn, *args) -> Job:
+        self.jobs.append(Job(fn, *args))
+        return self.jobs[-1]
+
+
+def make_ahead(tmp_path: Path) -> tuple[OffsetMark, Clock, Syncs, Ahead]:
+    clock, syncs, ahead = Clock(), Syncs(), Ahead()
+    mark = OffsetMark(
+        tmp_path / MARK_FILE,
+        min_step=100,
+        max_step=1600,
+        clock=clock,
+        boot=lambda: BOOT,
+        ahead=ahead,  # type: ignore[arg-type]
+        _sync=syncs,
+    )
+    return mark, clock, syncs, ahead
+
+
+def test_the_next_reservation_is_made_durable_on_the_ahead_executor(
+    tmp_path: Path,
+) -> None:
+    """Half used: the next reservation is synced off the caller's thread, and
+    output up to it then needs no sync of the caller's."""
+    mark, clock, syncs, ahead = make_ahead(tmp_path)
+    mark.cover(10)
+    assert syncs.count == 1
+    first = mark.reserved
+    assert 10 < mark.refill_at < first
+    mark.reserve_ahead()
+    mark.reserve_ahead()  # one at a time
+    assert len(ahead.jobs) == 1 and syncs.count == 1  # nothing in line
+    assert mark.reserved == first  # not durable yet: not taken
+    ahead.jobs[0].run()
+    assert syncs.count == 2 and on_disk(tmp_path) > first
+    clock.now += 10
+    mark.cover(first + 1)  # takes the reservation made ahead
+    assert syncs.count == 2
+    assert mark.reserved == on_disk(tmp_path) > first + 1
+
+
+def test_output_that_outruns_the_disk_waits_for_the_reservation_ahead(
+    tmp_path: Path,
+) -> None:
+    """Past the reservation with the next one still in flight: cover waits
+    for it rather than handing out offsets the disk does not know."""
+    mark, clock, syncs, ahead = make_ahead(tmp_path)
+    mark.cover(10)
+    first = mark.reserved
+    mark.reserve_ahead()
+    assert not ahead.jobs[0].done()
+    mark.cover(first + 5)
+    assert ahead.jobs[0].done()
+    assert on_disk(tmp_path) >= first + 5
+    assert syncs.count == 2  # the ahead write sufficed: none in line
+
+
+def test_a_failed_write_ahead_is_met_by_the_store_in_line(tmp_path: Path) -> None:
+    """A write ahead that fails is not taken; cover's own store raises."""
+    mark, clock, syncs, ahead = make_ahead(tmp_path)
+    mark.cover(10)
+    first = mark.reserved
+    syncs.error = OSError(errno.EIO, "I/O error")
+    mark.reserve_ahead()
+    ahead.jobs[0].run()
+    mark.reserve_ahead()  # settles the failure, tries again
+    ahead.jobs[1].run()
+    assert mark.reserved == first
+    with pytest.raises(OSError):
+        mark.cover(first + 1)
+    assert mark.reserved == first
+
+
+def test_close_lands_after_a_write_ahead(tmp_path: Path) -> None:
+    """A clean stop waits for the write ahead, so the exact end is what stays."""
+    mark, clock, syncs, ahead = make_ahead(tmp_path)
+    mark.cover(10)
+    mark.reserve_ahead()
+    mark.close(60)
+    assert ahead.jobs[0].done()
+    assert on_disk(tmp_path) == 60
+    assert reopen(tmp_path).resume_offset(60) == 60
+
+
+def test_a_real_thread_ahead_keeps_every_offset_covered(tmp_path: Path) -> None:
+    """With a real thread: whatever was handed out is always within the mark
+    on disk, and a host crash resumes past it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        mark = OffsetMark(
+            tmp_path / MARK_FILE, min_step=100, max_step=1600, ahead=ahead
+        )
+        handed_out = 0
+        for _ in range(300):
+            end = handed_out + 37
+            if end > mark.reserved:
+                mark.cover(end)
+            elif end > mark.refill_at:
+                mark.reserve_ahead()
+            handed_out = end
+            assert on_disk(tmp_path) >= handed_out
+    assert reopen(tmp_path, NEXT_BOOT).resume_offset(handed_out - 500) >= handed_out

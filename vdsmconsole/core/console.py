@@ -122,8 +122,11 @@ class Console:
             return
         offset = self.ring.end
         mark = self.mark
-        if mark is not None and offset + len(data) > mark.reserved:
-            self._update_mark(mark.cover, offset + len(data))
+        if mark is not None and offset + len(data) > mark.refill_at:
+            if offset + len(data) > mark.reserved:
+                self._update_mark(mark.cover, offset + len(data))
+            else:
+                mark.reserve_ahead()  # off the reactor, while half is left
         self.ring.append(data)
         self.bytes_in += len(data)
         self._append_log(offset, data)

@@ -23,6 +23,13 @@ doubles while the output is fast (a reservation used up within ``quick``
 seconds) and halves back while it is slow: a busy console pays a few
 fdatasyncs a second, a quiet one one every ``min_step`` bytes.
 
+To keep them off the caller's thread (the reactor: an fdatasync can take
+tens of milliseconds on a busy disk, and every console and client waits
+meanwhile), a mark given an ``ahead`` executor makes its next reservation
+there once half of the current one is used (``reserve_ahead``); the caller
+takes it over at its next ``cover`` and blocks only when the output
+outruns the disk.
+
 The file is one line, ``<offset, 20 digits> <boot id> <c|i>`` (c: the log
 held every byte, i: it did not), rewritten in place at a fixed width: the
 write never needs a new disk block, so it works on a full disk too.
@@ -35,6 +42,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 __all__ = ["MARK_FILE", "OffsetMark", "boot_id"]
@@ -71,6 +79,7 @@ class OffsetMark:
         quick: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         boot: Callable[[], str] = boot_id,
+        ahead: Executor | None = None,
         _sync: Callable[[int], None] = os.fdatasync,
     ) -> None:
         if not 0 < min_step <= max_step:
@@ -90,6 +99,9 @@ class OffsetMark:
         # The bound as last made durable (or as found at open).
         self._reserved = self.saved
         self._complete = True
+        # The next reservation being made durable on ``ahead`` (one at most).
+        self._ahead = ahead
+        self._pending: Future[tuple[int, bool]] | None = None
 
     @property
     def reserved(self) -> int:
@@ -115,33 +127,75 @@ class OffsetMark:
         complete = len(fields) > 2 and fields[2] == b"c"
         return value, boot, complete
 
+    @property
+    def refill_at(self) -> int:
+        """Output past this (and within ``reserved``) may ``reserve_ahead``."""
+        return self._reserved - self._step // 2
+
     def cover(self, end: int) -> None:
         """Make the mark at least ``end``, durably, before it is handed out."""
         if end <= self._reserved:
             return
+        self._settle(wait=True)
+        if end <= self._reserved:
+            return
+        self._store(end + self._nextStep(), self._complete)
+
+    def reserve_ahead(self) -> None:
+        """Half of the reservation is used: make the next one durable on the
+        ``ahead`` executor, so that ``cover`` finds it done (never raises; a
+        failure there is left for ``cover``'s own store to meet and say)."""
+        self._settle(wait=False)
+        if self._ahead is None or self._pending is not None:
+            return
+        value, complete = self._reserved + self._nextStep(), self._complete
+        self._pending = self._ahead.submit(self._write, value, complete)
+
+    def _nextStep(self) -> int:
         now = self._clock()
         if now - self._lastReserved < self._quick:
             self._step = min(self._max, self._step * 2)
         else:
             self._step = max(self._min, self._step // 2)
         self._lastReserved = now
-        self._store(end + self._step, self._complete)
+        return self._step
+
+    def _settle(self, wait: bool) -> None:
+        """Take over a reservation made ahead once it is durable."""
+        pending = self._pending
+        if pending is None or not (wait or pending.done()):
+            return
+        self._pending = None
+        try:
+            value, complete = pending.result()
+        except OSError:
+            return  # not durable: the next store, in line, says why
+        self._reserved, self._complete = value, complete
 
     def log_incomplete(self) -> None:
         """The log failed to take bytes that were handed out: trust it no more."""
+        self._settle(wait=True)
         if self._complete:
             self._store(self._reserved, False)
 
     def log_complete(self) -> None:
         """The log takes bytes again (after a gap): its end is exact again."""
+        self._settle(wait=True)
         if not self._complete:
             self._store(self._reserved, True)
 
     def close(self, end: int) -> None:
         """A clean stop: the exact end, so that a restart leaves no gap."""
+        self._settle(wait=True)
         self._store(end, self._complete)
 
     def _store(self, value: int, complete: bool) -> None:
+        self._write(value, complete)
+        self._reserved = value
+        self._complete = complete
+
+    def _write(self, value: int, complete: bool) -> tuple[int, bool]:
+        """Write and fdatasync the mark (on the caller's thread or ``ahead``)."""
         # Opened per store, not held: stores are rare (a few a second at
         # most), and a thousand consoles should not hold a thousand more fds.
         fd = os.open(
@@ -157,5 +211,4 @@ class OffsetMark:
             self._sync(fd)
         finally:
             os.close(fd)
-        self._reserved = value
-        self._complete = complete
+        return value, complete

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ from vdsmconsole.transports import EagerServer
 
 log = Logger(namespace="vdsmconsole.server")
 EXPIRY_CHECK_SECONDS = 24 * 3600
+# Where console marks make their next reservation ahead (offsetmark.py): an
+# fdatasync off the reactor.  Shared by every console; threads on first use.
+MARK_WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="offset-mark")
 
 
 class StartupError(Exception):
@@ -107,7 +111,7 @@ def make_console_factory(config: Config, reactor: Any) -> Callable[..., Console]
         console_log = ConsoleLog(
             directory, config.log_file_bytes, config.log_keep_files
         )
-        mark = OffsetMark(directory / MARK_FILE)
+        mark = OffsetMark(directory / MARK_FILE, ahead=MARK_WRITER)
         if fresh:
             start = max(console_log.end, mark.saved)
             console_log.discard()
