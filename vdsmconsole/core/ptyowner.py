@@ -67,11 +67,25 @@ def pts_index(path: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def read_proc_file(path: str) -> str:
+    """A small ``/proc`` file's text; OSError if it cannot be read.
+
+    ``os.open`` and one ``read`` on a string path: a create checks a pty's
+    owner several times, and ``Path.read_text`` (path objects, a text
+    wrapper) cost more than the reads themselves.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 65536).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
 def process_start(pid: int, proc: Path = PROC) -> int | None:
     """Field 22 of ``<proc>/<pid>/stat`` (start time); None if unreadable."""
     try:
-        text = (proc / str(pid) / "stat").read_text()
-    except (OSError, UnicodeDecodeError):
+        text = read_proc_file(f"{proc}/{pid}/stat")
+    except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: count the
     # fields after its closing parenthesis, which is field 3.
@@ -93,17 +107,17 @@ def _tty_index(fdinfo: str) -> int | None:
 def _master_index(pid: int, fd: str, proc: Path) -> int | None:
     """N if ``pid``'s descriptor ``fd`` is the master of ``/dev/pts/N``."""
     try:
-        if os.readlink(proc / str(pid) / "fd" / fd) not in _PTMX_LINKS:
+        if os.readlink(f"{proc}/{pid}/fd/{fd}") not in _PTMX_LINKS:
             return None
-        return _tty_index((proc / str(pid) / "fdinfo" / fd).read_text())
-    except (OSError, UnicodeDecodeError):  # closed meanwhile, or not ours to see
+        return _tty_index(read_proc_file(f"{proc}/{pid}/fdinfo/{fd}"))
+    except OSError:  # closed meanwhile, or not ours to see
         return None
 
 
 def master_fds(pid: int, proc: Path = PROC) -> dict[int, str]:
     """pty number -> the descriptor by which ``pid`` holds its master."""
     try:
-        fds = os.listdir(proc / str(pid) / "fd")
+        fds = os.listdir(f"{proc}/{pid}/fd")
     except OSError:  # gone, or another user's process
         return {}
     found: dict[int, str] = {}

@@ -45,6 +45,7 @@ from vdsmconsole.core.ptyowner import (
     find_pty_owner,
     process_start,
     pts_index,
+    read_proc_file,
 )
 from vdsmconsole.graphics import GraphicsEndpoint
 from vdsmconsole.spec import ConsoleSpec, NoSuchSource, NotAllowed
@@ -362,7 +363,7 @@ class SourcePolicy:
 def process_exe(pid: int, proc: Path = PROC) -> str:
     """The executable of ``pid`` ("" if it cannot be seen)."""
     try:
-        exe = os.readlink(proc / str(pid) / "exe")
+        exe = os.readlink(f"{proc}/{pid}/exe")
     except OSError:
         return ""
     # A binary replaced by an upgrade while qemu runs: still that program.
@@ -371,8 +372,8 @@ def process_exe(pid: int, proc: Path = PROC) -> str:
 
 def _parent(pid: int, proc: Path) -> int:
     try:
-        text = (proc / str(pid) / "stat").read_text()
-    except (OSError, UnicodeDecodeError):
+        text = read_proc_file(f"{proc}/{pid}/stat")
+    except OSError:
         return 0
     fields = text[text.rfind(")") + 1 :].split()
     return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
