@@ -226,10 +226,13 @@ class _SourceBase:
             return
         self.state = state
         self._reason = reason
-        _log.info(
-            "{source}: {state}: {reason}", source=self, state=state, reason=reason
-        )
-        if self._sink is not None:
+        if self._sink is None:
+            _log.info(
+                "{source}: {state}: {reason}", source=self, state=state, reason=reason
+            )
+        else:
+            # The sink (a console) logs the change with its vmId: one line
+            # a change, not two (a burst of creates logged each twice).
             with _sinkFailures:
                 self._sink.sourceStateChanged(state, reason)
 
