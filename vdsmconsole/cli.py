@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import (
+    FileLogObserver,
+    Logger,
+    formatEventAsClassicLogText,
+    formatTime,
+    globalLogBeginner,
+)
 
 from vdsmconsole import __version__
 from vdsmconsole.demoscreen import DemoScreen, start_demo_screen
@@ -66,9 +72,30 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return check_values(replace(config, **changes))
 
 
+class _SecondStamps:
+    """Twisted's log timestamps (whole seconds), made once a second rather
+    than once a line: a burst of creates logs three lines each."""
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = ""
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(when)
+        second = int(when)
+        if second != self._second:
+            self._second, self._text = second, formatTime(second)
+        return self._text
+
+
 def start_logging() -> None:
+    stamps = _SecondStamps()
+    observer = FileLogObserver(
+        sys.stderr, lambda event: formatEventAsClassicLogText(event, stamps)
+    )
     globalLogBeginner.beginLoggingTo(
-        [textFileLogObserver(sys.stderr)],  # type: ignore[list-item]
+        [observer],  # type: ignore[list-item]
         redirectStandardIO=False,
     )
 
