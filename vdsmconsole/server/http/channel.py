@@ -77,6 +77,16 @@ def chunk_continues(channel: Any) -> bool:
     return False
 
 
+class _Gather:
+    """Stands in for the transport while a response head is held."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.parts.extend(iovec)
+
+
 class ConsoleChannel(http.HTTPChannel):
     """HTTP/1.1 with clean refusals of oversized headers and header deadlines.
 
@@ -92,6 +102,42 @@ class ConsoleChannel(http.HTTPChannel):
     _headerLines = 0
     _headerBytes = 0
     _refused = False
+
+    # The head of a response whose first body bytes follow in the same call
+    # (ConsoleRequest.write): held so that both go out as one transport
+    # write, one TLS record and one send rather than two each.
+    _heldHead: list[bytes] | None = None
+
+    def holdHead(self) -> None:
+        self._heldHead = []
+
+    def flushHead(self) -> None:
+        """Write a held head that no body followed (HEAD, 204, 304)."""
+        held, self._heldHead = self._heldHead, None
+        if held:
+            transport: Any = self.transport
+            transport.writeSequence(held)
+
+    def writeHeaders(self, *args: Any, **kwargs: Any) -> None:
+        if self._heldHead is None:
+            super().writeHeaders(*args, **kwargs)
+            return
+        transport = self.transport
+        self.transport = _Gather(self._heldHead)  # type: ignore[assignment]
+        try:
+            super().writeHeaders(*args, **kwargs)
+        finally:
+            self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        if self._heldHead:
+            self.writeSequence([data])
+            return
+        super().write(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        held, self._heldHead = self._heldHead, None
+        super().writeSequence([*held, *iovec] if held else iovec)
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
