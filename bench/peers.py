@@ -28,7 +28,7 @@ from bench.machine import cpu_ns
 from vdsmconsole.pki import PkiPaths, init_pki
 from vdsmconsole.testing import free_port
 
-PEERS = ("vdsmconsole", "socat", "websockify", "conserver")
+PEERS = ("vdsmconsole", "socat", "socat-nodelay", "websockify", "conserver")
 LISTENING = re.compile(rb"vdsmconsole listening on [^:\s]+:(\d+)")
 
 # The server's configuration in every run.  The connection caps are out of the
@@ -292,6 +292,9 @@ class Socat(Peer):
         "fanout": "not supported: a forked reader per client splits the stream",
     }
 
+    #: appended to the OPENSSL-LISTEN address (SocatNodelay)
+    listen_options = ""
+
     @staticmethod
     def target(path: str) -> str:
         """socat's address of what the relay serves (the guest's pty)."""
@@ -305,7 +308,8 @@ class Socat(Peer):
             [
                 "socat",
                 f"OPENSSL-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,"
-                f"cert={p.server_cert},key={p.server_key},cafile={p.ca_cert},verify=1",
+                f"cert={p.server_cert},key={p.server_key},cafile={p.ca_cert},verify=1"
+                + self.listen_options,
                 self.target(ptys[0]),
             ],
             "socat.log",
@@ -322,6 +326,20 @@ class Socat(Peer):
             "port": self.port,
             **self.pki.client(),
         }
+
+
+class SocatNodelay(Socat):
+    """socat as an operator tuning it for typing would run it: ``nodelay``
+    on the TLS socket, so that Nagle does not hold a small write back
+    (socat sets no ``TCP_NODELAY`` by default, and its echo p99 is then
+    Nagle's and delayed ACK's ~40 ms).  Only where that matters."""
+
+    name = "socat-nodelay"
+    listen_options = ",nodelay"
+    unsupported = {
+        scenario: "measured in latency and echo only (Nagle matters there)"
+        for scenario in ("bulk", "fanout", "trickle", "scale")
+    }
 
 
 class Websockify(Peer):
@@ -473,7 +491,7 @@ def unsupported(name: str, scenario: str) -> str | None:
 
 
 PEER_CLASSES: dict[str, type[Peer]] = {
-    c.name: c for c in (VdsmConsole, Socat, Websockify, Conserver, Direct)
+    c.name: c for c in (VdsmConsole, Socat, SocatNodelay, Websockify, Conserver, Direct)
 }
 
 # command -> Debian package, per peer
@@ -481,6 +499,7 @@ NEEDS: dict[str, dict[str, str]] = {
     "vdsmconsole": {},
     "pty": {},
     "socat": {"socat": "socat"},
+    "socat-nodelay": {"socat": "socat"},
     "websockify": {"websockify": "websockify", "socat": "socat"},
     "conserver": {"conserver": "conserver-server", "console": "conserver-client"},
 }

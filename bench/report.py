@@ -10,8 +10,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-PEER_ORDER = ("vdsmconsole", "socat", "websockify", "conserver", "pty")
-RELAYS = ("socat", "websockify", "conserver")
+PEER_ORDER = ("vdsmconsole", "socat", "socat-nodelay", "websockify", "conserver", "pty")
+RELAYS = ("socat", "socat-nodelay", "websockify", "conserver")
 V = "vdsmconsole"
 
 
@@ -336,17 +336,19 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
                     )
                 )
     lat = scenarios.get("latency")
-    if lat and "vdsmconsole" in lat["peers"] and "socat" in lat["peers"]:
-        v, s = lat["peers"]["vdsmconsole"], lat["peers"]["socat"]
+    for socat in ("socat", "socat-nodelay"):
+        if not lat or "vdsmconsole" not in lat["peers"] or socat not in lat["peers"]:
+            continue
+        v, s = lat["peers"]["vdsmconsole"], lat["peers"][socat]
         for q in ("p50_us", "p99_us"):
             if q in v and q in s:
                 ratio = v[q] / s[q]
                 out.append(
                     _target(
-                        f"latency {q[:3]} <= 1.5x socat",
+                        f"latency {q[:3]} <= 1.5x {socat}",
                         ratio <= 1.5,
                         f"{v[q]:.0f} vs {s[q]:.0f} us ({ratio:.2f}x"
-                        f"{_per_run(lat['peers'], 'vdsmconsole', 'socat', q)})",
+                        f"{_per_run(lat['peers'], 'vdsmconsole', socat, q)})",
                     )
                 )
     tr = scenarios.get("trickle")
