@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--consoles", type=int, default=1000, help="scale (1000)")
     p.add_argument("--followers", type=int, help="scale (default --consoles)")
     p.add_argument("--list-calls", type=int, default=200, help="scale (200)")
+    p.add_argument(
+        "--create-clients",
+        type=int,
+        default=1,
+        help="scale: connections the creates are spread over (1)",
+    )
     p.add_argument("--runs", type=int, default=5, help="runs per peer (5)")
     p.add_argument(
         "--peers",
@@ -268,7 +274,12 @@ class Runner:
                 load = machine.loadavg()
                 try:
                     result = bench_scale.scale(
-                        self.session, peer, a.consoles, a.followers, a.list_calls
+                        self.session,
+                        peer,
+                        a.consoles,
+                        a.followers,
+                        a.list_calls,
+                        create_clients=a.create_clients,
                     )
                 except Exception as e:  # noqa: BLE001 - reported as the result
                     result = {"failed": f"{type(e).__name__}: {e}"}

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,8 @@ class VdsmConsole(Peer):
     root: Path | None = None
     create_seconds = 0.0  # how long start() took to create the consoles
     create_cpu_seconds = 0.0  # and the server's CPU time meanwhile
+    #: connections the creates are spread over (scale --create-clients)
+    create_clients = 1
     #: give each console a VNC endpoint on this loopback port (scale)
     graphics_port: int | None = None
     #: configuration appended to the common one (bench.wspeers: [web])
@@ -201,24 +204,43 @@ class VdsmConsole(Peer):
 
     def start(self, ptys: list[str]) -> None:
         proc = self.serve()
-        rpc = self.rpc()
+        clients = max(1, min(self.create_clients, len(ptys)))
+        rpcs = [self.rpc() for _ in range(clients)]
+        for rpc in rpcs:
+            rpc.ping()  # connected and handshaken before the clock starts
         t0 = time.monotonic()
         cpu0 = cpu_ns(proc.pid)
-        for i, path in enumerate(ptys):
-            params: dict[str, Any] = {
-                "vmId": self.vm_id(i),
-                "console": {"type": "pty", "path": path},
-            }
-            if self.graphics_port is not None:
-                vnc = {"type": "vnc", "host": "127.0.0.1", "port": self.graphics_port}
-                params["graphics"] = [vnc]
-            reply = rpc.create(params)
-            if reply["status"]["code"] != 0:
-                raise RuntimeError(f"create failed: {reply['status']}")
+        if clients == 1:
+            self._create(rpcs[0], ptys, range(len(ptys)))
+        else:
+            # A burst from several connections at once, as an engine
+            # registering a host's VMs from a thread pool would send it.
+            with ThreadPoolExecutor(clients) as pool:
+                shares = [range(k, len(ptys), clients) for k in range(clients)]
+                for done in [
+                    pool.submit(self._create, rpc, ptys, share)
+                    for rpc, share in zip(rpcs, shares, strict=True)
+                ]:
+                    done.result()
         self.create_seconds = time.monotonic() - t0  # the creates alone
         cpu1 = cpu_ns(proc.pid)
         if cpu0 is not None and cpu1 is not None:
             self.create_cpu_seconds = (cpu1[0] - cpu0[0]) / 1e9  # the server's
+
+    def _create(
+        self, rpc: xmlrpc.client.ServerProxy, ptys: list[str], indexes: range
+    ) -> None:
+        for i in indexes:
+            params: dict[str, Any] = {
+                "vmId": self.vm_id(i),
+                "console": {"type": "pty", "path": ptys[i]},
+            }
+            if self.graphics_port is not None:
+                vnc = {"type": "vnc", "host": "127.0.0.1", "port": self.graphics_port}
+                params["graphics"] = [vnc]
+            reply: Any = rpc.create(params)
+            if reply["status"]["code"] != 0:
+                raise RuntimeError(f"create failed: {reply['status']}")
 
     def serve(self) -> subprocess.Popen[bytes]:
         """Start the server and wait until it listens (``self.port``)."""

@@ -404,12 +404,18 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
         if "create_seconds" in sc:
             out.append(
                 _target(
-                    f"scale: {sc['consoles']:.0f} pty creates < 2 s",
+                    f"scale: {sc['consoles']:.0f} pty creates < 2 s"
+                    + _from_clients(sc),
                     sc["create_seconds"] < 2.0,
                     f"{sc['create_seconds']:.2f} s",
                 )
             )
     return out
+
+
+def _from_clients(sc: dict[str, Any]) -> str:
+    clients = sc.get("create_clients", 1)
+    return f" ({clients:.0f} connections at once)" if clients and clients > 1 else ""
 
 
 def targets_table(items: list[dict[str, Any]]) -> str:

@@ -103,6 +103,7 @@ def scale(
     followers: int,
     calls: int = 200,
     tokens: int | None = None,
+    create_clients: int = 1,
 ) -> dict[str, Any]:
     """Many consoles, graphics and tokens; list() while one console floods."""
     tokens = consoles if tokens is None else tokens
@@ -112,8 +113,13 @@ def scale(
     peer = make_peer(peer_name, run_dir, session.pki, session.variants)
     assert isinstance(peer, VdsmConsole)
     peer.graphics_port = vnc.port
+    peer.create_clients = create_clients
     idle: Child | None = None
-    out: dict[str, Any] = {"consoles": consoles, "followers": followers}
+    out: dict[str, Any] = {
+        "consoles": consoles,
+        "followers": followers,
+        "create_clients": create_clients,
+    }
     full_calls = max(5, calls // 10)
     try:
         peer.start(guest.ptys)
