@@ -279,14 +279,19 @@ class RegistryFile(Generic[C]):
         self._texts = TextCache()
         self._graphics_texts = TextCache()
 
+    @property
+    def records(self) -> int:
+        """Journal lines since the snapshot."""
+        return 0 if self.journal is None else self.journal.records
+
     def due(self, vms: int) -> bool:
         """Whether to compact: the journal holds more than ``max(COMPACT_AT,
         vms)`` records, so compaction costs O(1) per change amortized."""
-        return self.journal is not None and self.journal.records > max(COMPACT_AT, vms)
+        return self.records > max(COMPACT_AT, vms)
 
     def pending(self) -> bool:
         """Whether the journal has records the snapshot may not."""
-        return self.journal is not None and self.journal.records > 0
+        return self.records > 0
 
     def read(self) -> State | None:
         """As ``read``; the journal's lines count from here on."""
