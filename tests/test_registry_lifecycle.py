@@ -20,6 +20,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
+from vdsmconsole.core import jsonfile, registryfile
 from vdsmconsole.core.console import Console
 from vdsmconsole.core.consolelog import ConsoleLog
 from vdsmconsole.core.interfaces import SourceSink
@@ -221,6 +222,22 @@ class SpawnSource(FakeSource):
         return {"type": "spawn", "running": True, "pid": self.pid}
 
 
+class Counted(Console):
+    """A console that counts reads of its spec (every console's, in a loop
+    over all of them)."""
+
+    reads = 0
+
+    @property  # type: ignore[override]
+    def spec(self) -> ConsoleSpec:
+        Counted.reads += 1
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: ConsoleSpec) -> None:
+        self._spec = spec
+
+
 class Files:
     """Builds consoles on fake sources and remembers what each was given."""
 
@@ -236,7 +253,7 @@ class Files:
             source = SpawnSource(1000 + len(self.given))
         else:
             source = FakeSource()
-        return Console(vm_id, spec, source, Ring(1024), None, Clock())
+        return Counted(vm_id, spec, source, Ring(1024), None, Clock())
 
 
 def files_registry(tmp_path: Path) -> Registry:
@@ -351,20 +368,37 @@ def test_the_journal_stays_below_max_256_and_the_vms(tmp_path: Path) -> None:
     assert described(restarted(tmp_path)) == described(registry)
 
 
-def test_a_crash_between_the_rename_and_the_truncation_replays_the_same(
-    tmp_path: Path,
+class Crash(Exception):
+    """The process dies here: the files stay as they are."""
+
+
+def crash(*args: object) -> None:
+    raise Crash
+
+
+@pytest.mark.parametrize("step", ["before the rename", "before the truncation"])
+def test_a_crash_in_compaction_restarts_to_the_same_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    """The new snapshot is durable but the journal was not emptied yet: its
-    records, all in the snapshot already, replay to the same registry."""
+    """A compaction cut short before the snapshot's rename (the old snapshot
+    and the journal), or after it but before the journal is emptied (the new
+    snapshot and records it holds already): a restart has the same VMs."""
     registry = files_registry(tmp_path)
+    registry.create("old", UNIX)
+    registry.save()
     registry.create("a", UNIX, graphics=[VNC])
     registry.create("b", PTY)
-    registry.destroy("a")
+    registry.destroy("old")
     registry.create("c", None, graphics=[RDP])
     registry.replace_graphics("c", [VNC])
-    journal = (tmp_path / "registry.journal").read_bytes()
-    registry.save()
-    (tmp_path / "registry.journal").write_bytes(journal)  # "crash" before it
+    if step == "before the rename":
+        monkeypatch.setattr(jsonfile.os, "replace", crash)
+    else:
+        monkeypatch.setattr(registryfile.Journal, "clear", crash)
+    with pytest.raises(Crash):
+        registry.save()
+    monkeypatch.undo()
+    assert (tmp_path / "registry.journal").stat().st_size > 0
     assert described(restarted(tmp_path)) == described(registry)
 
 
@@ -401,18 +435,19 @@ def test_a_write_error_rolls_back_and_a_later_create_still_persists(
 
 
 def test_spawned_pids_looks_only_at_spawn_consoles(tmp_path: Path) -> None:
-    """spawned_pids asks only the spawn consoles (not every console, on every
-    create), follows create and destroy, and load."""
+    """spawned_pids looks at the spawn consoles only (not at every console,
+    on every create), and follows create, destroy and load."""
     registry = files_registry(tmp_path)
     for n in range(50):
         registry.create(f"unix-{n}", UNIX)
     registry.create("s1", SPAWN)
     registry.create("s2", SPAWN)
-    SpawnSource.described = 0
+    Counted.reads = SpawnSource.described = 0
     assert registry.spawned_pids() == {1051, 1052}
-    assert SpawnSource.described == 2
+    assert SpawnSource.described == 2 and Counted.reads <= 2
     registry.destroy("s1")
     assert registry.spawned_pids() == {1052}
     again = restarted(tmp_path)
-    SpawnSource.described = 0
+    Counted.reads = SpawnSource.described = 0
     assert len(again.spawned_pids()) == 1 and SpawnSource.described == 1
+    assert Counted.reads <= 1
