@@ -368,6 +368,28 @@ def test_the_journal_stays_below_max_256_and_the_vms(tmp_path: Path) -> None:
     assert described(restarted(tmp_path)) == described(registry)
 
 
+def test_compaction_costs_o1_per_change_with_many_vms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more VMs than 256 the journal may grow to their number: 600 VMs
+    changed 1200 times write the whole snapshot twice, not every 256
+    changes (an O(VMs) write every O(1) changes)."""
+    registry = files_registry(tmp_path)
+    for n in range(600):
+        registry.create(f"vm-{n}", UNIX)
+    writes: list[Path] = []
+    write = registryfile.write_snapshot
+    monkeypatch.setattr(
+        registryfile, "write_snapshot", lambda p, t: (writes.append(p), write(p, t))
+    )
+    for n in range(1200):
+        registry.replace_graphics(f"vm-{n % 600}", [VNC] if n < 600 else [])
+        if n % 25 == 0:
+            assert len(journal_lines(tmp_path)) <= 600
+    assert len(writes) == 2
+    assert described(restarted(tmp_path)) == described(registry)
+
+
 class Crash(Exception):
     """The process dies here: the files stay as they are."""
 
