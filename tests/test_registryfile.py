@@ -299,3 +299,24 @@ def test_compaction_is_due_past_max_256_and_the_vms(tmp_path: Path) -> None:
     assert not files.due(3) and not files.due(1000)
     files.change("vm-0", TCP, None)
     assert files.due(3) and files.due(256) and not files.due(257)
+
+
+def test_a_new_journal_whose_directory_entry_fails_keeps_no_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first append also makes the new file's name durable (an fsync of
+    the directory); if that fails the change is refused and its line cut
+    off, so it cannot come back at the next start."""
+
+    def failing(directory: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    files = make(tmp_path)
+    monkeypatch.setattr(registryfile, "_fsync_dir", failing)
+    with pytest.raises(OSError):
+        files.change("a", TCP, None)
+    assert (tmp_path / "registry.journal").read_bytes() == b""
+    assert files.records == 0
+    monkeypatch.undo()
+    files.change("b", TCP, None)
+    assert state_of(tmp_path)["consoles"] == {"b": TCP}

@@ -33,6 +33,7 @@ Pure file I/O: the registry (``registry.py``) keeps the meaning.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -226,9 +227,12 @@ class Journal:
                 # One write: a record is never interleaved with another.
                 written = self._write(fd, line)
                 if written != len(line):
-                    raise OSError(28, "No space left on device")  # a short write
+                    raise OSError(errno.ENOSPC, "short write")
                 os.fdatasync(fd)
+                if not self._created:
+                    _fsync_dir(self.path.parent)  # the file itself is durable
             except OSError:
+                # Not acknowledged: it must not come back at the next start.
                 try:
                     os.ftruncate(fd, size)
                 except OSError:
@@ -236,9 +240,7 @@ class Journal:
                 raise
         finally:
             os.close(fd)
-        if not self._created:
-            _fsync_dir(self.path.parent)
-            self._created = True
+        self._created = True
         self.records += 1
 
     @staticmethod
