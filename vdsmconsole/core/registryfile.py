@@ -2,7 +2,7 @@
 
 ``registry.json`` (the snapshot) is the whole registry, written to a
 temporary file, fsynced and renamed over the old one (``write_atomically``):
-``{"version": "1", "consoles": {vmId: entry}, "graphics": {vmId: [..]}}``,
+``{"version": 1, "consoles": {vmId: entry}, "graphics": {vmId: [..]}}``,
 the format servers before the journal wrote and read.
 
 ``registry.journal`` beside it (mode 0600, it holds VNC passwords): one JSON
