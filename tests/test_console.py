@@ -27,7 +27,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 
 from vdsmconsole import testing
-from vdsmconsole.core import offsetmark
+from vdsmconsole.core import offsetmark, registryfile
 from vdsmconsole.core.console import (
     Console,
     ConsoleDown,
@@ -614,12 +614,14 @@ def registry(tmp_path: Path) -> Registry:
 
 
 def on_disk(registry_path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(registry_path.read_text())
-    return data
+    """The registry the files describe: the snapshot and the journal."""
+    state = registryfile.read(registry_path)
+    assert state is not None and not state.problems
+    return state.as_json()
 
 
 def test_create_starts_and_persists(registry: Registry, tmp_path: Path) -> None:
-    """create starts the console and writes the registry whole, no temp file left."""
+    """create starts the console and journals it, no temp file left."""
     console = registry.create("vm-1", UNIX)
     assert console.state == "connected"
     assert registry.get("vm-1") is console and registry.ids() == ["vm-1"]
@@ -627,7 +629,10 @@ def test_create_starts_and_persists(registry: Registry, tmp_path: Path) -> None:
         "version": 1,
         "consoles": {"vm-1": UNIX.to_wire()},
     }
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["consoles", "registry.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "consoles",
+        "registry.journal",
+    ]
 
 
 def test_duplicate_create_is_code_4_and_changes_nothing(
@@ -635,13 +640,13 @@ def test_duplicate_create_is_code_4_and_changes_nothing(
 ) -> None:
     """A second create of a vmId is EXIST; the first console and the file stay."""
     first = registry.create("vm-1", UNIX)
-    before = (tmp_path / "registry.json").read_bytes()
+    before = (tmp_path / "registry.journal").read_bytes()
     other = ConsoleSpec(type="tcp", host="127.0.0.1", port=4555)
     with pytest.raises(StatusError) as info:
         registry.create("vm-1", other)
     assert info.value.code == Code.EXIST
     assert registry.get("vm-1") is first and first.spec == UNIX
-    assert (tmp_path / "registry.json").read_bytes() == before
+    assert (tmp_path / "registry.journal").read_bytes() == before
     assert list(registry._factory.made) == ["vm-1"]  # type: ignore[attr-defined]
 
 
@@ -684,7 +689,7 @@ def test_registry_that_cannot_be_saved_changes_nothing(tmp_path: Path) -> None:
     registry = Registry(tmp_path / "state" / "registry.json", factory)
     (tmp_path / "state").mkdir()
     registry.create("vm-1", UNIX)
-    (tmp_path / "state" / "registry.json").unlink()
+    (tmp_path / "state" / "registry.journal").unlink()
     (tmp_path / "state").rmdir()  # now no file can be written there
     with pytest.raises(StatusError) as info:
         registry.create("vm-2", UNIX)
@@ -711,6 +716,7 @@ def test_load_restores_every_console_and_skips_bad_entries(
     data["consoles"]["../evil"] = UNIX.to_wire()
     data["consoles"]["vm-3"] = {"type": "pty", "path": "relative"}
     path.write_text(json.dumps(data))
+    (tmp_path / "registry.journal").unlink()
     # The configuration no longer names "demo": vm-2 cannot come back.
     factory = Factory(tmp_path)
     second = Registry(path, factory, {})

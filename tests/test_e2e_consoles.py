@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import socket
@@ -59,6 +60,7 @@ from tests.serverproc import (
     wait_for_progress,
 )
 from tests.streamhelp import at_prompt
+from vdsmconsole.core import registryfile
 from vdsmconsole.testing import queued
 
 pytestmark = pytest.mark.e2e
@@ -206,13 +208,17 @@ def test_server_restart_restores_registry_and_old_bytes(server_factory: Any) -> 
     reader = create_demo(server, "kept")
     line = demo_marker(server, reader)
     before = reader.poll()
-    registry = (server.state_dir / "registry.json").read_bytes()
+    registry = registryfile.read(server.state_dir / "registry.json")
+    assert registry is not None
     server.stop()
 
     again = server_factory(config())  # same workdir: state, PKI, config
     assert again.state_dir == server.state_dir
     assert ok(again.rpc().list())["vmList"][0]["vmId"] == "kept"
-    assert (again.state_dir / "registry.json").read_bytes() == registry
+    # The clean stop left all of it in registry.json, the journal empty.
+    assert (again.state_dir / "registry.journal").read_bytes() == b""
+    snapshot = (again.state_dir / "registry.json").read_text()
+    assert json.loads(snapshot) == registry.as_json()
     old = ConsoleReader(again, "kept")
     assert old.poll()[: len(before)] == before
     assert line in old.data[: len(before)]
@@ -344,11 +350,15 @@ def test_bad_input_gets_its_code_and_changes_nothing(
     spec = {"type": "unix", "path": str(tmp_path / "nobody-listens.sock")}
     create(server, "vm-1", spec)
     proxy = server.rpc()
-    registry = server.state_dir / "registry.json"
-    snapshot = (registry.read_bytes(), proxy.list(), tree(server.workdir))
+    files = [server.state_dir / n for n in ("registry.json", "registry.journal")]
+
+    def registry() -> list[bytes | None]:
+        return [p.read_bytes() if p.exists() else None for p in files]
+
+    snapshot = (registry(), proxy.list(), tree(server.workdir))
 
     def unchanged() -> None:
-        now = (registry.read_bytes(), proxy.list(), tree(server.workdir))
+        now = (registry(), proxy.list(), tree(server.workdir))
         assert now == snapshot
 
     for name, args in [

@@ -24,6 +24,7 @@ import pytest
 from tests.serverproc import ServerProcess, wait_for
 from tests.streamhelp import console_bytes
 from tests.tools import require_tool
+from vdsmconsole.core import registryfile
 
 pytestmark = pytest.mark.e2e
 
@@ -53,9 +54,8 @@ def assert_refused(
     assert why in reply["status"]["message"], reply
     assert server.rpc().list()["vmList"] == []
     assert not (server.state_dir / "consoles" / vm_id).exists()
-    registry = server.state_dir / "registry.json"
-    if registry.exists():
-        assert vm_id not in json.loads(registry.read_text())["consoles"]
+    state = registryfile.read(server.state_dir / "registry.json")
+    assert state is None or vm_id not in state.consoles
     entries = audit(server, "refused")
     assert len(entries) == before + 1
     assert entries[-1]["identity"] == "engine"

@@ -5,6 +5,7 @@ directory, a full disk while logging, the server killed with SIGKILL.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from tests.streamhelp import (
     type_into,
 )
 from tests.tools import unavailable
+from vdsmconsole.core import registryfile
 
 pytestmark = pytest.mark.e2e
 
@@ -262,19 +264,27 @@ def test_sigkill_and_restart_keeps_registry_and_logs(server_factory):
     assert first > 0  # rotation dropped the oldest segments
     assert before["ringFirstOffset"] > first  # the old bytes come from disk
     old_bytes = console_bytes(server, "vm1", first, end)
-    registry = (server.state_dir / "registry.json").read_text()
-    assert server.process is not None
+    registry = registryfile.read(server.state_dir / "registry.json")
+    assert registry is not None and server.process is not None
     pids = [guest_pid(server, v) for v in ("vm1", "vm2")]
 
     server.signal(signal.SIGKILL)
     assert server.wait(10) == -signal.SIGKILL
     # The guests lose their pty and go (the kernel hangs them up).
     wait_for(lambda: not any(_alive(p) for p in pids), 15, "the guests to go")
-    # A registry write cut short by the crash leaves only a stray temporary.
+    # The kill left the creates in the journal.  A compaction cut short by
+    # the crash leaves only a stray temporary; an append, a torn last line.
+    assert (server.state_dir / "registry.journal").stat().st_size > 0
     (server.state_dir / "registry.json.tmp").write_text('{"version": 1, "cons')
+    with open(server.state_dir / "registry.journal", "a") as journal:
+        journal.write('{"vm": "vm3", "console": {"type": "spa')
 
     server.start()
-    assert (server.state_dir / "registry.json").read_text() == registry
+    # Replayed, then compacted: registry.json alone holds it all again.
+    assert (server.state_dir / "registry.journal").read_bytes() == b""
+    snapshot = (server.state_dir / "registry.json").read_text()
+    assert json.loads(snapshot) == registry.as_json()
+    assert "registry: journal line 3 ignored: no newline" in server.log()
     assert sorted(v["vmId"] for v in server.rpc().list()["vmList"]) == ["vm1", "vm2"]
     wait_for(lambda: stats(server, "vm1")["state"] == "connected", 15, "vm1 back")
     after = stats(server, "vm1")

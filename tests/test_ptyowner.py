@@ -31,7 +31,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from tests.fakeproc import fake_process
-from vdsmconsole.core import ptyowner
+from vdsmconsole.core import ptyowner, registryfile
 from vdsmconsole.core.console import Console, ConsoleDown
 from vdsmconsole.core.interfaces import SourceState
 from vdsmconsole.core.ptyowner import (
@@ -364,7 +364,9 @@ def test_restart_reattaches_while_the_owner_still_holds_the_pty(
     first = new_registry(tmp_path)
     console = first.create("vm-1", ConsoleSpec(type="pty", path=holder.path))
     assert console.state == "connected"
-    entry = json.loads((tmp_path / "registry.json").read_text())["consoles"]["vm-1"]
+    state = registryfile.read(tmp_path / "registry.json")
+    assert state is not None
+    entry = state.consoles["vm-1"]
     assert entry == {
         "type": "pty",
         "path": holder.path,

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from vdsmconsole.core import registryfile
 from vdsmconsole.core.console import Console
 from vdsmconsole.core.registry import Registry
 from vdsmconsole.core.ring import Ring
@@ -41,8 +42,10 @@ def make(path: Path | None, policy: Any = None) -> Registry:
 
 
 def on_disk(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    """The registry the files describe: the snapshot and the journal."""
+    state = registryfile.read(path)
+    assert state is not None and not state.problems
+    return state.as_json()
 
 
 def code_of(call: Any, *args: Any) -> Code:
@@ -91,7 +94,7 @@ def test_neither_console_nor_graphics_is_miss_param(tmp_path: Path) -> None:
     registry = make(tmp_path / "registry.json")
     assert code_of(registry.create, "empty", None) == Code.MISS_PARAM
     assert code_of(registry.create, "two", None, None, (VNC, VNC)) == Code.MISS_PARAM
-    assert registry.ids() == [] and not (tmp_path / "registry.json").exists()
+    assert registry.ids() == [] and list(tmp_path.iterdir()) == []
 
 
 def test_create_of_a_registered_graphics_vm_is_exist(tmp_path: Path) -> None:
@@ -124,17 +127,22 @@ def test_destroy_removes_graphics_and_runs_the_hooks(tmp_path: Path) -> None:
 
 
 def test_graphics_persist_with_the_password_in_a_0600_file(tmp_path: Path) -> None:
-    """The file keeps graphics (password included) and is mode 0600, even
-    over a temporary file a crash left with another mode."""
+    """The files keep graphics (password included) and are mode 0600, even
+    over a temporary file or journal a crash left with another mode."""
     path = tmp_path / "registry.json"
-    (tmp_path / "registry.json.tmp").write_text("left over")
-    os.chmod(tmp_path / "registry.json.tmp", 0o644)
+    journal = tmp_path / "registry.journal"
+    for left in (tmp_path / "registry.json.tmp", journal):
+        left.write_text("")
+        os.chmod(left, 0o644)
     registry = make(path)
     registry.create("gfx", None, graphics=[VNC, SPICE])
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
     registry.create("both", UNIX, graphics=[RDP])
+    registry.save()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    data = on_disk(path)
+    registry.create("more", UNIX)
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+    data = json.loads(path.read_text())
     assert data["graphics"] == {
         "gfx": [
             {"type": "vnc", "host": "127.0.0.1", "port": 5901, "password": PASSWORD},
@@ -276,6 +284,8 @@ def test_the_file_follows_every_change_though_entries_are_kept_encoded(
         },
         "graphics": {"a": [RDP.to_persist()], "c": [VNC.to_persist()]},
     }
+    registry.save()  # the snapshot alone, from the kept texts, says the same
+    assert json.loads(path.read_text()) == data
     again = make(path)
     again.load()
     assert again.ids() == ["a", "b", "c"]

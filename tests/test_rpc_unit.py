@@ -240,6 +240,7 @@ def test_malformed_vm_id_in_list_is_code_11(rpc):
 def registry_untouched(context: ServerContext) -> None:
     assert context.registry.ids() == []
     assert not (context.config.state_dir / "registry.json").exists()
+    assert not (context.config.state_dir / "registry.journal").exists()
     assert list((context.config.state_dir / "consoles").iterdir()) == []
 
 

@@ -192,10 +192,12 @@ VNC = {"type": "vnc", "host": "127.0.0.1", "port": 5900}
 
 
 class _FakeConsole:
-    """What list's summary reads of a console: its vmId and state."""
+    """What list's summary reads of a console: its vmId and state (and the
+    registry its spec's type)."""
 
-    def __init__(self, vm_id: str, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, vm_id: str, spec: Any, *args: Any, **kwargs: Any) -> None:
         self.vm_id = vm_id
+        self.spec = spec
         self.state = "connected"
         self.source = None
 

@@ -3,11 +3,12 @@
 ``write_atomically``: a temporary file, fsync, rename over the old one; a
 crash leaves the old or the new file, never half of one.
 
-The registry is rewritten on every change, so a burst of 1000 creates
-writes it 1000 times: ``TextCache`` keeps each entry's JSON text, one entry
-a line, and makes it again only for a new or changed entry.  Encoding the whole
-registry every time (with ``indent``, which switches ``json`` to its
-pure-Python encoder) was most of a create's cost at 1000 consoles.
+The token file is rewritten on every change, and the registry's snapshot at
+each compaction (``registryfile``): ``TextCache`` keeps each entry's JSON
+text, one entry a line, and makes it again only for a new or changed entry.
+Encoding the whole registry every time (with ``indent``, which switches
+``json`` to its pure-Python encoder) was most of a create's cost at 1000
+consoles.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """vmId -> console and graphics, persisted in the state directory so they
 survive restarts.
 
-The file is ``<state_dir>/registry.json``, written whole to a temporary file,
-fsynced and renamed over the old one: a crash leaves the old or the new
-registry, never half of one.
+On disk (``registryfile``): ``<state_dir>/registry.json``, a snapshot, and
+``registry.journal``, a line per change, durable before the change answers;
+``load`` and ``stop_all`` compact: all in ``registry.json``, the old format.
 
 Each entry is the console's description as ``create`` takes it
 (``ConsoleSpec.to_wire``).  A ``pty`` entry also carries ``"owner": {"pid":
@@ -21,7 +21,7 @@ removes it.
 
 A VM may also have graphics endpoints (``graphics.GraphicsEndpoint``: VNC,
 SPICE, RDP), or only those: the file's ``"graphics"`` key maps a vmId to its
-endpoints, VNC passwords included, so the file is written mode 0600 (files
+endpoints, VNC passwords included, so both files are written mode 0600 (files
 without the key still load).  An endpoint the policy no longer allows is
 restored *refused*: listed, kept in the file, but ``endpoint`` will not hand
 it out.
@@ -29,7 +29,6 @@ it out.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, overload
@@ -39,8 +38,8 @@ from twisted.logger import Logger
 
 from vdsmconsole.core.console import Console
 from vdsmconsole.core.interfaces import DESTROYED, SERVER_STOPPING
-from vdsmconsole.core.jsonfile import TextCache, json_object, write_atomically
 from vdsmconsole.core.ptyowner import PtyOwner
+from vdsmconsole.core.registryfile import RegistryFile
 from vdsmconsole.graphics import GraphicsEndpoint, parse_graphics
 from vdsmconsole.spec import (
     ConsoleSpec,
@@ -52,8 +51,6 @@ from vdsmconsole.spec import (
 from vdsmconsole.status import Code, StatusError, no_vm_message
 
 log = Logger(namespace="vdsmconsole.registry")
-
-FORMAT_VERSION = 1
 
 
 class RestorePolicy(Protocol):
@@ -106,11 +103,12 @@ class Registry:
         spawn_commands: Mapping[str, object] | None = None,
         policy: RestorePolicy | None = None,
     ) -> None:
-        self._path = path
+        self._file = RegistryFile(path, self._entry)
         self._factory = console_factory
         self._spawn_commands = spawn_commands or {}
         self.policy = policy
         self._consoles: dict[str, Console] = {}
+        self._spawns: dict[str, Console] = {}  # the spawn consoles among them
         self._graphics: dict[str, tuple[GraphicsEndpoint, ...]] = {}
         # vmId -> {type: why} for restored endpoints the policy refuses now.
         self._refused: dict[str, dict[str, str]] = {}
@@ -120,8 +118,6 @@ class Registry:
         # vmId -> what waits for its destroyed console to have stopped.
         self._stopping: dict[str, list[defer.Deferred[None]]] = {}
         self._closed = False  # stop_all was called: the server stops
-        self._texts = TextCache()  # each entry's JSON in the file
-        self._graphics_texts = TextCache()
 
     # -- lookups -------------------------------------------------------------
 
@@ -182,9 +178,7 @@ class Registry:
     def spawned_pids(self) -> set[int]:
         """Pids of the children that spawn consoles run now."""
         pids = set()
-        for console in self._consoles.values():
-            if console.spec.type != "spawn":
-                continue
+        for console in self._spawns.values():
             facts = console.source.describe()
             if facts["type"] == "spawn" and facts.get("running") and facts.get("pid"):
                 pids.add(facts["pid"])
@@ -262,13 +256,13 @@ class Registry:
         else:
             console = self._factory(vm_id, spec, fresh=True)
         if console is not None:
-            self._consoles[vm_id] = console
+            self._put(vm_id, console)
         if endpoints:
             self._graphics[vm_id] = endpoints
         try:
-            self.save()
+            self._persist(vm_id)
         except OSError as e:
-            self._consoles.pop(vm_id, None)
+            self._drop(vm_id)
             self._graphics.pop(vm_id, None)
             raise StatusError(
                 Code.UNEXPECTED, f"cannot persist the registry: {e.strerror}"
@@ -281,9 +275,9 @@ class Registry:
             # The pty's owner is known once it is attached (unless the policy
             # found it, and it is saved already): record it, or the next
             # start would not reopen the pty.
-            self._texts.forget(vm_id)
+            self._file.forget(vm_id)
             try:
-                self.save()
+                self._persist(vm_id)
             except OSError as e:
                 log.error(
                     "console {vm}: cannot record its pty's owner: {err}; after "
@@ -303,7 +297,7 @@ class Registry:
             self._graphics[vm_id] = endpoints
         else:
             self._graphics.pop(vm_id, None)
-        self.save()
+        self._persist(vm_id)
         self._run_hooks(self.added, vm_id)  # the graphics probe
 
     def destroy(self, vm_id: str) -> defer.Deferred[None]:
@@ -313,15 +307,15 @@ class Registry:
         """
         if not self.has_vm(vm_id):
             raise StatusError(Code.NO_VM, no_vm_message(vm_id))
-        console = self._consoles.pop(vm_id, None)
+        console = self._drop(vm_id)
         graphics = self._graphics.pop(vm_id, None)
         try:
-            self.save()
+            self._persist(vm_id)
         except OSError as e:
             # The file still names it and would bring it back at the next
             # start: keep it registered (and running) rather than half-destroy.
             if console is not None:
-                self._consoles[vm_id] = console
+                self._put(vm_id, console)
             if graphics is not None:
                 self._graphics[vm_id] = graphics
             raise StatusError(
@@ -360,33 +354,46 @@ class Registry:
         return waiter
 
     def stop_all(self) -> defer.Deferred[list[None]]:
-        """Stop every console (server shutdown); the registry file stays.
+        """Stop every console (server shutdown); the registry stays, compacted.
 
         Their streams are cut, not ended (the consoles come back with the
         server); consoles still stopping after a destroy are waited for.
         """
         self._closed = True
+        self._compact_quietly()
         stops = [c.stop(SERVER_STOPPING) for c in self._consoles.values()]
         stops += [self.when_free(v) for v in list(self._stopping)]
         return defer.gatherResults(stops, consumeErrors=True)
 
     # -- persistence ----------------------------------------------------------
 
+    def _put(self, vm_id: str, console: Console) -> None:
+        self._consoles[vm_id] = console
+        if console.spec.type == "spawn":
+            self._spawns[vm_id] = console
+
+    def _drop(self, vm_id: str) -> Console | None:
+        self._spawns.pop(vm_id, None)
+        return self._consoles.pop(vm_id, None)
+
+    def _persist(self, vm_id: str) -> None:
+        """Journal the VM's whole record as it is now, durably; OSError."""
+        self._file.change(vm_id, self._consoles.get(vm_id), self._graphics.get(vm_id))
+        # Not len(self), a set union per change: this bound is at most it.
+        if self._file.due(max(len(self._consoles), len(self._graphics))):
+            self._compact_quietly()
+
+    def _compact_quietly(self) -> None:
+        """Compact if the journal has records; an error only leaves them."""
+        try:
+            if self._file.pending():
+                self.save()
+        except OSError as e:
+            log.error("registry: cannot compact (the journal keeps it): {e}", e=e)
+
     def save(self) -> None:
-        if self._path is None:
-            return
-        members = {
-            "version": str(FORMAT_VERSION),
-            "consoles": self._texts.json_map(self._consoles, self._entry),
-        }
-        if self._graphics:
-            # Only when there are some: a file without graphics stays as an
-            # older server wrote it (and reads it).
-            members["graphics"] = self._graphics_texts.json_map(
-                self._graphics, lambda e: [x.to_persist() for x in e]
-            )
-        # 0600: it holds VNC passwords.
-        write_atomically(self._path, json_object(members), 0o600)
+        """Compact: the whole registry into the snapshot, journal emptied; OSError."""
+        self._file.compact(self._consoles, self._graphics)
 
     @staticmethod
     def _entry(console: Console) -> dict[str, Any]:
@@ -397,13 +404,14 @@ class Registry:
         return entry
 
     def load(self) -> None:
-        """Restore every VM the file names and start its console."""
-        if self._path is None or not self._path.exists():
+        """Restore every VM the files name and start its console."""
+        state = self._file.read()
+        if state is None:
             return
-        with open(self._path, encoding="utf-8") as f:
-            data = json.load(f)
-        self._load_graphics(data.get("graphics", {}))
-        for vm_id, desc in sorted(data.get("consoles", {}).items()):
+        for problem in state.problems:
+            log.error("registry: {why}", why=problem)
+        self._load_graphics(state.graphics)
+        for vm_id, desc in sorted(state.consoles.items()):
             try:
                 validate_vm_id(vm_id)
                 spec = parse_console_spec(desc, self._spawn_commands)
@@ -423,8 +431,9 @@ class Registry:
                 console = self._factory(vm_id, spec, restored=True, owner=owner)
             else:
                 console = self._factory(vm_id, spec)
-            self._consoles[vm_id] = console
+            self._put(vm_id, console)
             console.start()
+        self._compact_quietly()
         for vm_id in self.ids():
             self._run_hooks(self.added, vm_id)
         log.info(
