@@ -127,8 +127,11 @@ class ConsoleRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def write(self, data: bytes) -> None:
-        hold = getattr(self.channel, "holdHead", None)
-        if self.startedWriting or not data or hold is None:
+        if self.startedWriting or not data:
+            super().write(data)
+            return
+        hold = getattr(self.channel, "holdHead", None)  # HTTP/1.1 only
+        if hold is None:
             super().write(data)
             return
         # The first write: the head and these bytes in one transport write
