@@ -72,6 +72,24 @@ def serve_flags(
     ]
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_to_exit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m vdsmconsole ARGS`` run to its exit (a start that must
+    fail): its status, stdout and stderr as text; no stdin."""
+    return subprocess.run(
+        [sys.executable, "-m", "vdsmconsole", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        check=False,
+    )
+
+
 def wait_for(
     condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
 ) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import serve_flags
+from tests.serverproc import run_to_exit, serve_flags
 from vdsmconsole.pki import PkiPaths
 from vdsmconsole.server.config import (
     DEFAULT_PORT,
@@ -306,18 +305,6 @@ def test_bare_spawn_program_is_found_beside_the_interpreter():
 # -- through the command line ----------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "vdsmconsole", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-        env=env,
-    )
-
-
 def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: str):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -342,7 +329,7 @@ def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: s
 @pytest.mark.e2e  # runs the real program
 def test_cli_bad_config_is_one_line_exit_2(tmp_path, content, needle):
     """serve --config BAD prints one line naming the key (or file) and exits 2."""
-    result = run_cli("serve", "--config", str(write(tmp_path, content)))
+    result = run_to_exit("serve", "--config", str(write(tmp_path, content)))
     assert_one_line_exit_2(result, needle)
 
 
@@ -350,13 +337,13 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path, content, needle):
 def test_cli_nonexistent_config_is_one_line_exit_2(tmp_path):
     """serve --config with a path that does not exist: one line naming it, exit 2."""
     path = tmp_path / "absent.conf"
-    assert_one_line_exit_2(run_cli("serve", "--config", str(path)), str(path))
+    assert_one_line_exit_2(run_to_exit("serve", "--config", str(path)), str(path))
 
 
 @pytest.mark.e2e  # runs the real program
 def test_cli_out_of_range_flag_is_one_line_exit_2():
     """--port 70000 is one line naming server.port, exit 2."""
-    assert_one_line_exit_2(run_cli("serve", "--port", "70000"), "server.port")
+    assert_one_line_exit_2(run_to_exit("serve", "--port", "70000"), "server.port")
 
 
 @pytest.mark.e2e  # runs the real program
@@ -366,7 +353,7 @@ def test_cli_missing_certificate_is_one_line_exit_2(tmp_path, pki):
     shutil.copytree(pki.root, root)
     missing = PkiPaths(root).server_cert
     missing.unlink()
-    result = run_cli("serve", *serve_flags(root, tmp_path / "state"))
+    result = run_to_exit("serve", *serve_flags(root, tmp_path / "state"))
     assert_one_line_exit_2(result, str(missing))
 
 

@@ -8,13 +8,17 @@ import random
 import re
 import socket
 import ssl
-import subprocess
-import sys
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.serverproc import ServerProcess, refuses_connections, serve_flags, wait_for
+from tests.serverproc import (
+    ServerProcess,
+    refuses_connections,
+    run_to_exit,
+    serve_flags,
+    wait_for,
+)
 from tests.streamhelp import DEMO_CONFIG, PROMPT, console_bytes, create_demo
 from tests.webtokens import mint
 from tests.wshelp import WsFollower, ws_connect
@@ -86,18 +90,8 @@ def test_a_web_port_that_cannot_listen_stops_the_start(pki, tmp_path, assets):
         config.write_text(
             f'[web]\nenabled = true\nport = {web_port}\nassets = "{assets}"\n'
         )
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vdsmconsole",
-                "serve",
-                *serve_flags(pki.root, tmp_path / "state", config, port=main),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
+        result = run_to_exit(
+            "serve", *serve_flags(pki.root, tmp_path / "state", config, port=main)
         )
         assert result.returncode == 2, result.stderr
         last = result.stderr.splitlines()[-1]

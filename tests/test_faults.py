@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.hardening import Bystander, http_exchange, marker, status_of
-from tests.serverproc import ServerProcess, serve_flags, wait_for
+from tests.serverproc import ServerProcess, run_to_exit, serve_flags, wait_for
 from tests.streamhelp import (
     DEMO_CONFIG,
     at_prompt,
@@ -102,19 +101,7 @@ def test_guest_killed_mid_stream(server_factory):
 def serve(pki, state_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "empty.conf"
     config.write_text("")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vdsmconsole",
-            "serve",
-            *serve_flags(pki.root, state_dir, config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_to_exit("serve", *serve_flags(pki.root, state_dir, config))
 
 
 def mount_tmpfs(path: Path, options: str) -> None:
