@@ -190,9 +190,7 @@ def echo(
         done = typing.wait("done", seconds + LAST_ECHO_S + 60)
         after = run.sample()
         run.stop_profile()
-        result = done[0]["results"][0]
-    if result.get("error"):
-        raise RuntimeError(f"{peer}: {result['error']}")
+    result = scenarios.client_result(done, peer)
     rtts = [t / 1000 for t in result["rtts"]]
     if not rtts:
         raise RuntimeError(f"{peer}: no echo came back of {result['keys']} keys")

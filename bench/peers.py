@@ -376,6 +376,28 @@ class Websockify(Peer):
     def start(self, ptys: list[str]) -> None:
         held = free_port()
         self.port = held.port
+        target = self.target(ptys)
+        # Released just before websockify binds it: it may not set SO_REUSEADDR.
+        held.release()
+        p = self.pki.paths
+        proc = self.spawn(
+            [
+                "websockify",
+                "--ssl-only",
+                f"--cert={p.server_cert}",
+                f"--key={p.server_key}",
+                "--verify-client",
+                f"--cafile={p.ca_cert}",
+                f"127.0.0.1:{self.port}",
+                target,
+            ],
+            "websockify.log",
+        )
+        wait_for(lambda: listening(self.port), 20, "websockify to listen", proc)
+
+    def target(self, ptys: list[str]) -> str:
+        """What websockify relays to: a socat TCP bridge to the pty (its
+        CPU counted as the bridge's)."""
         bridge = free_port()  # the bridge's reuseaddr binds it while held
         bridge_port = bridge.port
         self.bridge = self.spawn(
@@ -390,23 +412,7 @@ class Websockify(Peer):
             wait_for(lambda: listening(bridge_port), 10, "the bridge", self.bridge)
         finally:
             bridge.release()
-        # Released just before websockify binds it: it may not set SO_REUSEADDR.
-        held.release()
-        p = self.pki.paths
-        proc = self.spawn(
-            [
-                "websockify",
-                "--ssl-only",
-                f"--cert={p.server_cert}",
-                f"--key={p.server_key}",
-                "--verify-client",
-                f"--cafile={p.ca_cert}",
-                f"127.0.0.1:{self.port}",
-                f"127.0.0.1:{bridge_port}",
-            ],
-            "websockify.log",
-        )
-        wait_for(lambda: listening(self.port), 20, "websockify to listen", proc)
+        return f"127.0.0.1:{bridge_port}"
 
     def client(self, index: int = 0) -> dict[str, Any]:
         return {

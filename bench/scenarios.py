@@ -291,6 +291,25 @@ def bulk(session: Session, peer: str, size: int, clients: int = 1) -> dict[str, 
     return out
 
 
+def client_result(done: list[dict[str, Any]], peer: str) -> dict[str, Any]:
+    """The one client's result from its "done" event; its error raised."""
+    result: dict[str, Any] = done[0]["results"][0]
+    if result.get("error"):
+        raise RuntimeError(f"{peer}: {result['error']}")
+    return result
+
+
+def roundtrips_us(result: dict[str, Any]) -> tuple[list[float], dict[str, float]]:
+    """A latency client's round trips in us, and their p50, p99 and max."""
+    rtts = [t / 1000 for t in result["rtts"]]
+    figures = {
+        "p50_us": percentile(rtts, 50),
+        "p99_us": percentile(rtts, 99),
+        "max_us": max(rtts),
+    }
+    return rtts, figures
+
+
 # -- latency -------------------------------------------------------------------
 
 
@@ -304,17 +323,13 @@ def latency(session: Session, peer: str, roundtrips: int) -> dict[str, Any]:
         done = attached.wait("done", 60 + roundtrips * 0.05)
         after = run.sample()
         run.stop_profile()
-        result = done[0]["results"][0]
-    if result.get("error"):
-        raise RuntimeError(f"{peer}: {result['error']}")
-    rtts = [t / 1000 for t in result["rtts"]]
+    result = client_result(done, peer)
+    rtts, figures = roundtrips_us(result)
     cpu = run.cpu(before, after)
     return {
         "roundtrips": len(rtts),
         "mismatches": result["mismatches"],
-        "p50_us": percentile(rtts, 50),
-        "p99_us": percentile(rtts, 99),
-        "max_us": max(rtts),
+        **figures,
         "relay_cpu_us_per_roundtrip": (cpu["relay_cpu_ns"] + cpu["bridge_cpu_ns"])
         / 1000
         / max(1, len(rtts)),
@@ -348,9 +363,7 @@ def trickle(
         done = attached.wait("done", 60)
         after = run.sample()
         run.stop_profile()
-        result = done[0]["results"][0]
-    if result.get("error"):
-        raise RuntimeError(f"{peer}: {result['error']}")
+    result = client_result(done, peer)
     sends = sent["sends"]
     arrivals = result["arrivals"]
     delays = [(t - sends[seq]) / 1e6 for seq, t in arrivals if 0 <= seq < len(sends)]

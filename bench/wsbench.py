@@ -24,7 +24,14 @@ from typing import Any
 
 from bench import report
 from bench.procs import Child
-from bench.scenarios import MB, Run, Session, percentile
+from bench.scenarios import (
+    MB,
+    Run,
+    Session,
+    client_result,
+    percentile,
+    roundtrips_us,
+)
 from bench.wspeers import FAMILIES, make_endpoint_peer
 
 SCENARIOS = ("ws-bulk", "ws-latency", "ws-trickle", "tunnel-bulk")
@@ -94,9 +101,7 @@ def bulk(session: Session, family: str, peer: str, size: int) -> dict[str, Any]:
         done = attached.wait("done", timeout + 30)
         after = run.sample()
         run.stop_profile()
-        result = done[0]["results"][0]
-    if result.get("error"):
-        raise RuntimeError(f"{peer}: {result['error']}")
+    result = client_result(done, peer)
     intact = int(result.get("bytes") == size and result["sha256"] == expected)
     seconds = max(1e-9, (result["t_last"] - started["t"]) / 1e9)
     cpu = run.cpu(before, after)
@@ -129,17 +134,13 @@ def latency(session: Session, peer: str, roundtrips: int) -> dict[str, Any]:
         done = attached.wait("done", 60 + roundtrips * 0.05)
         after = run.sample()
         run.stop_profile()
-        result = done[0]["results"][0]
-    if result.get("error"):
-        raise RuntimeError(f"{peer}: {result['error']}")
-    rtts = [t / 1000 for t in result["rtts"]]
+    result = client_result(done, peer)
+    rtts, figures = roundtrips_us(result)
     cpu = run.cpu(before, after)
     return {
         "roundtrips": len(rtts),
         "mismatches": result["mismatches"],
-        "p50_us": percentile(rtts, 50),
-        "p99_us": percentile(rtts, 99),
-        "max_us": max(rtts),
+        **figures,
         "relay_cpu_us_per_roundtrip": cpu["relay_cpu_ns"] / 1000 / max(1, len(rtts)),
         **cpu,
     }
@@ -175,9 +176,7 @@ def trickle(
         done = attached.wait("done", 60)
         after = run.sample()
         run.stop_profile()
-        result = done[0]["results"][0]
-    if result.get("error"):
-        raise RuntimeError(f"{peer}: {result['error']}")
+    result = client_result(done, peer)
     sends, arrivals = sent["sends"], result["arrivals"]
     delays = [(t - sends[seq]) / 1e6 for seq, t in arrivals if 0 <= seq < len(sends)]
     cpu = run.cpu(before, after)

@@ -22,8 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench.peers import Peer, Pki, Socat, VdsmConsole, listening, wait_for
-from vdsmconsole.testing import free_port
+from bench.peers import Peer, Pki, Socat, VdsmConsole, Websockify, wait_for
 
 PROTOCOL = "rdp"  # raw bytes both ways, as websockify and socat relay them
 WEB_LISTENING = re.compile(rb"vdsmconsole web listening on [^:\s]+:(\d+)")
@@ -98,38 +97,13 @@ class VdsmTunnel(_VdsmGraphics):
         }
 
 
-class WebsockifyTcp(Peer):
+class WebsockifyTcp(Websockify):
     """Debian's websockify, --ssl-only, client certificates, straight to TCP."""
 
-    name = "websockify"
+    unsupported: dict[str, str] = {}
 
-    def start(self, ptys: list[str]) -> None:
-        held = free_port()
-        self.port = held.port
-        held.release()  # just before websockify binds it (no SO_REUSEADDR)
-        p = self.pki.paths
-        proc = self.spawn(
-            [
-                "websockify",
-                "--ssl-only",
-                f"--cert={p.server_cert}",
-                f"--key={p.server_key}",
-                "--verify-client",
-                f"--cafile={p.ca_cert}",
-                f"127.0.0.1:{self.port}",
-                ptys[0],
-            ],
-            "websockify.log",
-        )
-        wait_for(lambda: listening(self.port), 20, "websockify to listen", proc)
-
-    def client(self, index: int = 0) -> dict[str, Any]:
-        return {
-            "kind": "ws",
-            "host": "127.0.0.1",
-            "port": self.port,
-            **self.pki.client(),
-        }
+    def target(self, ptys: list[str]) -> str:
+        return ptys[0]  # the endpoint's host:port
 
 
 class SocatTcp(Socat):
