@@ -223,9 +223,7 @@ def echo_table(section: dict[str, Any]) -> str:
             note = m.get("skipped") or m["error"]
             rows.append(report._skip_row(name, len(headers), note))
             continue
-        note = "no relay (baseline)" if name == "pty" else ""
-        if name == "conserver":
-            note = "through its console client (one more hop)"
+        note = report.peer_note(name, report.ONE_MORE_HOP)
         rows.append(
             [
                 name,

@@ -88,7 +88,7 @@ def bulk_table(section: dict[str, Any]) -> str:
                 fmt(m.get("bytes_per_tls_record"), 0),
                 fmt(m.get("relay_rss_bytes", 0) / 1e6),
                 f"{m.get('runs_intact', '?')}/{m['runs']} runs",
-                "no relay (baseline)" if name == "pty" else "",
+                peer_note(name),
             ]
         )
     return table(headers, rows)
@@ -129,9 +129,7 @@ def latency_table(section: dict[str, Any]) -> str:
         if "skipped" in m or "error" in m:
             rows.append(_skip_row(name, len(headers), m.get("skipped") or m["error"]))
             continue
-        note = "no relay (baseline)" if name == "pty" else ""
-        if name == "conserver":
-            note = "through its console client (one more hop)"
+        note = peer_note(name, ONE_MORE_HOP)
         if m.get("mismatches"):
             note += f" {m['mismatches']} wrong echoes"
         rows.append(
@@ -159,9 +157,7 @@ def trickle_table(section: dict[str, Any]) -> str:
         if "skipped" in m or "error" in m:
             rows.append(_skip_row(name, len(headers), m.get("skipped") or m["error"]))
             continue
-        note = "no relay (baseline)" if name == "pty" else ""
-        if name == "conserver":
-            note = "writes: syscalls; delay via its console client"
+        note = peer_note(name, "writes: syscalls; delay via its console client")
         rows.append(
             [
                 name,
@@ -262,6 +258,16 @@ def _peers_with(section: dict[str, Any], key: str) -> dict[str, float]:
         for p, m in section.get("peers", {}).items()
         if p in RELAYS and isinstance(m.get(key), int | float)
     }
+
+
+ONE_MORE_HOP = "through its console client (one more hop)"
+
+
+def peer_note(name: str, conserver: str = "") -> str:
+    """A row's note: the bare pty is a baseline; conserver's may need one."""
+    if name == "pty":
+        return "no relay (baseline)"
+    return conserver if name == "conserver" else ""
 
 
 def _per_run(peers: dict[str, Any], a: str, b: str, key: str) -> str:

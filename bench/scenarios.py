@@ -310,6 +310,24 @@ def roundtrips_us(result: dict[str, Any]) -> tuple[list[float], dict[str, float]
     return rtts, figures
 
 
+def latency_result(
+    done: list[dict[str, Any]], peer: str, cpu: dict[str, Any]
+) -> dict[str, Any]:
+    """What a latency scenario reports: the round trips' figures and the
+    relay's CPU (with any bridge's) per round trip."""
+    result = client_result(done, peer)
+    rtts, figures = roundtrips_us(result)
+    return {
+        "roundtrips": len(rtts),
+        "mismatches": result["mismatches"],
+        **figures,
+        "relay_cpu_us_per_roundtrip": (cpu["relay_cpu_ns"] + cpu["bridge_cpu_ns"])
+        / 1000
+        / max(1, len(rtts)),
+        **cpu,
+    }
+
+
 # -- latency -------------------------------------------------------------------
 
 
@@ -323,18 +341,7 @@ def latency(session: Session, peer: str, roundtrips: int) -> dict[str, Any]:
         done = attached.wait("done", 60 + roundtrips * 0.05)
         after = run.sample()
         run.stop_profile()
-    result = client_result(done, peer)
-    rtts, figures = roundtrips_us(result)
-    cpu = run.cpu(before, after)
-    return {
-        "roundtrips": len(rtts),
-        "mismatches": result["mismatches"],
-        **figures,
-        "relay_cpu_us_per_roundtrip": (cpu["relay_cpu_ns"] + cpu["bridge_cpu_ns"])
-        / 1000
-        / max(1, len(rtts)),
-        **cpu,
-    }
+    return latency_result(done, peer, run.cpu(before, after))
 
 
 # -- trickle -------------------------------------------------------------------

@@ -29,8 +29,8 @@ from bench.scenarios import (
     Run,
     Session,
     client_result,
+    latency_result,
     percentile,
-    roundtrips_us,
 )
 from bench.wspeers import FAMILIES, make_endpoint_peer
 
@@ -134,16 +134,8 @@ def latency(session: Session, peer: str, roundtrips: int) -> dict[str, Any]:
         done = attached.wait("done", 60 + roundtrips * 0.05)
         after = run.sample()
         run.stop_profile()
-    result = client_result(done, peer)
-    rtts, figures = roundtrips_us(result)
-    cpu = run.cpu(before, after)
-    return {
-        "roundtrips": len(rtts),
-        "mismatches": result["mismatches"],
-        **figures,
-        "relay_cpu_us_per_roundtrip": cpu["relay_cpu_ns"] / 1000 / max(1, len(rtts)),
-        **cpu,
-    }
+    # No bridge here (bridge_cpu_ns is 0): the relay's CPU alone, as before.
+    return latency_result(done, peer, run.cpu(before, after))
 
 
 def trickle(
