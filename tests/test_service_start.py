@@ -47,16 +47,21 @@ class Ports(MemoryReactorClock):
         return self.opened[port]
 
 
-def start(pki, tmp_path, taken: int) -> tuple[ConsoleService, Ports, str]:
-    reactor = Ports(taken)
-    config = Config(
+def web_config(pki, tmp_path, **extra: Any) -> Config:
+    """The main port and [web] on, on loopback, with the test PKI."""
+    return Config(
         port=MAIN,
         bind="127.0.0.1",
         state_dir=tmp_path / "state",
         web_enabled=True,
         web_port=WEB,
-        metrics_port=METRICS,
+        **extra,
     ).with_pki(pki.root)
+
+
+def start(pki, tmp_path, taken: int) -> tuple[ConsoleService, Ports, str]:
+    reactor = Ports(taken)
+    config = web_config(pki, tmp_path, metrics_port=METRICS)
     service = ConsoleService(config, reactor)
     with pytest.raises(StartupError) as error:
         service.startService()
@@ -86,14 +91,9 @@ def test_a_metrics_port_that_cannot_listen_closes_the_web_port_too(pki, tmp_path
 def test_web_assets_that_are_not_there_are_said_once_at_start(pki, tmp_path, assets):
     """[web] on with no assets directory: one warning at start names the fix."""
     reactor = Ports(taken=0)
-    config = Config(
-        port=MAIN,
-        bind="127.0.0.1",
-        state_dir=tmp_path / "state",
-        web_enabled=True,
-        web_port=WEB,
-        web_assets=str(tmp_path / assets) if assets else "",
-    ).with_pki(pki.root)
+    config = web_config(
+        pki, tmp_path, web_assets=str(tmp_path / assets) if assets else ""
+    )
     service = ConsoleService(config, reactor)
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
