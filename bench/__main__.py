@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="scale: connections the creates are spread over (1)",
     )
+    p.add_argument(
+        "--create-batch",
+        type=int,
+        default=1,
+        help="scale: creates per system.multicall request (1: a request each)",
+    )
     p.add_argument("--runs", type=int, default=5, help="runs per peer (5)")
     p.add_argument(
         "--peers",
@@ -280,6 +286,7 @@ class Runner:
                         a.followers,
                         a.list_calls,
                         create_clients=a.create_clients,
+                        create_batch=a.create_batch,
                     )
                 except Exception as e:  # noqa: BLE001 - reported as the result
                     result = {"failed": f"{type(e).__name__}: {e}"}

@@ -197,6 +197,8 @@ class VdsmConsole(Peer):
     create_cpu_seconds = 0.0  # and the server's CPU time meanwhile
     #: connections the creates are spread over (scale --create-clients)
     create_clients = 1
+    #: creates per system.multicall request (scale --create-batch); 1: one each
+    create_batch = 1
     #: give each console a VNC endpoint on this loopback port (scale)
     graphics_port: int | None = None
     #: configuration appended to the common one (bench.wspeers: [web])
@@ -230,17 +232,27 @@ class VdsmConsole(Peer):
     def _create(
         self, rpc: xmlrpc.client.ServerProxy, ptys: list[str], indexes: range
     ) -> None:
-        for i in indexes:
-            params: dict[str, Any] = {
-                "vmId": self.vm_id(i),
-                "console": {"type": "pty", "path": ptys[i]},
-            }
-            if self.graphics_port is not None:
-                vnc = {"type": "vnc", "host": "127.0.0.1", "port": self.graphics_port}
-                params["graphics"] = [vnc]
-            reply: Any = rpc.create(params)
-            if reply["status"]["code"] != 0:
-                raise RuntimeError(f"create failed: {reply['status']}")
+        batch = max(1, self.create_batch)
+        for first in range(0, len(indexes), batch):
+            # One request of many creates (system.multicall), or one create.
+            calls = xmlrpc.client.MultiCall(rpc) if batch > 1 else rpc
+            for i in indexes[first : first + batch]:
+                params: dict[str, Any] = {
+                    "vmId": self.vm_id(i),
+                    "console": {"type": "pty", "path": ptys[i]},
+                }
+                if self.graphics_port is not None:
+                    vnc = {
+                        "type": "vnc",
+                        "host": "127.0.0.1",
+                        "port": self.graphics_port,
+                    }
+                    params["graphics"] = [vnc]
+                reply: Any = calls.create(params)
+            replies = list(calls()) if batch > 1 else [reply]
+            for reply in replies:
+                if reply["status"]["code"] != 0:
+                    raise RuntimeError(f"create failed: {reply['status']}")
 
     def serve(self) -> subprocess.Popen[bytes]:
         """Start the server and wait until it listens (``self.port``)."""

@@ -421,7 +421,13 @@ def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _from_clients(sc: dict[str, Any]) -> str:
     clients = sc.get("create_clients", 1)
-    return f" ({clients:.0f} connections at once)" if clients and clients > 1 else ""
+    batch = sc.get("create_batch", 1)
+    how = []
+    if clients and clients > 1:
+        how.append(f"{clients:.0f} connections at once")
+    if batch and batch > 1:
+        how.append(f"{batch:.0f} per system.multicall")
+    return f" ({', '.join(how)})" if how else ""
 
 
 def targets_table(items: list[dict[str, Any]]) -> str:

@@ -104,6 +104,7 @@ def scale(
     calls: int = 200,
     tokens: int | None = None,
     create_clients: int = 1,
+    create_batch: int = 1,
 ) -> dict[str, Any]:
     """Many consoles, graphics and tokens; list() while one console floods."""
     tokens = consoles if tokens is None else tokens
@@ -114,11 +115,13 @@ def scale(
     assert isinstance(peer, VdsmConsole)
     peer.graphics_port = vnc.port
     peer.create_clients = create_clients
+    peer.create_batch = create_batch
     idle: Child | None = None
     out: dict[str, Any] = {
         "consoles": consoles,
         "followers": followers,
         "create_clients": create_clients,
+        "create_batch": create_batch,
     }
     full_calls = max(5, calls // 10)
     try:

@@ -149,6 +149,25 @@ def test_every_scenario_runs_and_adds_up(tmp_path: Path) -> None:
     assert any(n.startswith("scale") for n in names)
 
 
+@pytest.mark.e2e
+def test_scale_creates_in_multicall_batches(tmp_path: Path) -> None:
+    """scale --create-batch: every console created, 2 per request (the last 1)."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "bench", "scale", "--runs=1", "--consoles=5"]
+    argv += ["--list-calls=5", "--create-batch=2", "--peers=vdsmconsole"]
+    argv += ["--no-install", "--quiet", f"--json={out}"]
+    done = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    scale = result["scenarios"]["scale"]["vdsmconsole"]
+    assert scale["failed_runs"] == 0, scale
+    assert scale["followers_attached"] == 5 and scale["create_batch"] == 2
+    names = {t["target"] for t in result["targets"]}
+    assert "scale: 5 pty creates < 2 s (2 per system.multicall)" in names
+
+
 def test_bulk_payload_is_exact_and_checksummed() -> None:
     """The bulk payload has exactly the size asked for, in numbered lines."""
     data = b"".join(bulk_blocks(200_001))

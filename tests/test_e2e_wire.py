@@ -118,6 +118,18 @@ CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("system.listMethods", ()),
     ("system.methodHelp", ("consoleRead",)),
     ("noSuchMethod", ()),
+    (
+        "system.multicall",
+        (
+            [
+                {"methodName": "ping", "params": []},
+                {"methodName": "getVmStats", "params": ["no-such-vm"]},
+                {"methodName": "noSuchMethod", "params": []},
+                "not a call",
+            ],
+        ),
+    ),
+    ("system.multicall", ("not an array",)),
 ]
 
 
@@ -148,6 +160,16 @@ def test_perl_client_reads_what_python_reads(perl, demo_server, pki):
         ("consoleRead", ("demo", 0, 64)),
         ("getVmStats", ("no-such-vm",)),
         ("system.listMethods", ()),
+        (
+            "system.multicall",
+            (
+                [
+                    {"methodName": "ping", "params": []},
+                    {"methodName": "consoleRead", "params": ["demo", 0, 16]},
+                    {"methodName": "noSuchMethod", "params": []},
+                ],
+            ),
+        ),
     ]
     for method, args in stable:
         expected = getattr(proxy, method)(*args)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import time
 import xmlrpc.client
 from pathlib import Path
-from typing import Any
 
 import pytest
-from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 
+from tests.rpchelp import RPC, code
 from vdsmconsole.server.config import Config
 from vdsmconsole.server.context import ServerContext
-from vdsmconsole.server.rpc import ConsoleRPC
 from vdsmconsole.server.service import build_context
 from vdsmconsole.spec import METHODS
 from vdsmconsole.status import success
@@ -23,40 +20,6 @@ from vdsmconsole.xmlrpcwire import dumps_response
 
 SPAWN = {"demo": ("/usr/bin/python3", "-m", "vdsmconsole.demoguest")}
 URL = "https://localhost/RPC2"
-
-
-def result_of(d: Any) -> Any:
-    """The result of a Deferred that has already fired; raise its failure."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-class RPC:
-    """Posts XML to the resource over an in-memory HTTP connection."""
-
-    def __init__(self, context: ServerContext) -> None:
-        self.context = context
-        self.stub = StubTreq(ConsoleRPC(context))
-
-    def post(self, body: bytes) -> bytes:
-        d = self.stub.post(URL, data=body, headers={"Content-Type": "text/xml"})
-        self.stub.flush()
-        response = result_of(d)
-        assert response.code == 200
-        content = self.stub.content(response)
-        self.stub.flush()
-        data = result_of(content)
-        # No None on our wire, whatever the call.
-        assert b"<nil/>" not in data
-        return data
-
-    def call(self, method: str, *params: Any) -> Any:
-        body = xmlrpc.client.dumps(params, method).encode()
-        return xmlrpc.client.loads(self.post(body))[0][0]
 
 
 @pytest.fixture
@@ -68,10 +31,6 @@ def context(tmp_path: Path) -> ServerContext:
 @pytest.fixture
 def rpc(context: ServerContext) -> RPC:
     return RPC(context)
-
-
-def code(result: dict) -> int:
-    return result["status"]["code"]
 
 
 # -- the basics ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ it out.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, overload
 
@@ -391,6 +392,14 @@ class Registry:
         except OSError as e:
             log.error("registry: cannot compact (the journal keeps it): {e}", e=e)
 
+    def batch(self) -> AbstractContextManager[None]:
+        """Changes inside are durable only once ``sync`` returns (a multicall)."""
+        return self._file.held_syncs()
+
+    def sync(self) -> None:
+        """Make the changes of ``batch`` durable; OSError."""
+        self._file.sync(self._consoles, self._graphics)
+
     def save(self) -> None:
         """Compact: the whole registry into the snapshot, journal emptied; OSError."""
         self._file.compact(self._consoles, self._graphics)
@@ -423,7 +432,7 @@ class Registry:
             if spec.type == "pty":
                 recorded = desc.get("owner") if isinstance(desc, dict) else None
                 owner = PtyOwner.from_json(recorded)
-            refused = self._refusal(spec, owner)
+            refused = self._refusal("check_restored", spec, owner)
             if refused:
                 log.error("console {vm} stays down: {why}", vm=vm_id, why=refused)
                 console = self._factory(vm_id, spec, refused=refused, owner=owner)
@@ -458,7 +467,7 @@ class Registry:
                 continue
             self._graphics[vm_id] = endpoints
             for endpoint in endpoints:
-                why = self._graphics_refusal(endpoint)
+                why = self._refusal("check_graphics", endpoint)
                 if why:
                     log.error(
                         "graphics {type} of {vm} refused: {why}",
@@ -468,21 +477,13 @@ class Registry:
                     )
                     self._refused.setdefault(vm_id, {})[endpoint.type] = why
 
-    def _graphics_refusal(self, endpoint: GraphicsEndpoint) -> str:
+    def _refusal(self, check: str, *what: Any) -> str:
+        """Why the policy's ``check`` (``check_restored``, ``check_graphics``)
+        no longer allows a restored entry, or ""."""
         if self.policy is None:
             return ""
         try:
-            self.policy.check_graphics(endpoint)
-        except NotAllowed as e:
-            return f"not allowed by the configuration: {e}"
-        return ""
-
-    def _refusal(self, spec: ConsoleSpec, owner: PtyOwner | None) -> str:
-        """Why the policy no longer allows a restored entry ("" if it does)."""
-        if self.policy is None:
-            return ""
-        try:
-            self.policy.check_restored(spec, owner)
+            getattr(self.policy, check)(*what)
         except NotAllowed as e:
             return f"not allowed by the configuration: {e}"
         return ""

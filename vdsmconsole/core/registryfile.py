@@ -36,7 +36,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -208,6 +209,8 @@ class Journal:
         self.path = path
         self.records = records  # lines since the snapshot
         self._created = False  # its directory entry made durable
+        self.hold_sync = False  # appends are synced later, by ``sync``
+        self.unsynced = False  # some are not durable yet
 
     def append(self, line: bytes) -> None:
         """Add one record (a line from ``record``); OSError, the file as
@@ -228,7 +231,10 @@ class Journal:
                 written = self._write(fd, line)
                 if written != len(line):
                     raise OSError(errno.ENOSPC, "short write")
-                os.fdatasync(fd)
+                if self.hold_sync:
+                    self.unsynced = True
+                else:
+                    os.fdatasync(fd)
                 if not self._created:
                     _fsync_dir(self.path.parent)  # the file itself is durable
             except OSError:
@@ -246,6 +252,17 @@ class Journal:
     @staticmethod
     def _write(fd: int, data: bytes) -> int:
         return os.write(fd, data)
+
+    def sync(self) -> None:
+        """Make appends made while ``hold_sync`` durable; OSError."""
+        if not self.unsynced:
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.unsynced = False
 
     def clear(self) -> None:
         """Empty it (the snapshot holds everything now); OSError."""
@@ -338,7 +355,32 @@ class RegistryFile(Generic[C]):
         # The rename is durable before the journal is emptied: a crash in
         # between replays records the snapshot holds already, to the same state.
         write_snapshot(self.snapshot, json_object(members))
+        self.journal.unsynced = False  # what it holds, the snapshot holds
         self.journal.clear()
+
+    @contextmanager
+    def held_syncs(self) -> Iterator[None]:
+        """Changes inside are written but not synced one by one: ``sync``
+        makes them durable at once (a multicall's, before it answers)."""
+        if self.journal is None:
+            yield
+            return
+        self.journal.hold_sync = True
+        try:
+            yield
+        finally:
+            self.journal.hold_sync = False
+
+    def sync(self, consoles: Mapping[str, C], graphics: Mapping[str, Graphics]) -> None:
+        """Make the changes ``held_syncs`` held durable; if the journal cannot
+        be synced, the whole registry goes into the snapshot instead (the
+        arguments, as for ``compact``); OSError if that fails too."""
+        if self.journal is None or not self.journal.unsynced:
+            return
+        try:
+            self.journal.sync()
+        except OSError:
+            self.compact(consoles, graphics)
 
 
 def _shown(graphics: Graphics) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from vdsmconsole.server.authz import rpc_permission
 from vdsmconsole.server.context import ServerContext
 from vdsmconsole.server.http.resources import MethodsMixin
 from vdsmconsole.server.metrics.rpccalls import UNKNOWN, RpcCalls
+from vdsmconsole.server.multicall import Introspection, parse_calls, run_calls
 from vdsmconsole.server.tokens import methods as tokens
 from vdsmconsole.server.vmview import full_status, stats, summary, summary_xml
 from vdsmconsole.spec import (
@@ -121,7 +122,7 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         super().__init__(allowNone=False, useDateTime=False)
         self.context = context
         self.calls = RpcCalls()  # what /metrics shows of the calls
-        xmlrpc.addIntrospection(self)
+        self.putSubHandler("system", Introspection(self))
 
     # -- transport -------------------------------------------------------
 
@@ -134,53 +135,78 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
                 raise ValueError("no methodName")
         except Exception as e:  # noqa: BLE001 - any parse error is the caller's
             fault = xmlrpc.Fault(self.FAILURE, f"Can't deserialize input: {e}")
-            self._answer(fault, request, UNKNOWN, started)
+            self.calls.observe(UNKNOWN, fault, self.context.reactor.seconds() - started)
+            self._cbRender(fault, request)
             return server.NOT_DONE_YET
-        return self._dispatch(request, name, args, started)
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        d = self._call(request, name, args, started)
+        d.addCallback(self._cbRender, request, gone)
+        return server.NOT_DONE_YET
 
-    def _dispatch(
+    def _call(
         self, request: Any, name: str, args: tuple[Any, ...], started: float
-    ) -> object:
+    ) -> defer.Deferred[Any]:
+        """One call, checked (method, permission, arguments) and counted:
+        fires with its result, a status dict or a Fault, never fails."""
         try:
             function = self.lookupProcedure(name)
         except xmlrpc.Fault as f:
-            self._answer(f, request, UNKNOWN, started)  # no client-made label
-            return server.NOT_DONE_YET
+            return self._counted(UNKNOWN, started, f)  # no client-made label
         identity = identity_of(request)
         if not self.context.authz.allows(identity, rpc_permission(name)):
             self.context.audit.record("denied", identity, method=name)
             denied = StatusError(Code.DENIED, f"{identity} may not call {name}")
-            self._answer(failure(denied), request, name, started)
-            return server.NOT_DONE_YET
+            return self._counted(name, started, failure(denied))
         if not hasattr(function, "withRequest"):
             # Twisted's system.* introspection takes method names and raises
             # on anything else (a traceback in the log): a Fault here instead.
             problem = _bad_introspection_args(function, args)
             if problem:
                 fault = xmlrpc.Fault(self.FAILURE, f"bad arguments: {problem}")
-                self._answer(fault, request, name, started)
-                return server.NOT_DONE_YET
-        gone: list[Failure] = []
-        request.notifyFinish().addErrback(gone.append)
+                return self._counted(name, started, fault)
         if getattr(function, "withRequest", False):
             d = defer.maybeDeferred(function, request, *args)
         else:
             d = defer.maybeDeferred(function, *args)
         d.addErrback(self._ebRender)
-        d.addCallback(self._answer, request, name, started, gone)
-        return server.NOT_DONE_YET
+        return d.addCallback(self._count, name, started)
 
-    def _answer(
-        self,
-        result: Any,
-        request: Any,
-        method: str,
-        started: float,
-        responseFailed: object = None,
-    ) -> None:
-        """Count the answer (method, code, time taken), then send it."""
+    def _counted(self, method: str, started: float, result: Any) -> defer.Deferred[Any]:
+        return defer.succeed(self._count(result, method, started))
+
+    def _count(self, result: Any, method: str, started: float) -> Any:
+        """What /metrics shows: the method, its answer's code, time taken."""
         self.calls.observe(method, result, self.context.reactor.seconds() - started)
-        self._cbRender(result, request, responseFailed)
+        return result
+
+    def multicall(self, request: Any, args: tuple[Any, ...]) -> defer.Deferred[Any]:
+        """``system.multicall``: each call as if it came alone, in order.
+
+        What the calls change in the registry is synced to disk once, before
+        the answer, not once a call: a host's VMs registered in one request
+        cost one disk sync.  (Only while a call runs at once: one that goes
+        on later, a create waiting for a destroy, syncs its own change.)"""
+        calls = parse_calls(args)  # or a Fault for the request as a whole
+        registry = self.context.registry
+
+        def call_one(name: str, params: tuple[Any, ...]) -> defer.Deferred[Any]:
+            with registry.batch():
+                return self._call(request, name, params, self.context.reactor.seconds())
+
+        return run_calls(calls, call_one).addCallback(self._synced)
+
+    def _synced(self, answers: list[Any]) -> Any:
+        try:
+            self.context.registry.sync()
+        except OSError as e:
+            log.error("cannot persist the registry: {err}", err=e)
+            return xmlrpc.Fault(
+                self.FAILURE,
+                f"cannot persist the registry: {e.strerror}; "
+                "this request's changes may not survive a restart",
+            )
+        return answers
 
     def _cbRender(
         self, result: Any, request: Any, responseFailed: object = None
