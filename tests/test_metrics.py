@@ -236,6 +236,7 @@ def test_label_values_are_bounded():
         ({"status": {"code": 1, "message": "noVM"}}, "1"),
         (xmlrpc.client.Fault(8001, "no such method"), "fault"),
         ({"status": {"code": True}}, "fault"),
+        ([[{"status": {"code": 1}}], {"faultCode": 8001}], "0"),  # multicall
     ],
 )
 def test_answer_code(result, code):

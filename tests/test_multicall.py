@@ -9,14 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from tests.rpchelp import RPC, code
+from tests.tokenhelp import result_of
 from vdsmconsole.core.registry import Registry
 from vdsmconsole.server.authz import Permission
 from vdsmconsole.server.config import Config
-from vdsmconsole.server.multicall import BAD_CALL, MAX_CALLS, parse_calls
+from vdsmconsole.server.multicall import (
+    BAD_CALL,
+    MAX_CALLS,
+    SLICE_SECONDS,
+    parse_calls,
+    run_calls,
+)
 from vdsmconsole.server.service import build_context, make_console_factory
 from vdsmconsole.status import Code
 
@@ -180,6 +188,7 @@ def test_each_call_is_counted_under_its_own_name(rpc, context):
         if s.name.endswith("_total")
     }
     assert counts[("ping", "0")] == 2
+    assert counts[("system.multicall", "0")] == 1
     assert counts[("unknown", "fault")] == 1
 
 
@@ -233,3 +242,34 @@ def test_parse_calls_keeps_order_and_marks_bad_elements():
     assert calls[0] == ("ping", ())
     assert calls[2] == ("list", (True,))
     assert isinstance(calls[1], xmlrpc.client.Fault)
+
+
+def test_a_long_multicall_gives_the_reactor_back_between_slices():
+    """Calls that take 0.6 of a slice each: a reactor turn after every two,
+    so other clients are served meanwhile; the answers stay in order."""
+    timer = Clock()  # the time the calls take
+    turns: list[Any] = []  # what waits for the reactor's next turn
+
+    class Reactor:
+        seconds = timer.seconds
+
+        def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+            assert delay == 0
+            turns.append(lambda: f(*args))
+            return timer.callLater(3600, lambda: None)  # cancel()-able
+
+    ran: list[str] = []
+
+    def slow(name: str, params: tuple[Any, ...]) -> Any:
+        ran.append(name)
+        timer.advance(SLICE_SECONDS * 0.6)
+        return defer.succeed({"status": {"code": 0}, "name": name})
+
+    calls = parse_calls(([call(f"c{i}") for i in range(5)],))
+    d = run_calls(calls, slow, Reactor())
+    assert ran == ["c0", "c1"] and not d.called
+    turns.pop(0)()
+    assert ran == ["c0", "c1", "c2", "c3"] and not d.called
+    turns.pop(0)()
+    assert not turns
+    assert [a[0]["name"] for a in result_of(d)] == [f"c{i}" for i in range(5)]

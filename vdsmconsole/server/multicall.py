@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.web.xmlrpc import Fault, XMLRPCIntrospection
 
 MULTICALL = "system.multicall"
@@ -27,6 +27,9 @@ MAX_CALLS = 4096
 #: Fault codes, as xmlrpc-c numbers them.
 BAD_CALL = -32600  # an element that is not {methodName: str, params: array}
 BAD_PARAMS = -32602  # the multicall's own parameter is wrong
+#: A multicall gives the reactor back once its calls have run this long, so
+#: a request of thousands of calls never stalls other clients' streams.
+SLICE_SECONDS = 0.01
 
 Call = tuple[str, tuple[Any, ...]]
 
@@ -64,16 +67,24 @@ def fault_struct(fault: Fault) -> dict[str, Any]:
 
 
 def run_calls(
-    calls: list[Call | Fault], call_one: Callable[[str, tuple[Any, ...]], Any]
+    calls: list[Call | Fault],
+    call_one: Callable[[str, tuple[Any, ...]], Any],
+    clock: Any,
 ) -> defer.Deferred[list[Any]]:
     """Run the calls in order, each once the one before has answered; fire
     with their answers.  ``call_one(name, params)`` gives a Deferred that
-    fires with the call's result or a Fault, never fails."""
+    fires with the call's result or a Fault, never fails.  After each
+    ``SLICE_SECONDS`` of running, the next call waits a turn of ``clock``
+    (the reactor: ``seconds`` and ``callLater``)."""
 
     @defer.inlineCallbacks
     def run() -> Generator[Any, Any, list[Any]]:
         answers: list[Any] = []
+        since = clock.seconds()
         for call in calls:
+            if clock.seconds() - since >= SLICE_SECONDS:
+                yield task.deferLater(clock, 0, lambda: None)
+                since = clock.seconds()
             if isinstance(call, Fault):
                 answers.append(fault_struct(call))
                 continue

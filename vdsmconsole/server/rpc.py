@@ -194,7 +194,8 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
             with registry.batch():
                 return self._call(request, name, params, self.context.reactor.seconds())
 
-        return run_calls(calls, call_one).addCallback(self._synced)
+        d = run_calls(calls, call_one, self.context.reactor)
+        return d.addCallback(self._synced)
 
     def _synced(self, answers: list[Any]) -> Any:
         try:

@@ -24,7 +24,10 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 
 def answer_code(result: object) -> str:
-    """The ``code`` label of an answer: its status code, or ``fault``."""
+    """The ``code`` label of an answer: its status code, or ``fault``; a
+    multicall's array of answers is ``0`` (each call counts on its own)."""
+    if isinstance(result, list):
+        return "0"
     if isinstance(result, dict):
         status = result.get("status")
         if isinstance(status, dict):
