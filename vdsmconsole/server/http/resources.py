@@ -43,11 +43,23 @@ class PlainError(resource.Resource):
 NOT_FOUND = PlainError(404, "not found")
 
 
+# Once a class: dir() of a resource, on every request, cost as much as
+# parsing a small XML-RPC call.
+_ALLOWED: dict[type, tuple[bytes, ...]] = {}
+
+
 def allowed_methods(res: resource.Resource) -> list[bytes]:
-    names = [m[7:] for m in dir(res) if m.startswith("render_") and m[7:].isupper()]
+    cls: type = type(res)
+    if cls not in _ALLOWED:
+        _ALLOWED[cls] = _allowed_of(cls)
+    return list(_ALLOWED[cls])
+
+
+def _allowed_of(cls: type) -> tuple[bytes, ...]:
+    names = [m[7:] for m in dir(cls) if m.startswith("render_") and m[7:].isupper()]
     if "GET" not in names and "HEAD" in names:
         names.remove("HEAD")  # Resource's default HEAD only fakes a GET
-    return sorted(n.encode("ascii") for n in names)
+    return tuple(sorted(n.encode("ascii") for n in names))
 
 
 class MethodsMixin:
