@@ -231,7 +231,20 @@ def xml_call(method: str, params: list[Any]) -> bytes:
 
 
 @st.composite
-def rpc_calls(draw: st.DrawFn) -> tuple[str, list[Any]]:
+def rpc_calls(draw: st.DrawFn, nested: bool = True) -> tuple[str, list[Any]]:
+    if nested and draw(st.integers(0, 9)) == 0:
+        # A multicall of random calls (each as constrained as one alone),
+        # with now and then an element that is not a call at all.
+        calls = draw(
+            st.lists(
+                rpc_calls(nested=False).map(
+                    lambda c: {"methodName": c[0], "params": c[1]}
+                )
+                | values,
+                max_size=4,
+            )
+        )
+        return "system.multicall", [calls]
     method = draw(st.sampled_from(METHODS) | st.text(max_size=40))
     if method == "create" and draw(st.booleans()):
         params: list[Any] = [draw(create_params)]
@@ -262,12 +275,25 @@ def check_rpc_answer(status: int, data: bytes) -> Any:
     except xmlrpc.client.Fault as fault:
         assert fault.faultCode in (8001, 8002), fault
         return fault
+    if isinstance(result, list) and all(isinstance(a, list | dict) for a in result):
+        for answer in result:  # a multicall's, or system.listMethods' names
+            if isinstance(answer, dict):
+                assert answer["faultCode"] in (8001, 8002), answer
+            else:
+                check_status(answer[0])
+        return result
     if not isinstance(result, dict):
         return result  # system.listMethods and friends answer plainly
+    check_status(result)
+    return result
+
+
+def check_status(result: Any) -> None:
+    if not isinstance(result, dict):
+        return  # system.listMethods and friends answer plainly
     code = result["status"]["code"]
     assert code != 16, result  # an internal error is a bug
     assert isinstance(code, int)
-    return result
 
 
 # -- the fuzz tests --------------------------------------------------------------

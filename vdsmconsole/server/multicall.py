@@ -24,9 +24,10 @@ from twisted.web.xmlrpc import Fault, XMLRPCIntrospection
 MULTICALL = "system.multicall"
 #: The most calls one request may carry; the request's size is bounded too.
 MAX_CALLS = 4096
-#: Fault codes, as xmlrpc-c numbers them.
-BAD_CALL = -32600  # an element that is not {methodName: str, params: array}
-BAD_PARAMS = -32602  # the multicall's own parameter is wrong
+#: The code of the server's other faults for a call it cannot take
+#: (Twisted's ``XMLRPC.FAILURE``): an element that is not ``{methodName:
+#: str, params: array}``, or a multicall's own parameter that is wrong.
+BAD_CALL = BAD_PARAMS = 8002
 #: A multicall gives the reactor back once its calls have run this long, so
 #: a request of thousands of calls never stalls other clients' streams.
 SLICE_SECONDS = 0.01
