@@ -273,3 +273,61 @@ def test_a_long_multicall_gives_the_reactor_back_between_slices():
     turns.pop(0)()
     assert not turns
     assert [a[0]["name"] for a in result_of(d)] == [f"c{i}" for i in range(5)]
+
+
+@pytest.fixture
+def token_writes(monkeypatch) -> list[int]:
+    """Every write of the token file, by the number of tokens written."""
+    from vdsmconsole.server.tokens import store
+
+    made: list[int] = []
+    real = store.save_records
+
+    def counted(path: Path, tokens: str) -> None:
+        made.append(tokens.count('"vmId"'))
+        real(path, tokens)
+
+    monkeypatch.setattr(store, "save_records", counted)
+    return made
+
+
+def test_a_burst_of_mints_writes_the_token_file_once(rpc, context, token_writes):
+    """Tokens minted in one request: one write holding them all; each works."""
+    multicall(rpc, *(call("create", graphics_vm(f"vm{i}")) for i in range(20)))
+    answers = multicall(
+        rpc, *(call("remoteConsole", f"vm{i}", "vnc") for i in range(20))
+    )
+    tokens = [a[0]["console"]["token"] for a in answers]
+    assert token_writes == [20]
+    for i, token in enumerate(tokens):
+        grant = context.tokens.lookup(token)
+        assert grant is not None and grant.vm_id == f"vm{i}"
+    again = build_context(context.config, Clock()).tokens
+    again.load()
+    assert all(again.lookup(token) is not None for token in tokens)
+
+
+def test_single_mints_each_write_the_file(rpc, token_writes):
+    rpc.call("create", graphics_vm("vm1"))
+    for _ in range(3):
+        assert code(rpc.call("remoteConsole", "vm1", "vnc")) == 0
+    assert token_writes == [1, 2, 3]
+
+
+def test_tokens_a_burst_cannot_record_are_dropped_and_never_sent(
+    rpc, context, monkeypatch
+):
+    from vdsmconsole.server.tokens import store
+
+    rpc.call("create", graphics_vm("vm1"))
+    kept = rpc.call("remoteConsole", "vm1", "vnc")["console"]["token"]
+
+    def broken(path: Path, tokens: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "save_records", broken)
+    with pytest.raises(xmlrpc.client.Fault) as fault:
+        multicall(rpc, call("remoteConsole", "vm1", "vnc"))
+    assert "tokens this request minted were dropped" in fault.value.faultString
+    assert "Traceback" not in fault.value.faultString
+    assert len(context.tokens) == 1 and context.tokens.lookup(kept) is not None

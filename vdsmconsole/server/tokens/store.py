@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -121,6 +122,9 @@ class TokenStore:
         self._held: dict[str, int] = {}  # identity -> tokens it minted, held
         self._grants: dict[str, TokenGrant] = {}
         self._texts = TextCache()
+        self._holding = False  # in ``batch``: the file is written by ``sync``
+        self._unsaved: list[str] = []  # digests minted in the batch
+        self._dirty = False  # the file is behind the grants
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -184,6 +188,8 @@ class TokenStore:
         except OSError:
             self._drop(digest)
             raise
+        if self._holding:
+            self._unsaved.append(digest)
         return token, expires
 
     def lookup(self, token: object) -> TokenGrant | None:
@@ -277,11 +283,39 @@ class TokenStore:
             else:
                 del self._held[grant.holder]
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes inside reach the file at ``sync``, all in one write,
+        not one by one (a multicall's mints, each of which would rewrite it)."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+
+    def sync(self) -> None:
+        """Write what ``batch`` held; OSError, and then the tokens minted in
+        it are dropped (their answers must not go out)."""
+        if not self._dirty:
+            return
+        minted, self._unsaved = self._unsaved, []
+        try:
+            self.save()
+        except OSError:
+            for digest in minted:
+                if digest in self._grants:
+                    self._drop(digest)
+            raise
+
     def save(self) -> None:
+        if self._holding:
+            self._dirty = True
+            return
         if self._path is not None:
             # A grant never changes: its JSON is made once (TextCache).
             tokens = self._texts.json_map(self._grants, TokenGrant.to_record)
             save_records(self._path, tokens)
+        self._dirty = False
 
     def _save_or_log(self, what: str) -> None:
         # Forgetting a token must not fail: it is forgotten here at once; only
