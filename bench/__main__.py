@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--create-batch",
         type=int,
         default=1,
-        help="scale: creates per system.multicall request (1: a request each)",
+        help="scale: creates, and token mints, per system.multicall request "
+        "(1: a request each)",
     )
     p.add_argument("--runs", type=int, default=5, help="runs per peer (5)")
     p.add_argument(

@@ -151,7 +151,8 @@ def test_every_scenario_runs_and_adds_up(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_scale_creates_in_multicall_batches(tmp_path: Path) -> None:
-    """scale --create-batch: every console created, 2 per request (the last 1)."""
+    """scale --create-batch: every console created and token minted, 2 per
+    request (the last 1)."""
     out = tmp_path / "bench.json"
     argv = [sys.executable, "-m", "bench", "scale", "--runs=1", "--consoles=5"]
     argv += ["--list-calls=5", "--create-batch=2", "--peers=vdsmconsole"]
@@ -164,6 +165,7 @@ def test_scale_creates_in_multicall_batches(tmp_path: Path) -> None:
     scale = result["scenarios"]["scale"]["vdsmconsole"]
     assert scale["failed_runs"] == 0, scale
     assert scale["followers_attached"] == 5 and scale["create_batch"] == 2
+    assert scale["tokens"] == 5 and scale["mint_seconds"] > 0
     names = {t["target"] for t in result["targets"]}
     assert "scale: 5 pty creates < 2 s (2 per system.multicall)" in names
 
