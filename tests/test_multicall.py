@@ -173,10 +173,15 @@ def test_each_call_is_authorized_on_its_own(rpc, context):
             return permission == Permission.READ
 
     context.authz = ReadOnly()
+    audited: list[tuple[str, dict]] = []
+    context.audit.listeners.append(
+        lambda event, fields: audited.append((event, fields))
+    )
     refused, listed = multicall(rpc, call("create", graphics_vm("vm1")), call("list"))
     assert code(refused[0]) == Code.DENIED
     assert code(listed[0]) == 0
     assert context.registry.ids() == []
+    assert audited == [("denied", {"method": "create"})]
 
 
 def test_each_call_is_counted_under_its_own_name(rpc, context):
