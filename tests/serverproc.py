@@ -252,3 +252,23 @@ def refuses_connections(port: int) -> bool:
     except OSError:
         return True
     return False
+
+
+def curl_rpc(
+    curl: str, server: ServerProcess, version: str, body: bytes
+) -> tuple[bytes, str]:
+    """POST ``body`` to /RPC2 with curl (``--http2`` or ``--http1.1``) and
+    the engine's certificate: the answer, and the HTTP version curl used."""
+    pki = server.pki
+    result = subprocess.run(
+        [curl, "-sS", version, "--cacert", str(pki.ca_cert)]
+        + ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+        + ["-H", "Content-Type: text/xml", "--data-binary", "@-"]
+        + ["-w", "\n%{http_version}", server.url("/RPC2")],
+        input=body,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    answer, _, used = result.stdout.rpartition(b"\n")
+    return answer, used.decode()

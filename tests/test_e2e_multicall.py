@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import xmlrpc.client
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.serverproc import wait_for
+from tests.serverproc import curl_rpc, wait_for
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +62,7 @@ def test_a_burst_of_pty_creates_in_one_request(server_factory, ptys):
 
 
 @pytest.mark.parametrize("version,expected", [("--http2", "2"), ("--http1.1", "1.1")])
-def test_curl_sends_a_multicall(server, pki, version, expected):
+def test_curl_sends_a_multicall(server, version, expected):
     """A multicall body over HTTP/2 and HTTP/1.1: each call answered in order."""
     curl = require_tool("curl", "curl")
     calls = [
@@ -72,18 +71,8 @@ def test_curl_sends_a_multicall(server, pki, version, expected):
         {"methodName": "noSuchMethod", "params": []},
     ]
     body = xmlrpc.client.dumps((calls,), "system.multicall").encode()
-    result = subprocess.run(
-        [curl, "-sS", version, "--cacert", str(pki.ca_cert)]
-        + ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
-        + ["-H", "Content-Type: text/xml", "--data-binary", "@-"]
-        + ["-w", "\n%{http_version}", server.url("/RPC2")],
-        input=body,
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    answer, _, used = result.stdout.rpartition(b"\n")
-    assert used.decode() == expected
+    answer, used = curl_rpc(curl, server, version, body)
+    assert used == expected
     pinged, stats, unknown = xmlrpc.client.loads(answer)[0][0]
     assert pinged[0]["status"]["code"] == 0
     assert stats[0]["status"]["code"] == 1

@@ -6,13 +6,18 @@ import http.client
 import signal
 import socket
 import ssl
-import subprocess
 import time
 import xmlrpc.client
 
 import pytest
 
-from tests.serverproc import PING_BODY, client_context, refuses_connections, wait_for
+from tests.serverproc import (
+    PING_BODY,
+    client_context,
+    curl_rpc,
+    refuses_connections,
+    wait_for,
+)
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
@@ -138,35 +143,11 @@ def test_refused_handshakes_log_one_line(server, pki, odd_certs, case):
 
 
 @pytest.mark.parametrize("version,expected", [("--http2", "2"), ("--http1.1", "1.1")])
-def test_curl_reaches_rpc(server, pki, version, expected):
+def test_curl_reaches_rpc(server, version, expected):
     """curl reaches /RPC2 over HTTP/2 (its default on TLS) and HTTP/1.1."""
     curl = require_tool("curl", "curl")
-    result = subprocess.run(
-        [
-            curl,
-            "-sS",
-            version,
-            "--cacert",
-            str(pki.ca_cert),
-            "--cert",
-            str(pki.client_cert),
-            "--key",
-            str(pki.client_key),
-            "-H",
-            "Content-Type: text/xml",
-            "--data-binary",
-            "@-",
-            "-w",
-            "\n%{http_version}",
-            server.url("/RPC2"),
-        ],
-        input=PING_BODY,
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    body, _, used = result.stdout.rpartition(b"\n")
-    assert used.decode() == expected
+    body, used = curl_rpc(curl, server, version, PING_BODY)
+    assert used == expected
     assert xmlrpc.client.loads(body)[0][0]["status"]["code"] == 0
 
 

@@ -199,24 +199,26 @@ class ConsoleRPC(MethodsMixin, xmlrpc.XMLRPC):
         return d.addCallback(self._synced)
 
     def _synced(self, answers: list[Any]) -> Any:
-        try:
-            self.context.registry.sync()
-        except OSError as e:
-            log.error("cannot persist the registry: {err}", err=e)
-            return xmlrpc.Fault(
-                self.FAILURE,
-                f"cannot persist the registry: {e.strerror}; "
+        """The answers, once what their calls changed is on disk; or a Fault."""
+        for what, sync, then in (
+            (
+                "the registry",
+                self.context.registry.sync,
                 "this request's changes may not survive a restart",
-            )
-        try:
-            self.context.tokens.sync()
-        except OSError as e:
-            log.error("cannot persist console tokens: {err}", err=e)
-            return xmlrpc.Fault(
-                self.FAILURE,
-                f"cannot persist console tokens: {e.strerror}; "
+            ),
+            (
+                "console tokens",
+                self.context.tokens.sync,
                 "the tokens this request minted were dropped",
-            )
+            ),
+        ):
+            try:
+                sync()
+            except OSError as e:
+                log.error("cannot persist {what}: {err}", what=what, err=e)
+                return xmlrpc.Fault(
+                    self.FAILURE, f"cannot persist {what}: {e.strerror}; {then}"
+                )
         return answers
 
     def _cbRender(
