@@ -233,26 +233,30 @@ class VdsmConsole(Peer):
         self, rpc: xmlrpc.client.ServerProxy, ptys: list[str], indexes: range
     ) -> None:
         batch = max(1, self.create_batch)
-        for first in range(0, len(indexes), batch):
-            # One request of many creates (system.multicall), or one create.
-            calls = xmlrpc.client.MultiCall(rpc) if batch > 1 else rpc
-            for i in indexes[first : first + batch]:
-                params: dict[str, Any] = {
-                    "vmId": self.vm_id(i),
-                    "console": {"type": "pty", "path": ptys[i]},
-                }
-                if self.graphics_port is not None:
-                    vnc = {
-                        "type": "vnc",
-                        "host": "127.0.0.1",
-                        "port": self.graphics_port,
-                    }
-                    params["graphics"] = [vnc]
-                reply: Any = calls.create(params)
-            replies = list(calls()) if batch > 1 else [reply]
+        wanted = [self._create_params(ptys[i], i) for i in indexes]
+        for first in range(0, len(wanted), batch):
+            share = wanted[first : first + batch]
+            if batch == 1:
+                replies: list[Any] = [rpc.create(share[0])]
+            else:
+                # The burst in one request (system.multicall).
+                calls = xmlrpc.client.MultiCall(rpc)
+                for params in share:
+                    calls.create(params)
+                replies = list(calls())
             for reply in replies:
                 if reply["status"]["code"] != 0:
                     raise RuntimeError(f"create failed: {reply['status']}")
+
+    def _create_params(self, pty: str, i: int) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "vmId": self.vm_id(i),
+            "console": {"type": "pty", "path": pty},
+        }
+        if self.graphics_port is not None:
+            vnc = {"type": "vnc", "host": "127.0.0.1", "port": self.graphics_port}
+            params["graphics"] = [vnc]
+        return params
 
     def serve(self) -> subprocess.Popen[bytes]:
         """Start the server and wait until it listens (``self.port``)."""
