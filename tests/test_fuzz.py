@@ -276,7 +276,7 @@ def check_rpc_answer(status: int, data: bytes) -> Any:
         assert fault.faultCode in (8001, 8002), fault
         return fault
     if isinstance(result, list) and all(isinstance(a, list | dict) for a in result):
-        for answer in result:  # a multicall's, or system.listMethods' names
+        for answer in result:  # a multicall's (a methodSignature's lists pass too)
             if isinstance(answer, dict):
                 assert answer["faultCode"] in (8001, 8002), answer
             else:
