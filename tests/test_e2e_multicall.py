@@ -77,3 +77,22 @@ def test_curl_sends_a_multicall(server, version, expected):
     assert pinged[0]["status"]["code"] == 0
     assert stats[0]["status"]["code"] == 1
     assert unknown["faultCode"] == 8001
+
+
+@pytest.mark.parametrize("version,expected", [("--http2", "2"), ("--http1.1", "1.1")])
+def test_a_burst_near_the_body_limit_over_both_http_versions(server, version, expected):
+    """500 creates in one 400 KB request, as curl sends it: every one Done,
+    every VM listed (HTTP/2 takes such a body across many flow-control windows)."""
+    curl = require_tool("curl", "curl")
+    vnc = {"type": "vnc", "host": "127.0.0.1", "port": 5900}
+    calls = [
+        {"methodName": "create", "params": [{"vmId": f"vm-{i:04d}", "graphics": [vnc]}]}
+        for i in range(500)
+    ]
+    body = xmlrpc.client.dumps((calls,), "system.multicall").encode()
+    assert len(body) > 300_000
+    answer, used = curl_rpc(curl, server, version, body)
+    assert used == expected
+    answers = xmlrpc.client.loads(answer)[0][0]
+    assert [a[0]["status"]["code"] for a in answers] == [0] * 500
+    assert len(server.rpc().list()["vmList"]) == 500
